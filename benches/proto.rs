@@ -1,0 +1,2 @@
+//! Protocol core benchmarks (filled in by the protocol-core work).
+fn main() {}

@@ -1,0 +1,59 @@
+//! Command-line interface definition (clap derive). Kept apart from the
+//! command implementations so completions and the man page can be
+//! generated from it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::state::DEFAULT_STATE_DIR;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netman",
+    version,
+    about = "Declarative site-to-site VPN manager with a WireGuard-compatible data plane",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Where netman records what it created, and its lock.
+    #[arg(long, global = true, env = "NETMAN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests without touching the system (exit 0 valid, 2 invalid).
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show what `apply` would change (exit 0 in sync, 1 changes pending, 2 error).
+    ///
+    /// Without FILE, compares the live state with the last applied manifest.
+    Diff {
+        file: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Make the live state match the manifest.
+    Apply { file: PathBuf },
+    /// Remove everything netman created for a deployment.
+    ///
+    /// The argument is a manifest file or a deployment name; without it, the
+    /// only recorded deployment.
+    Down { target: Option<String> },
+}

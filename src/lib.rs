@@ -1,0 +1,15 @@
+//! netman: declarative site-to-site VPN manager.
+//!
+//! The shape: [`manifest`] (parse + validate) → [`netlink`] observe (live
+//! kernel state into the [`model`]) → [`plan`] (a pure function: desired ×
+//! observed → ordered actions) → [`netlink`] execute → verify → revert on
+//! failure, orchestrated by [`reconcile`] and recorded in [`state`].
+
+pub mod cli;
+pub mod manifest;
+pub mod model;
+pub mod netlink;
+pub mod plan;
+pub mod reconcile;
+pub mod state;
+pub mod tun;

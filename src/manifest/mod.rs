@@ -1,0 +1,297 @@
+//! Manifest v1: the declarative description of one site of a deployment.
+//!
+//! ```yaml
+//! name: site-a
+//! interface:
+//!   name: nm0
+//!   addresses: [10.10.0.1/24, fd10::1/64]
+//!   mtu: 1420                       # default 1420
+//!   listen_port: 51820              # optional
+//!   private_key_file: keys/site-a.key
+//! peers:                            # optional (default: none)
+//!   - name: site-b
+//!     public_key: "<base64 of 32 bytes>"
+//!     endpoint: 192.0.2.2:51820     # optional; v4:port, "[v6]:port" or host:port
+//!     allowed_ips: [10.10.0.2/32, 172.18.2.0/24]
+//!     persistent_keepalive: 25      # optional
+//!     preshared_key_file: keys/ab.psk   # optional
+//! routes:                           # optional
+//!   - to: 192.168.50.0/24
+//!     metric: 100                   # optional
+//! ```
+//!
+//! Parsing happens in two layers: [`raw`] deserialises the YAML into plain serde
+//! structs carrying source positions (unknown keys, wrong types and missing fields
+//! stop there, reported alone), then validation checks every semantic rule and
+//! reports *all* violations at once, in document order, as
+//! `FILE:LINE:COL: path.to.field: message`. See `validate.rs` for the rules.
+//!
+//! Parsing never reads any file other than the manifest itself (key files are only
+//! resolved to absolute paths) and never puts key material into messages.
+
+mod error;
+mod locate;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_saphyr::Location;
+use sha2::{Digest, Sha256};
+
+pub use error::{ManifestError, ManifestErrors};
+
+/// Default interface MTU (WireGuard's usual 1420: 1500 minus IPv6 + UDP + WireGuard overhead).
+pub const DEFAULT_MTU: u32 = 1420;
+
+/// Manifests larger than this are rejected before parsing.
+pub const MAX_MANIFEST_BYTES: usize = limits::MAX_BYTES;
+
+/// Parser budget. Generous for 10,000 routes or 1,000 peers × 10 allowed IPs (about
+/// 60,000 events), bounded against alias amplification, deep nesting and huge input.
+pub(crate) mod limits {
+    pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+    pub const MAX_EVENTS: usize = 2_000_000;
+    pub const MAX_NODES: usize = 1_000_000;
+    pub const MAX_DEPTH: usize = 32;
+    pub const MAX_ALIASES: usize = 10_000;
+    pub const MAX_ANCHORS: usize = 10_000;
+    pub const MAX_MERGE_KEYS: usize = 1_000;
+    pub const MAX_REPLAYED_EVENTS: usize = 200_000;
+    pub const MAX_REPLAY_DEPTH: usize = 32;
+}
+
+/// A validated manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub interface: Interface,
+    pub peers: Vec<Peer>,
+    pub routes: Vec<Route>,
+    pub source: Source,
+}
+
+/// Where a manifest came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The path as given, made absolute (lexically: `.` components removed, no symlink
+    /// resolution, `..` kept).
+    pub path: PathBuf,
+    /// The manifest text exactly as parsed.
+    pub text: String,
+    /// Lowercase hex SHA-256 of `text`.
+    pub sha256: String,
+}
+
+/// The local WireGuard-compatible interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// Host addresses with their prefix length, in manifest order.
+    pub addresses: Vec<ipnet::IpNet>,
+    pub mtu: u32,
+    pub listen_port: Option<u16>,
+    /// Absolute path of the private key file (resolved against the manifest's directory).
+    pub private_key_file: PathBuf,
+}
+
+/// A remote site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub public_key: PublicKey,
+    pub endpoint: Option<Endpoint>,
+    /// Networks (no host bits set), in manifest order.
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    pub persistent_keepalive: Option<u16>,
+    /// Absolute path of the preshared key file, if any.
+    pub preshared_key_file: Option<PathBuf>,
+}
+
+/// A peer's UDP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A literal address: `192.0.2.1:51820` or `[2001:db8::1]:51820`.
+    Addr(SocketAddr),
+    /// A DNS name to resolve: `vpn.example.net:51820`.
+    Host { host: String, port: u16 },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Addr(addr) => write!(f, "{addr}"),
+            Endpoint::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// An extra route through the interface.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Destination network (no host bits set).
+    pub to: ipnet::IpNet,
+    pub metric: Option<u32>,
+}
+
+/// A Curve25519 public key. Displays (and debugs) as standard base64, like `wg pubkey`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+/// Why a string is not a public key. Never contains the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "not valid base64 (expected 44 characters of standard base64 with `=` padding, as printed by `wg pubkey`)"
+    )]
+    NotBase64,
+    #[error("decodes to {0} bytes (expected 32)")]
+    WrongLength(usize),
+}
+
+impl PublicKey {
+    /// Decode a key in `wg genkey`/`wg pubkey` format (44 chars of padded standard base64).
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        let bytes = STANDARD.decode(s).map_err(|_| KeyError::NotBase64)?;
+        let len = bytes.len();
+        let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::WrongLength(len))?;
+        Ok(Self(key))
+    }
+
+    /// Encode as standard padded base64.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_base64(s)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.to_base64())
+    }
+}
+
+/// Parse and validate manifest `text`.
+///
+/// `path` is used in error messages (as given) and to resolve relative key file
+/// paths against its directory (after making it absolute). No file is read.
+pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestErrors> {
+    let file = path.display().to_string();
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors::single(ManifestError::new(
+            &file,
+            Location::UNKNOWN,
+            "",
+            format!(
+                "manifest is too large ({} bytes; at most {MAX_MANIFEST_BYTES})",
+                text.len()
+            ),
+        )));
+    }
+    let raw = raw_parse(text, &file)?;
+    let abs_path = absolute(path);
+    let base_dir = abs_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let source = Source {
+        path: abs_path,
+        text: text.to_owned(),
+        sha256: sha256_hex(text),
+    };
+    validate::validate(raw, source, &base_dir, &file)
+}
+
+/// Read and parse the manifest at `path`.
+///
+/// An unreadable file yields the single error `FILE:1:1: cannot read: <os reason>`.
+pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) => Err(ManifestErrors::single(ManifestError::new(
+            &path.display().to_string(),
+            Location::UNKNOWN,
+            "",
+            format!("cannot read: {e}"),
+        ))),
+    }
+}
+
+/// Parser options: strict about tags, generous enough for 10,000 routes or
+/// 1,000 peers × 10 allowed IPs, and bounded against alias bombs and deep nesting.
+pub(crate) fn parser_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = limits::MAX_EVENTS;
+    budget.max_nodes = limits::MAX_NODES;
+    budget.max_depth = limits::MAX_DEPTH;
+    budget.max_documents = 1;
+    budget.max_aliases = limits::MAX_ALIASES;
+    budget.max_anchors = limits::MAX_ANCHORS;
+    budget.max_merge_keys = limits::MAX_MERGE_KEYS;
+    budget.max_total_scalar_bytes = limits::MAX_BYTES;
+    budget.max_recorded_anchor_events = limits::MAX_REPLAYED_EVENTS;
+    budget.max_recorded_anchor_bytes = limits::MAX_BYTES;
+
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = limits::MAX_REPLAYED_EVENTS;
+    alias_limits.max_replay_stack_depth = limits::MAX_REPLAY_DEPTH;
+
+    serde_saphyr::options! {
+        budget: Some(budget),
+        alias_limits: alias_limits,
+        with_snippet: false,
+        reject_unsupported_tags: true,
+        strict_booleans: true,
+    }
+}
+
+fn raw_parse(text: &str, file: &str) -> Result<raw::RawManifest, ManifestErrors> {
+    let mut failed_path: Option<Vec<error::Seg>> = None;
+    let result =
+        serde_saphyr::with_deserializer_from_str_with_options(text, parser_options(), |de| {
+            match serde_path_to_error::deserialize::<_, raw::RawManifest>(de) {
+                Ok(raw) => Ok(raw),
+                Err(e) => {
+                    failed_path = Some(error::field_segments(e.path()));
+                    Err(e.into_inner())
+                }
+            }
+        });
+    result.map_err(|e| {
+        let segments = failed_path.unwrap_or_default();
+        ManifestErrors::single(error::from_serde(file, text, &e, &segments))
+    })
+}
+
+/// `path` made absolute against the current directory, with `.` components removed.
+fn absolute(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    normalize(&abs)
+}
+
+/// Drop `.` components (lexical; `..` is kept because of symlinks).
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,669 @@
+//! Semantic validation: raw layer -> validated [`Manifest`], collecting every error.
+//!
+//! Rules (each reported at the offending value, path in brackets):
+//! - `name`: 1..=32 characters of `[a-z0-9-]`.
+//! - `interface.name`: a Linux ifname: 1..=15 bytes, none of `/`, `:`, whitespace or
+//!   NUL, not `.` or `..`.
+//! - `interface.addresses`: at least one; each `ADDRESS/PREFIX`; not unspecified or
+//!   multicast; for IPv4 prefixes shorter than /31 not the network address (zero host
+//!   part, e.g. `10.10.0.0/24`) nor the broadcast address; no IP listed twice (even
+//!   with different prefix lengths).
+//! - `interface.mtu`: default 1420; 576..=65535; at least 1280 if any address is IPv6.
+//! - `interface.listen_port`, `peers[].endpoint` port: 1..=65535.
+//! - `interface.private_key_file`, `peers[].preshared_key_file`: non-empty, no NUL;
+//!   relative paths resolve against the manifest's directory.
+//! - `peers[].name`: 1..=63 characters of `[A-Za-z0-9._-]`, unique.
+//! - `peers[].public_key`: padded standard base64 of exactly 32 bytes, unique.
+//! - `peers[].endpoint`: `v4:port`, `"[v6]:port"` or `hostname:port` (RFC 1123 labels,
+//!   at most 253 characters, last label not all-numeric).
+//! - `peers[].allowed_ips`, `routes[].to`: `NETWORK/PREFIX` with no host bits set; an
+//!   allowed IP appears once per peer and in at most one peer; each `to` appears once.
+//! - `peers[].persistent_keepalive`: 1..=65535 seconds.
+//! - `routes[].metric`: 0..=4294967295.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+
+use super::error::{ManifestError, ManifestErrors};
+use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
+use super::{DEFAULT_MTU, Endpoint, Interface, Manifest, Peer, PublicKey, Route, Source};
+
+const MAX_NAME_LEN: usize = 32;
+const MAX_PEER_NAME_LEN: usize = 63;
+const MAX_IFNAME_BYTES: usize = 15;
+const MIN_MTU: i128 = 576;
+const MIN_MTU_V6: i128 = 1280;
+const MAX_MTU: i128 = 65535;
+
+struct Ctx<'a> {
+    file: &'a str,
+    base_dir: &'a Path,
+    errors: Vec<ManifestError>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, location: Location, path: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .push(ManifestError::new(self.file, location, path, message));
+    }
+
+    /// Run `check` on a spanned value, recording its error at the value.
+    fn check<T, U>(
+        &mut self,
+        value: &Spanned<T>,
+        path: impl FnOnce() -> String,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
+        match check(&value.value) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(value.referenced, path(), message);
+                None
+            }
+        }
+    }
+
+    fn key_path(
+        &mut self,
+        value: &Spanned<String>,
+        path: impl FnOnce() -> String,
+    ) -> Option<PathBuf> {
+        let base_dir = self.base_dir;
+        self.check(value, path, |s| {
+            if s.is_empty() {
+                Err("must not be empty".to_owned())
+            } else if s.contains('\0') {
+                Err("must not contain a NUL byte".to_owned())
+            } else {
+                Ok(super::normalize(&base_dir.join(s)))
+            }
+        })
+    }
+}
+
+pub(crate) fn validate(
+    raw: RawManifest,
+    source: Source,
+    base_dir: &Path,
+    file: &str,
+) -> Result<Manifest, ManifestErrors> {
+    let mut ctx = Ctx {
+        file,
+        base_dir,
+        errors: Vec::new(),
+    };
+
+    let name = ctx.check(&raw.name, || "name".to_owned(), |s| deployment_name(s));
+    let interface = interface(&mut ctx, &raw.interface);
+    let peers: Vec<Option<Peer>> = match &raw.peers {
+        Some(list) => peers(&mut ctx, &list.value),
+        None => Vec::new(),
+    };
+    let routes: Vec<Option<Route>> = match &raw.routes {
+        Some(list) => routes(&mut ctx, &list.value),
+        None => Vec::new(),
+    };
+
+    if !ctx.errors.is_empty() {
+        let mut errors = ctx.errors;
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ManifestErrors(errors));
+    }
+    // With no error recorded, every checked value is present.
+    match (
+        name,
+        interface,
+        peers.into_iter().collect::<Option<Vec<_>>>(),
+        routes.into_iter().collect::<Option<Vec<_>>>(),
+    ) {
+        (Some(name), Some(interface), Some(peers), Some(routes)) => Ok(Manifest {
+            name,
+            interface,
+            peers,
+            routes,
+            source,
+        }),
+        _ => Err(ManifestErrors::single(ManifestError::new(
+            file,
+            Location::UNKNOWN,
+            "",
+            "internal error: validation failed without a diagnostic",
+        ))),
+    }
+}
+
+fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface> {
+    let raw = &raw.value;
+    let name = ctx.check(&raw.name, || "interface.name".to_owned(), |s| ifname(s));
+
+    let mut addresses = Vec::with_capacity(raw.addresses.value.len());
+    let mut all_ok = true;
+    let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+    let mut first_v6: Option<usize> = None;
+    if raw.addresses.value.is_empty() {
+        ctx.error(
+            raw.addresses.referenced,
+            "interface.addresses",
+            "at least one address is required",
+        );
+        all_ok = false;
+    }
+    for (i, item) in raw.addresses.value.iter().enumerate() {
+        let path = || format!("interface.addresses[{i}]");
+        let Some(net) = ctx.check(item, path, |s| interface_address(s)) else {
+            all_ok = false;
+            continue;
+        };
+        if net.addr().is_ipv6() && first_v6.is_none() {
+            first_v6 = Some(i);
+        }
+        match seen.entry(net.addr()) {
+            Entry::Occupied(first) => {
+                ctx.error(
+                    item.referenced,
+                    path(),
+                    format!(
+                        "duplicate address {} (already at interface.addresses[{}])",
+                        net.addr(),
+                        first.get()
+                    ),
+                );
+                all_ok = false;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+                addresses.push(net);
+            }
+        }
+    }
+
+    let mtu = match &raw.mtu {
+        None => Some(DEFAULT_MTU),
+        Some(mtu) => ctx.check(
+            mtu,
+            || "interface.mtu".to_owned(),
+            |&n: &Int| {
+                let v = n.get()?;
+                if !(MIN_MTU..=MAX_MTU).contains(&v) {
+                    Err(format!("MTU {v} is out of range ({MIN_MTU}..={MAX_MTU})"))
+                } else if let (true, Some(i)) = (v < MIN_MTU_V6, first_v6) {
+                    Err(format!(
+                        "MTU {v} is below {MIN_MTU_V6}, the IPv6 minimum, and interface.addresses[{i}] is IPv6"
+                    ))
+                } else {
+                    u32::try_from(v).map_err(|_| format!("MTU {v} is out of range"))
+                }
+            },
+        ),
+    };
+
+    let listen_port = match &raw.listen_port {
+        None => Some(None),
+        Some(port) => ctx
+            .check(port, || "interface.listen_port".to_owned(), |&n: &Int| {
+                let v = n.get()?;
+                match v {
+                    0 => Err("port 0 is not allowed (1..=65535); omit listen_port to let the kernel pick one".to_owned()),
+                    _ => u16::try_from(v).map_err(|_| format!("port {v} is out of range (1..=65535)")),
+                }
+            })
+            .map(Some),
+    };
+
+    let private_key_file = ctx.key_path(&raw.private_key_file, || {
+        "interface.private_key_file".to_owned()
+    });
+
+    let addresses = all_ok.then_some(addresses);
+    Some(Interface {
+        name: name?,
+        addresses: addresses?,
+        mtu: mtu?,
+        listen_port: listen_port?,
+        private_key_file: private_key_file?,
+    })
+}
+
+fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<PublicKey, usize> = HashMap::new();
+    // prefix -> (peer index, allowed_ips index)
+    let mut claimed: HashMap<IpNet, (usize, usize)> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+
+    for (p, item) in raw.iter().enumerate() {
+        let peer = &item.value;
+        let mut ok = true;
+
+        let name = ctx.check(&peer.name, || format!("peers[{p}].name"), |s| peer_name(s));
+        if name.is_some() {
+            match names.entry(peer.name.value.as_str()) {
+                Entry::Occupied(first) => {
+                    ctx.error(
+                        peer.name.referenced,
+                        format!("peers[{p}].name"),
+                        format!(
+                            "duplicate peer name `{}` (already used by peers[{}])",
+                            peer.name.value,
+                            first.get()
+                        ),
+                    );
+                    ok = false;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(p);
+                }
+            }
+        }
+
+        let public_key = ctx.check(
+            &peer.public_key,
+            || format!("peers[{p}].public_key"),
+            |s| PublicKey::from_base64(s).map_err(|e| e.to_string()),
+        );
+        if let Some(key) = public_key {
+            match keys.entry(key) {
+                Entry::Occupied(first) => {
+                    let first = *first.get();
+                    ctx.error(
+                        peer.public_key.referenced,
+                        format!("peers[{p}].public_key"),
+                        format!(
+                            "duplicate public key (already used by peers[{first}] `{}`)",
+                            raw[first].value.name.value.escape_debug()
+                        ),
+                    );
+                    ok = false;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(p);
+                }
+            }
+        }
+
+        let endpoint = match &peer.endpoint {
+            None => Some(None),
+            Some(e) => ctx
+                .check(e, || format!("peers[{p}].endpoint"), |s| endpoint(s))
+                .map(Some),
+        };
+
+        let mut allowed_ips = Vec::with_capacity(peer.allowed_ips.value.len());
+        for (i, item) in peer.allowed_ips.value.iter().enumerate() {
+            let path = || format!("peers[{p}].allowed_ips[{i}]");
+            let Some(net) = ctx.check(item, path, |s| network(s)) else {
+                ok = false;
+                continue;
+            };
+            match claimed.entry(net) {
+                Entry::Occupied(first) => {
+                    let (fp, fi) = *first.get();
+                    let message = if fp == p {
+                        format!("duplicate entry {net} (already at peers[{p}].allowed_ips[{fi}])")
+                    } else {
+                        format!(
+                            "{net} is already claimed by peer `{}` (peers[{fp}].allowed_ips[{fi}])",
+                            raw[fp].value.name.value.escape_debug()
+                        )
+                    };
+                    ctx.error(item.referenced, path(), message);
+                    ok = false;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((p, i));
+                    allowed_ips.push(net);
+                }
+            }
+        }
+
+        let persistent_keepalive = match &peer.persistent_keepalive {
+            None => Some(None),
+            Some(k) => ctx
+                .check(k, || format!("peers[{p}].persistent_keepalive"), |&n: &Int| {
+                let v = n.get()?;
+                    match v {
+                        0 => Err("0 is not allowed (1..=65535 seconds); omit persistent_keepalive to disable keepalives".to_owned()),
+                        _ => u16::try_from(v)
+                            .map_err(|_| format!("{v} is out of range (1..=65535 seconds)")),
+                    }
+                })
+                .map(Some),
+        };
+
+        let preshared_key_file = match &peer.preshared_key_file {
+            None => Some(None),
+            Some(f) => ctx
+                .key_path(f, || format!("peers[{p}].preshared_key_file"))
+                .map(Some),
+        };
+
+        out.push(
+            match (
+                ok,
+                name,
+                public_key,
+                endpoint,
+                persistent_keepalive,
+                preshared_key_file,
+            ) {
+                (
+                    true,
+                    Some(name),
+                    Some(public_key),
+                    Some(endpoint),
+                    Some(persistent_keepalive),
+                    Some(preshared_key_file),
+                ) => Some(Peer {
+                    name,
+                    public_key,
+                    endpoint,
+                    allowed_ips,
+                    persistent_keepalive,
+                    preshared_key_file,
+                }),
+                _ => None,
+            },
+        );
+    }
+    out
+}
+
+fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Option<Route>> {
+    let mut seen: HashMap<IpNet, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (r, item) in raw.iter().enumerate() {
+        let route = &item.value;
+        let path = || format!("routes[{r}].to");
+        let mut to = ctx.check(&route.to, path, |s| network(s));
+        if let Some(net) = to {
+            match seen.entry(net) {
+                Entry::Occupied(first) => {
+                    ctx.error(
+                        route.to.referenced,
+                        path(),
+                        format!(
+                            "duplicate route to {net} (already at routes[{}].to)",
+                            first.get()
+                        ),
+                    );
+                    to = None;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(r);
+                }
+            }
+        }
+        let metric = match &route.metric {
+            None => Some(None),
+            Some(m) => ctx
+                .check(
+                    m,
+                    || format!("routes[{r}].metric"),
+                    |&n: &Int| {
+                        let v = n.get()?;
+                        u32::try_from(v)
+                            .map_err(|_| format!("metric {v} is out of range (0..={})", u32::MAX))
+                    },
+                )
+                .map(Some),
+        };
+        out.push(match (to, metric) {
+            (Some(to), Some(metric)) => Some(Route { to, metric }),
+            _ => None,
+        });
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Individual value checks. Each returns a message (never containing key material).
+
+fn deployment_name(s: &str) -> Result<String, String> {
+    let len = s.chars().count();
+    if len == 0 {
+        return Err("must not be empty".to_owned());
+    }
+    if len > MAX_NAME_LEN {
+        return Err(format!(
+            "too long ({len} characters; at most {MAX_NAME_LEN})"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "invalid character {c:?} (allowed: a-z, 0-9 and '-')"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn peer_name(s: &str) -> Result<String, String> {
+    let len = s.chars().count();
+    if len == 0 {
+        return Err("must not be empty".to_owned());
+    }
+    if len > MAX_PEER_NAME_LEN {
+        return Err(format!(
+            "too long ({len} characters; at most {MAX_PEER_NAME_LEN})"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "invalid character {c:?} (allowed: A-Z, a-z, 0-9, '-', '_' and '.')"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn ifname(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if s.len() > MAX_IFNAME_BYTES {
+        return Err(format!(
+            "too long ({} bytes; Linux interface names are at most {MAX_IFNAME_BYTES})",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("{s:?} is not a valid interface name"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
+    {
+        return Err(format!(
+            "invalid character {c:?} in interface name ('/', ':', NUL and whitespace are not allowed)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+enum CidrError {
+    MissingPrefix(IpAddr),
+    PrefixOutOfRange { prefix: String, max: u8 },
+    Invalid,
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, CidrError> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Err(CidrError::MissingPrefix(addr));
+    }
+    if let Some((addr, prefix)) = s.rsplit_once('/')
+        && let Ok(addr) = addr.parse::<IpAddr>()
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+    {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix
+            .parse::<u64>()
+            .map_or(!prefix.is_empty(), |p| p > u64::from(max))
+        {
+            return Err(CidrError::PrefixOutOfRange {
+                prefix: prefix.to_owned(),
+                max,
+            });
+        }
+    }
+    Err(CidrError::Invalid)
+}
+
+fn cidr_message(
+    s: &str,
+    e: CidrError,
+    missing_prefix_hint: impl FnOnce(IpAddr) -> String,
+) -> String {
+    match e {
+        CidrError::MissingPrefix(addr) => {
+            format!(
+                "missing prefix length in {addr} ({})",
+                missing_prefix_hint(addr)
+            )
+        }
+        CidrError::PrefixOutOfRange { prefix, max } => {
+            format!("prefix length /{prefix} is out of range in {s:?} (at most /{max})")
+        }
+        CidrError::Invalid => format!(
+            "{s:?} is not a valid CIDR (expected ADDRESS/PREFIX_LEN, e.g. 10.10.0.1/24 or fd10::1/64)"
+        ),
+    }
+}
+
+/// An interface address: a host address with its prefix length.
+fn interface_address(s: &str) -> Result<IpNet, String> {
+    let net = parse_cidr(s).map_err(|e| {
+        cidr_message(s, e, |addr| {
+            let example = if addr.is_ipv4() { 24 } else { 64 };
+            format!("e.g. {addr}/{example}")
+        })
+    })?;
+    let addr = net.addr();
+    if addr.is_unspecified() {
+        return Err(format!(
+            "{net}: the unspecified address cannot be assigned to an interface"
+        ));
+    }
+    if addr.is_multicast() {
+        return Err(format!(
+            "{net}: a multicast address cannot be assigned to an interface"
+        ));
+    }
+    if let IpNet::V4(v4) = net
+        && v4.prefix_len() < 31
+    {
+        if v4.addr() == v4.network() {
+            return Err(format!(
+                "{net} is the network address of {}; use a host address such as {}/{}",
+                v4.trunc(),
+                v4.hosts()
+                    .next()
+                    .map_or_else(|| v4.addr().to_string(), |h| h.to_string()),
+                v4.prefix_len()
+            ));
+        }
+        if v4.addr() == v4.broadcast() {
+            return Err(format!(
+                "{net} is the broadcast address of {}; use a host address",
+                v4.trunc()
+            ));
+        }
+    }
+    Ok(net)
+}
+
+/// A network with no host bits set (allowed IPs, route destinations).
+fn network(s: &str) -> Result<IpNet, String> {
+    let net = parse_cidr(s).map_err(|e| {
+        cidr_message(s, e, |addr| {
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            format!("did you mean {addr}/{full}?")
+        })
+    })?;
+    if net != net.trunc() {
+        return Err(format!(
+            "host bits set in {net} (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn endpoint(s: &str) -> Result<Endpoint, String> {
+    const FORMS: &str = "expected IPV4:PORT, [IPV6]:PORT or HOSTNAME:PORT";
+    if s.starts_with('[') {
+        let Some((host, port)) = s.rsplit_once("]:") else {
+            return Err(format!("{s:?} is not a valid endpoint ({FORMS})"));
+        };
+        let port = port_number(port)?;
+        let addr = host[1..]
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{:?} is not a valid IPv6 address", &host[1..]))?;
+        return Ok(Endpoint::Addr(SocketAddr::new(IpAddr::V6(addr), port)));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("missing port in {s:?} ({FORMS})"));
+    };
+    if host.contains(':') {
+        return Err(format!(
+            "IPv6 endpoints must be written as [ADDRESS]:PORT, e.g. \"[{host}]:{port}\""
+        ));
+    }
+    let port = port_number(port)?;
+    if let Ok(v4) = host.parse::<std::net::Ipv4Addr>() {
+        return Ok(Endpoint::Addr(SocketAddr::new(IpAddr::V4(v4), port)));
+    }
+    hostname(host)?;
+    Ok(Endpoint::Host {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn port_number(s: &str) -> Result<u16, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port {s:?} (expected 1..=65535)"));
+    }
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not allowed (1..=65535)".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("port {s} is out of range (1..=65535)")),
+    }
+}
+
+fn hostname(host: &str) -> Result<(), String> {
+    let bad = || format!("{host:?} is not a valid IPv4 address or hostname");
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad());
+    }
+    let mut last = "";
+    for label in name.split('.') {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(bad());
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    Ok(())
+}
