@@ -51,9 +51,28 @@ pub enum Command {
     },
     /// Make the live state match the manifest.
     Apply { file: PathBuf },
-    /// Remove everything netman created for a deployment.
+    /// Remove everything netman created for a deployment (and stop its engine).
     ///
     /// The argument is a manifest file or a deployment name; without it, the
     /// only recorded deployment.
     Down { target: Option<String> },
+    /// Apply, then run the forwarding engine in the foreground (for systemd
+    /// and containers). SIGTERM stops the engine and leaves the kernel state
+    /// for `netman down`.
+    Run { file: PathBuf },
+    /// Show deployments like `wg show`: interface, listen port, public key,
+    /// and per peer endpoint, allowed IPs, latest handshake and transfer.
+    Status {
+        /// A deployment name (default: all recorded deployments).
+        name: Option<String>,
+        #[arg(long, short, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print a new private key (like `wg genkey`). Write it with umask 077.
+    Genkey,
+    /// Read a private key on stdin, print its public key (like `wg pubkey`).
+    Pubkey,
+    /// Run the engine of a recorded deployment (started by `apply`).
+    #[command(hide = true)]
+    Engine { name: String },
 }

@@ -6,6 +6,8 @@
 //! failure, orchestrated by [`reconcile`] and recorded in [`state`].
 
 pub mod cli;
+pub mod engine;
+pub mod keys;
 pub mod manifest;
 pub mod model;
 pub mod netlink;

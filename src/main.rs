@@ -1,11 +1,17 @@
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use netman::cli::{Cli, Command, Output};
+use netman::engine::config::{EngineChange, EngineConfig};
+use netman::engine::control::{ControlError, EngineStatus, Request, Response};
+use netman::engine::{self};
+use netman::keys;
 use netman::manifest::{self, Manifest};
 use netman::netlink::Netlink;
 use netman::reconcile::{self, ReconcileError};
@@ -40,6 +46,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -61,6 +68,13 @@ fn load_manifest(path: &Path) -> Option<Manifest> {
     }
 }
 
+/// The engine configuration of a manifest, with its key files checked.
+fn engine_config(m: &Manifest) -> Result<EngineConfig> {
+    let cfg = EngineConfig::from_manifest(m)?;
+    cfg.load_keys()?;
+    Ok(cfg)
+}
+
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { files } => {
@@ -76,87 +90,38 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(if ok { EXIT_OK } else { EXIT_INVALID })
         }
-        Command::Diff { file, output } => {
-            let sd = StateDir::at(&cli.state_dir);
-            let m = match file {
-                Some(f) => match load_manifest(&f) {
-                    Some(m) => m,
-                    None => return Ok(EXIT_INVALID),
-                },
-                None => match last_applied(&sd) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        eprintln!("netman: {e:#}");
-                        return Ok(EXIT_INVALID);
-                    }
-                },
-            };
-            let rt = runtime()?;
-            let result = rt.block_on(async {
-                let nl = Netlink::connect()?;
-                reconcile::diff(&nl, &sd, &m).await
-            });
-            match result {
-                Ok(plan) => {
-                    match output {
-                        Output::Text => {
-                            if plan.is_empty() {
-                                println!("in sync: deployment {}", m.name);
-                            } else {
-                                print!("{plan}");
-                            }
-                        }
-                        Output::Json => {
-                            let v = serde_json::json!({
-                                "deployment": m.name,
-                                "in_sync": plan.is_empty(),
-                                "actions": plan.actions,
-                                "text": plan.actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            });
-                            println!("{}", serde_json::to_string_pretty(&v)?);
-                        }
-                    }
-                    Ok(if plan.is_empty() {
-                        EXIT_OK
-                    } else {
-                        EXIT_CHANGES
-                    })
-                }
-                Err(e) => {
-                    eprintln!("netman: {e}");
-                    Ok(EXIT_INVALID)
-                }
-            }
-        }
+        Command::Diff { file, output } => diff(&cli.state_dir, file, output),
         Command::Apply { file } => {
             let Some(m) = load_manifest(&file) else {
                 return Ok(EXIT_INVALID);
             };
             let sd = StateDir::open(&cli.state_dir)?;
-            let rt = runtime()?;
-            let result = rt.block_on(async {
-                let nl = Netlink::connect()?;
-                reconcile::apply(&nl, &sd, &m).await
-            });
-            match result {
-                Ok(plan) if plan.is_empty() => {
-                    println!("no changes");
-                    Ok(EXIT_OK)
-                }
-                Ok(plan) => {
-                    print!("{plan}");
-                    println!("applied: deployment {}", m.name);
-                    Ok(EXIT_OK)
-                }
-                Err(e @ ReconcileError::Plan(_)) => {
-                    eprintln!("netman: nothing applied: {e}");
-                    Ok(EXIT_FAILED)
-                }
-                Err(e) => {
-                    eprintln!("netman: apply failed: {e}");
-                    Ok(EXIT_FAILED)
-                }
+            apply(&sd, &m, true)
+        }
+        Command::Run { file } => {
+            let Some(m) = load_manifest(&file) else {
+                return Ok(EXIT_INVALID);
+            };
+            let sd = StateDir::open(&cli.state_dir)?;
+            if let Some(pid) = engine::running_pid(&sd, &m.name) {
+                bail!(
+                    "the engine of deployment {} is already running (pid {pid}); use `netman apply` to update it or `netman down` first",
+                    m.name
+                );
             }
+            let code = apply(&sd, &m, false)?;
+            if code != EXIT_OK {
+                return Ok(code);
+            }
+            let cfg = engine_config(&m)?;
+            engine::serve(&sd, cfg)?;
+            Ok(EXIT_OK)
+        }
+        Command::Engine { name } => {
+            let sd = StateDir::open(&cli.state_dir)?;
+            let cfg = engine::read_config(&sd, &name)?;
+            engine::serve(&sd, cfg)?;
+            Ok(EXIT_OK)
         }
         Command::Down { target } => {
             let sd = StateDir::at(&cli.state_dir);
@@ -164,7 +129,16 @@ fn run(cli: Cli) -> Result<u8> {
             let rt = runtime()?;
             let result = rt.block_on(async {
                 let nl = Netlink::connect()?;
-                reconcile::down(&nl, &sd, &name).await
+                reconcile::down(&nl, &sd, &name, || {
+                    let stopped = engine::stop(&sd, &name).map_err(|e| e.to_string())?;
+                    if stopped {
+                        println!("- engine {name}");
+                    }
+                    let _ = std::fs::remove_file(engine::config_path(&sd, &name));
+                    let _ = std::fs::remove_file(engine::log_path(&sd, &name));
+                    Ok(())
+                })
+                .await
             });
             match result {
                 Ok(plan) => {
@@ -178,6 +152,313 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             }
         }
+        Command::Status { name, output } => status(&cli.state_dir, name, output),
+        Command::Genkey => {
+            let k = keys::generate_private_key().context("read OS randomness")?;
+            println!("{}", k.to_base64().as_str());
+            Ok(EXIT_OK)
+        }
+        Command::Pubkey => {
+            let mut input = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .take(1024)
+                .read_to_string(&mut input)
+                .context("read stdin")?;
+            let k = netman_proto::keys::PrivateKey::from_base64(input.trim()).map_err(|_| {
+                anyhow!("stdin is not a private key (44 base64 characters, as `wg genkey` prints)")
+            })?;
+            println!("{}", k.public_key().to_base64());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// Apply `m`: kernel, then (with `start_engine`) the detached engine.
+fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
+    let cfg = match engine_config(m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netman: nothing applied: {e:#}");
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let nl = Netlink::connect()?;
+        reconcile::apply(&nl, sd, m, async || {
+            if !start_engine {
+                return Ok(Vec::new());
+            }
+            push_engine(sd, &cfg).map(|changes| changes.iter().map(ToString::to_string).collect())
+        })
+        .await
+    });
+    match result {
+        Ok(done) if done.is_empty() => {
+            println!("no changes");
+            Ok(EXIT_OK)
+        }
+        Ok(done) => {
+            print!("{}", done.kernel);
+            for line in &done.engine {
+                println!("{line}");
+            }
+            println!("applied: deployment {}", m.name);
+            Ok(EXIT_OK)
+        }
+        Err(e @ ReconcileError::Plan(_)) => {
+            eprintln!("netman: nothing applied: {e}");
+            Ok(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("netman: apply failed: {e}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// Bring the engine to `cfg`: configure it in place, or start it.
+fn push_engine(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
+    let req = Request::Configure {
+        config: cfg.clone(),
+        dry_run: false,
+    };
+    match engine::request(sd, &cfg.deployment, &req) {
+        Ok(Response::Configured { changes }) => Ok(changes),
+        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
+        Err(ControlError::NotRunning(_)) => {
+            engine::spawn_detached(sd, cfg).map_err(|e| e.to_string())?;
+            Ok(vec![engine::start_change(&cfg.deployment)])
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the engine would change to reach `cfg` (dry run).
+fn engine_diff(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>> {
+    let req = Request::Configure {
+        config: cfg.clone(),
+        dry_run: true,
+    };
+    match engine::request(sd, &cfg.deployment, &req) {
+        Ok(Response::Configured { changes }) => Ok(changes),
+        Ok(other) => bail!("engine: unexpected answer {other:?}"),
+        Err(ControlError::NotRunning(_)) => Ok(vec![engine::start_change(&cfg.deployment)]),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
+    let sd = StateDir::at(state_dir);
+    let m = match file {
+        Some(f) => match load_manifest(&f) {
+            Some(m) => m,
+            None => return Ok(EXIT_INVALID),
+        },
+        None => match last_applied(&sd) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("netman: {e:#}");
+                return Ok(EXIT_INVALID);
+            }
+        },
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let nl = Netlink::connect()?;
+        reconcile::diff(&nl, &sd, &m).await
+    });
+    let plan = match result {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("netman: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let engine = match EngineConfig::from_manifest(&m)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| engine_diff(&sd, &cfg))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netman: {e:#}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let in_sync = plan.is_empty() && engine.is_empty();
+    match output {
+        Output::Text => {
+            if in_sync {
+                println!("in sync: deployment {}", m.name);
+            } else {
+                print!("{plan}");
+                for c in &engine {
+                    println!("{c}");
+                }
+            }
+        }
+        Output::Json => {
+            let mut text: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
+            text.extend(engine.iter().map(ToString::to_string));
+            let v = serde_json::json!({
+                "deployment": m.name,
+                "in_sync": in_sync,
+                "actions": plan.actions,
+                "engine": engine,
+                "text": text,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(if in_sync { EXIT_OK } else { EXIT_CHANGES })
+}
+
+fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> {
+    let sd = StateDir::at(state_dir);
+    let names = match name {
+        Some(n) => vec![n],
+        None => sd.list()?,
+    };
+    let mut all = Vec::new();
+    for n in &names {
+        let st = sd.load(n)?;
+        let engine = match engine::request(&sd, n, &Request::Status) {
+            Ok(Response::Status(s)) => Some(*s),
+            Ok(_) | Err(ControlError::NotRunning(_)) => None,
+            Err(e) => {
+                eprintln!("netman: deployment {n}: {e}");
+                None
+            }
+        };
+        if st.is_none() && engine.is_none() {
+            bail!("no deployment named {n:?} in {}", sd.path().display());
+        }
+        all.push((n.clone(), st, engine));
+    }
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = all
+                .iter()
+                .map(|(n, st, engine)| {
+                    serde_json::json!({
+                        "deployment": n,
+                        "manifest": st.as_ref().and_then(|s| s.manifest.as_ref()).map(|m| serde_json::json!({
+                            "path": m.path,
+                            "sha256": m.sha256,
+                        })),
+                        "applied_at": st.as_ref().and_then(|s| s.applied_at),
+                        "engine": engine,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for (i, (n, st, engine)) in all.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_status(n, st.as_ref(), engine.as_ref(), now);
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn ago(now: u64, t: u64) -> String {
+    let d = now.saturating_sub(t);
+    match d {
+        0 => "just now".to_string(),
+        1..=119 => format!("{d} seconds ago"),
+        120..=7199 => format!("{} minutes, {} seconds ago", d / 60, d % 60),
+        _ => format!("{} hours, {} minutes ago", d / 3600, (d % 3600) / 60),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn print_status(
+    name: &str,
+    st: Option<&netman::state::DeploymentState>,
+    engine: Option<&EngineStatus>,
+    now: u64,
+) {
+    println!("deployment: {name}");
+    if let Some(m) = st.and_then(|s| s.manifest.as_ref()) {
+        println!(
+            "  manifest: {} (sha256 {})",
+            m.path.display(),
+            &m.sha256[..m.sha256.len().min(12)]
+        );
+    }
+    if let Some(t) = st.and_then(|s| s.applied_at) {
+        println!("  applied: {}", ago(now, t));
+    }
+    let Some(e) = engine else {
+        println!("  engine: not running");
+        return;
+    };
+    println!(
+        "  engine: running (pid {}, started {})",
+        e.pid,
+        ago(now, e.started_at)
+    );
+    println!("interface: {}", e.interface);
+    println!("  public key: {}", e.public_key);
+    println!("  private key: (hidden)");
+    println!("  listening port: {}", e.listen_port);
+    for p in &e.peers {
+        println!();
+        println!("peer: {} ({})", p.name, p.public_key);
+        if p.preshared_key {
+            println!("  preshared key: (hidden)");
+        }
+        if let Some(ep) = p.endpoint {
+            println!("  endpoint: {ep}");
+        }
+        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        println!(
+            "  allowed ips: {}",
+            if ips.is_empty() {
+                "(none)".to_string()
+            } else {
+                ips.join(", ")
+            }
+        );
+        match p.latest_handshake {
+            Some(t) => println!("  latest handshake: {}", ago(now, t)),
+            None => println!("  latest handshake: (none)"),
+        }
+        println!(
+            "  transfer: {} received, {} sent",
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes)
+        );
+        if let Some(k) = p.persistent_keepalive {
+            println!("  persistent keepalive: every {k} seconds");
+        }
+    }
+    if !e.drops.is_empty() {
+        let d: Vec<String> = e.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!();
+        println!("dropped: {}", d.join(", "));
     }
 }
 

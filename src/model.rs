@@ -181,14 +181,15 @@ impl Owned {
         let mut out = Owned::default();
         for (name, addrs) in &self.links {
             if let Some(link) = observed.links.get(name)
-                && is_ours(link, deployment, true) {
-                    let kept = addrs
-                        .iter()
-                        .filter(|a| link.addresses.contains(a))
-                        .copied()
-                        .collect();
-                    out.links.insert(name.clone(), kept);
-                }
+                && is_ours(link, deployment, true)
+            {
+                let kept = addrs
+                    .iter()
+                    .filter(|a| link.addresses.contains(a))
+                    .copied()
+                    .collect();
+                out.links.insert(name.clone(), kept);
+            }
         }
         out
     }

@@ -90,9 +90,10 @@ impl Netlink {
         let mut resp = self.handle.clone().request(req)?;
         while let Some(m) = resp.next().await {
             if let NetlinkPayload::Error(e) = m.payload
-                && e.code.is_some() {
-                    return Err(rtnetlink::Error::NetlinkError(e));
-                }
+                && e.code.is_some()
+            {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
         }
         Ok(())
     }
@@ -214,9 +215,10 @@ impl Netlink {
                 }
             }
             if let Some(ip) = addr
-                && let Ok(net) = IpNet::new(ip, a.header.prefix_len) {
-                    out.insert(net);
-                }
+                && let Ok(net) = IpNet::new(ip, a.header.prefix_len)
+            {
+                out.insert(net);
+            }
         }
         Ok(out)
     }

@@ -232,9 +232,10 @@ pub fn plan(
             continue;
         }
         if let Some(obs) = observed.links.get(name)
-            && is_ours(obs, deployment, true) {
-                delete.push(Action::DeleteLink { link: name.clone() });
-            }
+            && is_ours(obs, deployment, true)
+        {
+            delete.push(Action::DeleteLink { link: name.clone() });
+        }
     }
 
     if !errors.is_empty() {
@@ -513,7 +514,10 @@ mod tests {
         };
         let p = plan("a", &desired(), &observed, &owned).expect("plan");
         let t = text(&p);
-        assert!(t.starts_with("- link old0\n+ link nm0 (tun, mtu 1420)\n"), "{t}");
+        assert!(
+            t.starts_with("- link old0\n+ link nm0 (tun, mtu 1420)\n"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl fmt::Display for Failure {
             first = false;
             write!(f, "{e}")?;
         }
-        if self.revert_errors.is_empty() {
+        if self.revert_errors.is_empty() && self.reverted.is_empty() {
+            write!(f, "\nnothing was changed")?;
+        } else if self.revert_errors.is_empty() {
             write!(
                 f,
                 "\nreverted: the system is as it was before this apply ({} action{} undone)",
@@ -120,13 +122,33 @@ pub async fn diff(
     Ok(plan(&manifest.name, &desired, &observed, &owned)?)
 }
 
-/// Make the live state match `manifest`. Returns the plan that was carried
-/// out (empty: nothing to do, and nothing was written to the kernel).
-pub async fn apply(
+/// What an apply did: the kernel actions and the engine changes (lines).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub kernel: Plan,
+    pub engine: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.kernel.is_empty() && self.engine.is_empty()
+    }
+}
+
+/// Make the live state match `manifest`: the kernel first, then the data
+/// plane through `engine` (called once the kernel is verified; it returns
+/// the changes it made, as lines). If either step fails, the kernel is
+/// reverted to the snapshot and the recorded state is left as it was.
+/// An empty kernel plan writes nothing to the kernel.
+pub async fn apply<F>(
     nl: &Netlink,
     sd: &StateDir,
     manifest: &Manifest,
-) -> Result<Plan, ReconcileError> {
+    engine: F,
+) -> Result<Applied, ReconcileError>
+where
+    F: AsyncFnOnce() -> Result<Vec<String>, String>,
+{
     let _lock = sd.lock()?;
     let name = manifest.name.as_str();
     let prior = sd.load(name)?;
@@ -137,51 +159,64 @@ pub async fn apply(
     let todo = plan(name, &desired, &before, &owned_before)?;
     let record = ManifestRecord::of(manifest);
 
-    if todo.is_empty() {
-        let mut st = prior.unwrap_or_else(|| DeploymentState::new(name));
-        let owned = Owned::from_desired(&desired);
-        if st.manifest.as_ref() != Some(&record) || st.in_progress || st.owned != owned {
-            st.manifest = Some(record);
-            st.owned = owned;
-            st.in_progress = false;
-            st.applied_at = Some(now_unix());
-            sd.save(&st)?;
-        }
-        return Ok(todo);
-    }
-
     // Record the intent before touching the kernel.
     let intent = owned_before.union(&Owned::from_desired(&desired));
     let mut st = prior.clone().unwrap_or_else(|| DeploymentState::new(name));
-    st.owned = intent.clone();
-    st.in_progress = true;
-    sd.save(&st)?;
+    if !todo.is_empty() {
+        st.owned = intent.clone();
+        st.in_progress = true;
+        sd.save(&st)?;
+    }
 
-    let outcome = match nl.execute(name, &todo.actions, |_| {}).await {
-        Ok(()) => verify(nl, name, &desired, &names, &intent).await,
-        Err(errs) => Err(errs.iter().map(ToString::to_string).collect()),
+    let kernel = if todo.is_empty() {
+        Ok(())
+    } else {
+        match nl.execute(name, &todo.actions, |_| {}).await {
+            Ok(()) => verify(nl, name, &desired, &names, &intent).await,
+            Err(errs) => Err(errs.iter().map(ToString::to_string).collect()),
+        }
+    };
+    let outcome = match kernel {
+        Ok(()) => engine().await.map_err(|e| vec![e]),
+        Err(e) => Err(e),
     };
     match outcome {
-        Ok(()) => {
-            st.owned = Owned::from_desired(&desired);
-            st.manifest = Some(record);
-            st.applied_at = Some(now_unix());
-            st.in_progress = false;
-            sd.save(&st)?;
-            Ok(todo)
+        Ok(engine) => {
+            let owned = Owned::from_desired(&desired);
+            if !todo.is_empty()
+                || st.manifest.as_ref() != Some(&record)
+                || st.in_progress
+                || st.owned != owned
+            {
+                st.owned = owned;
+                st.manifest = Some(record);
+                st.applied_at = Some(now_unix());
+                st.in_progress = false;
+                sd.save(&st)?;
+            }
+            Ok(Applied {
+                kernel: todo,
+                engine,
+            })
         }
         Err(errors) => {
-            let target = desired_from_snapshot(&before, &owned_before, name);
-            let (reverted, revert_errors) = converge(nl, name, &target, &names, &intent).await;
-            let after = observe(nl, &names).await?;
-            st.owned = intent.retain_existing(&after, name);
-            st.in_progress = false;
-            st.manifest = prior.as_ref().and_then(|p| p.manifest.clone());
-            st.applied_at = prior.as_ref().and_then(|p| p.applied_at);
-            if prior.is_none() && st.owned.is_empty() {
-                sd.remove(name)?;
+            let (reverted, revert_errors) = if todo.is_empty() {
+                (Plan::default(), Vec::new())
             } else {
-                sd.save(&st)?;
+                let target = desired_from_snapshot(&before, &owned_before, name);
+                converge(nl, name, &target, &names, &intent).await
+            };
+            if !todo.is_empty() {
+                let after = observe(nl, &names).await?;
+                st.owned = intent.retain_existing(&after, name);
+                st.in_progress = false;
+                st.manifest = prior.as_ref().and_then(|p| p.manifest.clone());
+                st.applied_at = prior.as_ref().and_then(|p| p.applied_at);
+                if prior.is_none() && st.owned.is_empty() {
+                    sd.remove(name)?;
+                } else {
+                    sd.save(&st)?;
+                }
             }
             Err(ReconcileError::Failed(Failure {
                 errors,
@@ -240,19 +275,29 @@ async fn converge(
 
 /// Remove everything deployment `name` created, from the recorded state
 /// alone (no manifest, no DNS). Returns what was done.
-pub async fn down(nl: &Netlink, sd: &StateDir, name: &str) -> Result<Plan, ReconcileError> {
+pub async fn down<F>(
+    nl: &Netlink,
+    sd: &StateDir,
+    name: &str,
+    stop_engine: F,
+) -> Result<Plan, ReconcileError>
+where
+    F: FnOnce() -> Result<(), String>,
+{
     let _lock = sd.lock()?;
     let Some(mut st) = sd.load(name)? else {
         return Err(ReconcileError::UnknownDeployment(name.to_string()));
     };
+    stop_engine().map_err(|e| ReconcileError::DownFailed(vec![e]))?;
     let names = link_names(&Desired::default(), &st.owned);
     let before = observe(nl, &names).await?;
     for (link, obs) in &before.links {
         for r in &obs.foreign_routes {
             if let ipnet::IpNet::V6(v6) = r.dst
-                && v6.addr().is_unicast_link_local() {
-                    continue;
-                }
+                && v6.addr().is_unicast_link_local()
+            {
+                continue;
+            }
             if obs.addresses.iter().any(|a| a.trunc() == r.dst) {
                 continue; // the kernel's own connected route
             }

@@ -217,9 +217,10 @@ impl StateDir {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(stem) = name.strip_suffix(".json")
-                && !stem.starts_with('.') {
-                    out.push(stem.to_string());
-                }
+                && !stem.contains('.')
+            {
+                out.push(stem.to_string());
+            }
         }
         out.sort();
         Ok(out)

@@ -1,0 +1,359 @@
+//! The engine's configuration: what a manifest asks of the data plane, with
+//! hostnames resolved and key *paths* (never key material), as sent over the
+//! control socket; and the live diff between two configurations.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use netman_proto::keys::{PresharedKey, PrivateKey, PublicKey};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::keys::{self, KeyFileError};
+use crate::manifest::{Endpoint, Manifest};
+
+/// One peer as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSpec {
+    pub name: String,
+    /// Base64, as `wg pubkey` prints it.
+    pub public_key: String,
+    /// The endpoint as written in the manifest (`host:port` or address).
+    pub endpoint_spec: Option<String>,
+    /// The endpoint resolved at apply.
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: Option<u16>,
+    pub preshared_key_file: Option<PathBuf>,
+}
+
+/// Everything the engine needs, without secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    pub deployment: String,
+    pub interface: String,
+    pub mtu: u32,
+    pub listen_port: Option<u16>,
+    pub private_key_file: PathBuf,
+    pub peers: Vec<PeerSpec>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("peer {peer}: endpoint {endpoint}: cannot resolve: {reason}")]
+    Resolve {
+        peer: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error("peer {peer}: public key is not valid base64 of 32 bytes")]
+    PublicKey { peer: String },
+    #[error("peer {peer}: its public key is this interface's own public key")]
+    OwnKey { peer: String },
+}
+
+impl EngineConfig {
+    /// The engine configuration a manifest asks for. Hostname endpoints
+    /// are resolved here (at apply), preferring IPv4 like wg-quick does.
+    pub fn from_manifest(m: &Manifest) -> Result<EngineConfig, ConfigError> {
+        let mut peers = Vec::with_capacity(m.peers.len());
+        for p in &m.peers {
+            let endpoint = match &p.endpoint {
+                None => None,
+                Some(Endpoint::Addr(a)) => Some(*a),
+                Some(Endpoint::Host { host, port }) => Some(resolve(&p.name, host, *port)?),
+            };
+            peers.push(PeerSpec {
+                name: p.name.clone(),
+                public_key: p.public_key.to_base64(),
+                endpoint_spec: p.endpoint.as_ref().map(ToString::to_string),
+                endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+                preshared_key_file: p.preshared_key_file.clone(),
+            });
+        }
+        Ok(EngineConfig {
+            deployment: m.name.clone(),
+            interface: m.interface.name.clone(),
+            mtu: m.interface.mtu,
+            listen_port: m.interface.listen_port,
+            private_key_file: m.interface.private_key_file.clone(),
+            peers,
+        })
+    }
+
+    /// Read every key file the configuration names (refusing bad ones).
+    pub fn load_keys(&self) -> Result<LoadedKeys, ConfigError> {
+        let private = keys::load_private_key(&self.private_key_file)?;
+        let own = private.public_key();
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let public =
+                PublicKey::from_base64(&p.public_key).map_err(|_| ConfigError::PublicKey {
+                    peer: p.name.clone(),
+                })?;
+            if public == own {
+                return Err(ConfigError::OwnKey {
+                    peer: p.name.clone(),
+                });
+            }
+            let psk = match &p.preshared_key_file {
+                Some(f) => Some(keys::load_preshared_key(f)?),
+                None => None,
+            };
+            peers.push((public, psk));
+        }
+        Ok(LoadedKeys { private, peers })
+    }
+}
+
+/// The keys a configuration names, loaded. Not `Debug`.
+pub struct LoadedKeys {
+    pub private: PrivateKey,
+    /// Per `EngineConfig::peers` entry, in order.
+    pub peers: Vec<(PublicKey, Option<PresharedKey>)>,
+}
+
+fn resolve(peer: &str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    let err = |reason: String| ConfigError::Resolve {
+        peer: peer.to_string(),
+        endpoint: format!("{host}:{port}"),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| err("no addresses".to_string()))
+}
+
+/// One change the engine makes (or would make) to reach a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum EngineChange {
+    Start {
+        deployment: String,
+    },
+    Interface {
+        from: String,
+        to: String,
+    },
+    ListenPort {
+        from: Option<u16>,
+        to: Option<u16>,
+    },
+    PrivateKey {
+        from: String,
+        to: String,
+    },
+    Mtu {
+        from: u32,
+        to: u32,
+    },
+    AddPeer {
+        name: String,
+        public_key: String,
+    },
+    RemovePeer {
+        name: String,
+        public_key: String,
+    },
+    PeerName {
+        from: String,
+        to: String,
+    },
+    PeerEndpoint {
+        name: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+    PeerAllowedIps {
+        name: String,
+        from: Vec<IpNet>,
+        to: Vec<IpNet>,
+    },
+    PeerKeepalive {
+        name: String,
+        from: Option<u16>,
+        to: Option<u16>,
+    },
+    PeerPresharedKey {
+        name: String,
+    },
+}
+
+fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "none".to_string(), ToString::to_string)
+}
+
+fn list(v: &[IpNet]) -> String {
+    let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl EngineChange {
+    pub fn sign(&self) -> char {
+        match self {
+            EngineChange::Start { .. } | EngineChange::AddPeer { .. } => '+',
+            EngineChange::RemovePeer { .. } => '-',
+            _ => '~',
+        }
+    }
+}
+
+impl fmt::Display for EngineChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.sign();
+        match self {
+            EngineChange::Start { deployment } => {
+                write!(f, "{s} engine {deployment} (not running)")
+            }
+            EngineChange::Interface { from, to } => {
+                write!(f, "{s} engine interface {from} -> {to}")
+            }
+            EngineChange::ListenPort { from, to } => {
+                write!(f, "{s} engine listen_port {} -> {}", opt(from), opt(to))
+            }
+            EngineChange::PrivateKey { from, to } => {
+                write!(f, "{s} engine private key (public key {from} -> {to})")
+            }
+            EngineChange::Mtu { from, to } => write!(f, "{s} engine mtu {from} -> {to}"),
+            EngineChange::AddPeer { name, public_key } => {
+                write!(f, "{s} peer {name} ({public_key})")
+            }
+            EngineChange::RemovePeer { name, public_key } => {
+                write!(f, "{s} peer {name} ({public_key})")
+            }
+            EngineChange::PeerName { from, to } => write!(f, "{s} peer {from} renamed {to}"),
+            EngineChange::PeerEndpoint { name, from, to } => {
+                write!(f, "{s} peer {name} endpoint {} -> {}", opt(from), opt(to))
+            }
+            EngineChange::PeerAllowedIps { name, from, to } => {
+                write!(
+                    f,
+                    "{s} peer {name} allowed_ips {} -> {}",
+                    list(from),
+                    list(to)
+                )
+            }
+            EngineChange::PeerKeepalive { name, from, to } => {
+                write!(
+                    f,
+                    "{s} peer {name} persistent_keepalive {} -> {}",
+                    opt(from),
+                    opt(to)
+                )
+            }
+            EngineChange::PeerPresharedKey { name } => {
+                write!(f, "{s} peer {name} preshared key (changed)")
+            }
+        }
+    }
+}
+
+/// The changes from the configuration `cur` (with its loaded keys) to `new`
+/// (with its). Pure: peers are matched by public key; an unchanged peer
+/// produces nothing (and keeps its session when applied).
+pub fn diff_configs(
+    cur: &EngineConfig,
+    cur_keys: &LoadedKeys,
+    new: &EngineConfig,
+    new_keys: &LoadedKeys,
+) -> Vec<EngineChange> {
+    let mut out = Vec::new();
+    if cur.interface != new.interface {
+        out.push(EngineChange::Interface {
+            from: cur.interface.clone(),
+            to: new.interface.clone(),
+        });
+    }
+    if cur.listen_port != new.listen_port {
+        out.push(EngineChange::ListenPort {
+            from: cur.listen_port,
+            to: new.listen_port,
+        });
+    }
+    if cur_keys.private != new_keys.private {
+        out.push(EngineChange::PrivateKey {
+            from: cur_keys.private.public_key().to_base64(),
+            to: new_keys.private.public_key().to_base64(),
+        });
+    }
+    if cur.mtu != new.mtu {
+        out.push(EngineChange::Mtu {
+            from: cur.mtu,
+            to: new.mtu,
+        });
+    }
+    fn find<'a>(
+        cfg: &'a EngineConfig,
+        keys: &'a LoadedKeys,
+        k: &PublicKey,
+    ) -> Option<(&'a PeerSpec, &'a Option<PresharedKey>)> {
+        let i = keys.peers.iter().position(|(pk, _)| pk == k)?;
+        Some((cfg.peers.get(i)?, &keys.peers.get(i)?.1))
+    }
+    for (i, (pk, _)) in cur_keys.peers.iter().enumerate() {
+        let Some(p) = cur.peers.get(i) else { continue };
+        if find(new, new_keys, pk).is_none() {
+            out.push(EngineChange::RemovePeer {
+                name: p.name.clone(),
+                public_key: p.public_key.clone(),
+            });
+        }
+    }
+    for (i, (pk, psk)) in new_keys.peers.iter().enumerate() {
+        let Some(n) = new.peers.get(i) else { continue };
+        let Some((c, cpsk)) = find(cur, cur_keys, pk) else {
+            out.push(EngineChange::AddPeer {
+                name: n.name.clone(),
+                public_key: n.public_key.clone(),
+            });
+            continue;
+        };
+        if c.name != n.name {
+            out.push(EngineChange::PeerName {
+                from: c.name.clone(),
+                to: n.name.clone(),
+            });
+        }
+        if c.endpoint != n.endpoint || c.endpoint_spec != n.endpoint_spec {
+            out.push(EngineChange::PeerEndpoint {
+                name: n.name.clone(),
+                from: c.endpoint_spec.clone(),
+                to: n.endpoint_spec.clone(),
+            });
+        }
+        if c.allowed_ips != n.allowed_ips {
+            out.push(EngineChange::PeerAllowedIps {
+                name: n.name.clone(),
+                from: c.allowed_ips.clone(),
+                to: n.allowed_ips.clone(),
+            });
+        }
+        if c.persistent_keepalive != n.persistent_keepalive {
+            out.push(EngineChange::PeerKeepalive {
+                name: n.name.clone(),
+                from: c.persistent_keepalive,
+                to: n.persistent_keepalive,
+            });
+        }
+        if cpsk != psk {
+            out.push(EngineChange::PeerPresharedKey {
+                name: n.name.clone(),
+            });
+        }
+    }
+    out
+}

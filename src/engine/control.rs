@@ -1,0 +1,153 @@
+//! The control socket: `<state-dir>/<name>.sock` (mode 0600). One JSON
+//! request per connection, one JSON response back. The CLI uses it to read
+//! status and to push configuration; secrets never cross it (the engine
+//! reads key files itself).
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::config::{EngineChange, EngineConfig};
+use crate::state::StateDir;
+
+/// Path of the control socket of deployment `name`.
+pub fn socket_path(sd: &StateDir, name: &str) -> PathBuf {
+    sd.path().join(format!("{name}.sock"))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    Status,
+    /// Reach `config` (or, with `dry_run`, report what that would change).
+    Configure {
+        config: EngineConfig,
+        dry_run: bool,
+    },
+    Stop,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Pong { pid: u32, deployment: String },
+    Status(Box<EngineStatus>),
+    Configured { changes: Vec<EngineChange> },
+    Stopping,
+    Error { message: String },
+}
+
+/// What `netman status` shows for one deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub deployment: String,
+    pub pid: u32,
+    pub interface: String,
+    pub listen_port: u16,
+    pub public_key: String,
+    /// Unix time the engine started.
+    pub started_at: u64,
+    pub peers: Vec<PeerStatus>,
+    /// Dropped packets by reason (only non-zero counters).
+    pub drops: BTreeMap<String, u64>,
+    /// The configuration in force.
+    pub config: EngineConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub public_key: String,
+    /// Current endpoint (configured, or learnt from the peer's last
+    /// authenticated packet).
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    /// Unix time of the last completed handshake.
+    pub latest_handshake: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub persistent_keepalive: Option<u16>,
+    pub handshakes: u64,
+    pub handshake_attempts: u64,
+    pub preshared_key: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// Nothing listens: the engine is not running.
+    #[error("engine is not running (no control socket at {0})")]
+    NotRunning(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket {path}: bad response: {reason}")]
+    Protocol { path: PathBuf, reason: String },
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+/// Send one request to the engine behind `path` and wait for the answer.
+pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NotRunning(path.to_path_buf()));
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    s.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    s.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Protocol {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(io_err)?;
+    let mut reader = BufReader::new(s);
+    let mut resp = String::new();
+    reader.read_line(&mut resp).map_err(io_err)?;
+    let resp: Response = serde_json::from_str(&resp).map_err(|e| ControlError::Protocol {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if let Response::Error { message } = resp {
+        return Err(ControlError::Engine(message));
+    }
+    Ok(resp)
+}
+
+/// Read one request from a connection.
+pub fn read_request(s: &UnixStream) -> io::Result<Request> {
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Write one response to a connection.
+pub fn write_response(mut s: &UnixStream, resp: &Response) -> io::Result<()> {
+    let mut line =
+        serde_json::to_vec(resp).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    line.push(b'\n');
+    s.write_all(&line)
+}

@@ -1,0 +1,643 @@
+//! The data plane: one thread, one `poll(2)` loop over the TUN queue, the
+//! UDP sockets, a command eventfd and a signalfd, driving the sans-IO
+//! protocol core. Every wake-up moves a batch: up to `BATCH` packets are
+//! read from the TUN device, encrypted in place and sent with one
+//! `sendmmsg` per socket; up to `BATCH` datagrams are received with one
+//! `recvmmsg`, decrypted in place and written to the TUN device. Nothing is
+//! allocated per packet.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, TunResult};
+use thiserror::Error;
+
+use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
+use super::control::{EngineStatus, PeerStatus};
+use super::udp::{RecvBatch, SendBatch, UdpSockets};
+use crate::keys::os_random;
+
+/// Packets moved per system call.
+pub const BATCH: usize = 64;
+/// Room for the largest packet a TUN device can hand us, with the
+/// transport header in front and padding + tag behind.
+const SLOT: usize = netman_proto::consts::TUN_HEADROOM + 65535 + netman_proto::consts::TUN_TAILROOM;
+const HEADROOM: usize = netman_proto::consts::TUN_HEADROOM;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("attach to TUN device {name}: {source}")]
+    Tun {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind UDP port {port}: {source}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(#[from] super::config::ConfigError),
+    #[error("peer {peer}: {reason}")]
+    Peer { peer: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Requests from the control thread.
+pub enum Command {
+    Status(mpsc::Sender<EngineStatus>),
+    Configure {
+        config: Box<EngineConfig>,
+        dry_run: bool,
+        reply: mpsc::Sender<Result<Vec<EngineChange>, String>>,
+    },
+    Stop,
+}
+
+/// A handle to wake the data plane with a command.
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::Sender<Command>,
+    wake: RawFd,
+}
+
+impl Control {
+    pub fn send(&self, cmd: Command) -> Result<(), String> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| "the data plane has stopped".to_string())?;
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd.
+        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+        Ok(())
+    }
+}
+
+fn attach_tun(name: &str) -> Result<tun_rs::SyncDevice, EngineError> {
+    let err = |source| EngineError::Tun {
+        name: name.to_string(),
+        source,
+    };
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .multi_queue(true)
+        .build_sync()
+        .map_err(err)?;
+    dev.set_nonblocking(true).map_err(err)?;
+    Ok(dev)
+}
+
+fn bind(port: Option<u16>) -> Result<UdpSockets, EngineError> {
+    UdpSockets::bind(port.unwrap_or(0)).map_err(|source| EngineError::Bind {
+        port: port.unwrap_or(0),
+        source,
+    })
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn peer_config(spec: &super::config::PeerSpec, keys: &LoadedKeys, i: usize) -> PeerConfig {
+    let (public, psk) = &keys.peers[i];
+    let mut pc = PeerConfig::new(*public);
+    pc.preshared_key = psk.clone();
+    pc.endpoint = spec.endpoint;
+    pc.allowed_ips = spec
+        .allowed_ips
+        .iter()
+        .filter_map(|n| IpPrefix::new(n.addr(), n.prefix_len()).ok())
+        .collect();
+    pc.persistent_keepalive = spec.persistent_keepalive;
+    pc
+}
+
+fn new_device(keys: &LoadedKeys, mtu: u32) -> Result<Device, EngineError> {
+    let seed = os_random().map_err(|source| EngineError::Io {
+        what: "read OS randomness",
+        source,
+    })?;
+    let mut d = Device::new(
+        keys.private.clone(),
+        *seed,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    d.set_mtu(Some(mtu as usize));
+    Ok(d)
+}
+
+/// The running data plane.
+pub struct DataPlane {
+    config: EngineConfig,
+    keys: LoadedKeys,
+    device: Device,
+    /// Parallel to `config.peers`.
+    ids: Vec<PeerId>,
+    tun: tun_rs::SyncDevice,
+    udp: UdpSockets,
+    started_at: SystemTime,
+    tun_slab: super::udp::Slab,
+    tun_lens: Vec<usize>,
+    rx: RecvBatch,
+    tx4: SendBatch,
+    tx6: SendBatch,
+    scratch: Vec<u8>,
+    cmd_rx: mpsc::Receiver<Command>,
+    wake: OwnedFd,
+    signals: Option<OwnedFd>,
+}
+
+impl DataPlane {
+    /// Attach to the TUN device, bind the sockets, build the protocol
+    /// device with every peer. `signals` is a signalfd that stops the loop.
+    pub fn new(
+        config: EngineConfig,
+        signals: Option<OwnedFd>,
+    ) -> Result<(DataPlane, Control), EngineError> {
+        let keys = config.load_keys()?;
+        let tun = attach_tun(&config.interface)?;
+        let udp = bind(config.listen_port)?;
+        let mut device = new_device(&keys, config.mtu)?;
+        let mut ids = Vec::with_capacity(config.peers.len());
+        for (i, p) in config.peers.iter().enumerate() {
+            let id = device
+                .add_peer(peer_config(p, &keys, i))
+                .map_err(|e| EngineError::Peer {
+                    peer: p.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            ids.push(id);
+        }
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(EngineError::Io {
+                what: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `wake` is a fresh descriptor we own.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let (tx, cmd_rx) = mpsc::channel();
+        let control = Control {
+            tx,
+            wake: wake.as_raw_fd(),
+        };
+        tracing::info!(
+            deployment = %config.deployment,
+            interface = %config.interface,
+            port = udp.port,
+            peers = config.peers.len(),
+            "engine started"
+        );
+        Ok((
+            DataPlane {
+                config,
+                keys,
+                device,
+                ids,
+                tun,
+                udp,
+                started_at: SystemTime::now(),
+                tun_slab: super::udp::Slab::new(BATCH, SLOT),
+                tun_lens: Vec::with_capacity(BATCH),
+                rx: RecvBatch::new(BATCH, SLOT),
+                tx4: SendBatch::new(BATCH),
+                tx6: SendBatch::new(BATCH),
+                scratch: vec![0; SLOT],
+                cmd_rx,
+                wake,
+                signals,
+            },
+            control,
+        ))
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.udp.port
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Run until a stop command or a signal.
+    pub fn run(&mut self) -> Result<(), EngineError> {
+        loop {
+            let now = Instant::now();
+            let timeout_ms = match self.device.poll_timeout() {
+                Some(t) => {
+                    let d = t.saturating_duration_since(now);
+                    // Round up so we never wake before the deadline.
+                    (d.as_micros().div_ceil(1000)).min(1000) as i32
+                }
+                None => 1000,
+            };
+            let mut fds = [
+                pollfd(self.tun.as_raw_fd()),
+                pollfd(self.udp.v4.as_raw_fd()),
+                pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
+                pollfd(self.wake.as_raw_fd()),
+                pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
+            ];
+            // SAFETY: valid array of pollfd structures.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(EngineError::Io {
+                    what: "poll",
+                    source: e,
+                });
+            }
+            let ready =
+                |i: usize| fds[i].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+            let now = Instant::now();
+            if ready(1) {
+                self.udp_to_tun(false, now);
+            }
+            if ready(2) {
+                self.udp_to_tun(true, now);
+            }
+            if ready(0) {
+                self.tun_to_udp(now);
+            }
+            self.device.handle_timeout(now);
+            self.flush_transmits();
+            self.drain_events();
+            if ready(4) {
+                tracing::info!("signal received; stopping the engine");
+                return Ok(());
+            }
+            if ready(3) {
+                let mut v = 0u64;
+                // SAFETY: reading 8 bytes into a live u64 from our eventfd.
+                unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                if self.handle_commands() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Read a batch from the TUN device, encrypt, send.
+    fn tun_to_udp(&mut self, now: Instant) {
+        for _round in 0..4 {
+            self.tun_lens.clear();
+            for i in 0..BATCH {
+                let slot = self.tun_slab.slot_mut(i);
+                match self
+                    .tun
+                    .recv(&mut slot[HEADROOM..SLOT - netman_proto::consts::TUN_TAILROOM])
+                {
+                    Ok(n) => self.tun_lens.push(n),
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::debug!(error = %e, "TUN read failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            let got = self.tun_lens.len();
+            if got == 0 {
+                return;
+            }
+            for i in 0..got {
+                let len = self.tun_lens[i];
+                let slot = self.tun_slab.slot_mut(i);
+                if let TunResult::Send { dst, len } = self.device.handle_tun_packet(slot, len, now)
+                {
+                    // The datagram stays in its slot until the flush below.
+                    let data = &self.tun_slab.slot(i)[..len];
+                    match dst {
+                        SocketAddr::V4(_) => self.tx4.push(data, &dst),
+                        SocketAddr::V6(_) => self.tx6.push(data, &dst),
+                    }
+                }
+            }
+            self.flush_batches();
+            if got < BATCH {
+                return;
+            }
+        }
+    }
+
+    fn flush_batches(&mut self) {
+        if !self.tx4.is_empty() {
+            self.tx4.flush(&self.udp.v4);
+        }
+        if !self.tx6.is_empty() {
+            match &self.udp.v6 {
+                Some(s) => {
+                    self.tx6.flush(s);
+                }
+                None => {
+                    // No IPv6 socket: nothing can be sent there.
+                    self.tx6 = SendBatch::new(BATCH);
+                }
+            }
+        }
+    }
+
+    /// Receive a batch of datagrams, decrypt, write to the TUN device.
+    fn udp_to_tun(&mut self, v6: bool, now: Instant) {
+        for _round in 0..4 {
+            let sock = if v6 {
+                match &self.udp.v6 {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                &self.udp.v4
+            };
+            let got = match self.rx.recv(sock, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            for i in 0..got {
+                let len = self.rx.lens[i];
+                let src = self.rx.srcs[i];
+                let slot = self.rx.slab.slot_mut(i);
+                match self.device.handle_datagram(src, slot, len, now) {
+                    NetResult::ToTun { offset, len, .. } => {
+                        if let Err(e) = self.tun.send(&self.rx.slab.slot(i)[offset..offset + len]) {
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
+                    }
+                    NetResult::Reply { dst, len } => {
+                        let data = &self.rx.slab.slot(i)[..len];
+                        if let Some(s) = self.udp.for_dst(&dst) {
+                            let _ = s.send_to(data, &dst.into());
+                        }
+                    }
+                    NetResult::Done | NetResult::Drop(_) => {}
+                }
+            }
+            // Handshake completions may have released staged packets.
+            self.flush_transmits();
+            if got < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Send everything the core queued (handshakes, keepalives, staged
+    /// packets released by a new session).
+    fn flush_transmits(&mut self) {
+        while let Some((dst, len)) = self.device.poll_transmit(&mut self.scratch) {
+            if let Some(s) = self.udp.for_dst(&dst) {
+                if let Err(e) = s.send_to(&self.scratch[..len], &dst.into()) {
+                    tracing::debug!(%dst, error = %e, "UDP send failed");
+                }
+            }
+        }
+    }
+
+    fn peer_name(&self, id: PeerId) -> &str {
+        self.ids
+            .iter()
+            .position(|x| *x == id)
+            .and_then(|i| self.config.peers.get(i))
+            .map_or("?", |p| p.name.as_str())
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.device.poll_event() {
+            match ev {
+                Event::HandshakeCompleted { peer, initiator } => {
+                    tracing::info!(
+                        peer = self.peer_name(peer),
+                        initiator,
+                        "handshake completed"
+                    );
+                }
+                Event::EndpointChanged { peer, endpoint } => {
+                    tracing::info!(peer = self.peer_name(peer), %endpoint, "endpoint changed");
+                }
+                Event::HandshakeFailed { peer } => {
+                    tracing::info!(
+                        peer = self.peer_name(peer),
+                        "handshake gave up after retries"
+                    );
+                }
+                other => tracing::debug!(event = ?other, "protocol event"),
+            }
+        }
+    }
+
+    /// Returns true when the engine must stop.
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            match cmd {
+                Command::Stop => return true,
+                Command::Status(reply) => {
+                    let _ = reply.send(self.status());
+                }
+                Command::Configure {
+                    config,
+                    dry_run,
+                    reply,
+                } => {
+                    let r = self.configure(*config, dry_run).map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        false
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        let mut peers = Vec::with_capacity(self.ids.len());
+        for (i, id) in self.ids.iter().enumerate() {
+            let Some(spec) = self.config.peers.get(i) else {
+                continue;
+            };
+            let stats = self.device.peer_stats(*id);
+            peers.push(PeerStatus {
+                name: spec.name.clone(),
+                public_key: spec.public_key.clone(),
+                endpoint: stats.as_ref().and_then(|s| s.endpoint),
+                allowed_ips: spec.allowed_ips.clone(),
+                latest_handshake: stats.as_ref().and_then(|s| s.last_handshake).map(unix_secs),
+                rx_bytes: stats.as_ref().map_or(0, |s| s.rx_bytes),
+                tx_bytes: stats.as_ref().map_or(0, |s| s.tx_bytes),
+                persistent_keepalive: spec.persistent_keepalive,
+                handshakes: stats.as_ref().map_or(0, |s| s.handshakes_completed),
+                handshake_attempts: stats.as_ref().map_or(0, |s| s.handshake_attempts),
+                preshared_key: spec.preshared_key_file.is_some(),
+            });
+        }
+        let drops: BTreeMap<String, u64> = self
+            .device
+            .drop_counters()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect();
+        EngineStatus {
+            deployment: self.config.deployment.clone(),
+            pid: std::process::id(),
+            interface: self.config.interface.clone(),
+            listen_port: self.udp.port,
+            public_key: self.device.public_key().to_base64(),
+            started_at: unix_secs(self.started_at),
+            peers,
+            drops,
+            config: self.config.clone(),
+        }
+    }
+
+    /// Reach `new` in place; with `dry_run`, only report the changes.
+    /// Either every change takes effect or none does.
+    fn configure(
+        &mut self,
+        new: EngineConfig,
+        dry_run: bool,
+    ) -> Result<Vec<EngineChange>, EngineError> {
+        let new_keys = new.load_keys()?;
+        let changes = diff_configs(&self.config, &self.keys, &new, &new_keys);
+        if dry_run || changes.is_empty() {
+            if !dry_run {
+                // Same effective configuration; keep the spec text current.
+                self.config = new;
+            }
+            return Ok(changes);
+        }
+        // Acquire every new resource first, so a failure changes nothing.
+        let new_tun = if new.interface != self.config.interface {
+            Some(attach_tun(&new.interface)?)
+        } else {
+            None
+        };
+        let new_udp = if new.listen_port != self.config.listen_port {
+            Some(bind(new.listen_port)?)
+        } else {
+            None
+        };
+        let rekey = self.keys.private != new_keys.private;
+        let mut device = if rekey {
+            Some(new_device(&new_keys, new.mtu)?)
+        } else {
+            None
+        };
+        // Build the new peer set against a scratch copy of the ids.
+        let mut ids = Vec::with_capacity(new.peers.len());
+        if let Some(d) = device.as_mut() {
+            for (i, p) in new.peers.iter().enumerate() {
+                ids.push(d.add_peer(peer_config(p, &new_keys, i)).map_err(|e| {
+                    EngineError::Peer {
+                        peer: p.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?);
+            }
+        } else {
+            // Remove peers that are gone, update kept ones, add new ones.
+            let keep: Vec<bool> = self
+                .keys
+                .peers
+                .iter()
+                .map(|(pk, _)| new_keys.peers.iter().any(|(n, _)| n == pk))
+                .collect();
+            for (i, id) in self.ids.iter().enumerate() {
+                if !keep.get(i).copied().unwrap_or(false) {
+                    let _ = self.device.remove_peer(*id);
+                }
+            }
+            for (i, p) in new.peers.iter().enumerate() {
+                let pc = peer_config(p, &new_keys, i);
+                let existing = self
+                    .keys
+                    .peers
+                    .iter()
+                    .position(|(pk, _)| *pk == new_keys.peers[i].0)
+                    .and_then(|j| self.ids.get(j).copied());
+                let id = match existing {
+                    Some(id) => {
+                        self.device
+                            .update_peer(id, pc)
+                            .map_err(|e| EngineError::Peer {
+                                peer: p.name.clone(),
+                                reason: e.to_string(),
+                            })?;
+                        id
+                    }
+                    None => self.device.add_peer(pc).map_err(|e| EngineError::Peer {
+                        peer: p.name.clone(),
+                        reason: e.to_string(),
+                    })?,
+                };
+                ids.push(id);
+            }
+            self.device.set_mtu(Some(new.mtu as usize));
+        }
+        if let Some(d) = device {
+            self.device = d;
+        }
+        if let Some(t) = new_tun {
+            self.tun = t;
+        }
+        if let Some(u) = new_udp {
+            self.udp = u;
+        }
+        self.ids = ids;
+        self.keys = new_keys;
+        self.config = new;
+        for c in &changes {
+            tracing::info!(change = %c, "engine reconfigured");
+        }
+        Ok(changes)
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Block the stop signals in this thread (and the threads it spawns later)
+/// and return a signalfd that reports them.
+pub fn stop_signals() -> io::Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask and
+    // signalfd with valid arguments.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// How long the CLI waits for the engine to answer.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);

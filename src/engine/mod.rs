@@ -1,0 +1,323 @@
+//! The forwarding engine: a process per deployment that attaches to the
+//! deployment's TUN device, binds its UDP port and drives the WireGuard
+//! protocol core ([`dataplane`]), serving status and configuration on a
+//! control socket ([`control`]). `netman apply` starts it detached
+//! ([`spawn_detached`]); `netman run` runs it in the foreground ([`serve`]).
+
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod udp;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::state::StateDir;
+use config::{EngineChange, EngineConfig};
+use control::{ControlError, Request, Response};
+use dataplane::{CONTROL_TIMEOUT, Command as DpCommand, Control, DataPlane, EngineError};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("engine for deployment {name} is already running (pid {pid})")]
+    AlreadyRunning { name: String, pid: u32 },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("engine config {path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+    #[error("engine for deployment {name} did not start: {reason}")]
+    StartFailed { name: String, reason: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// `<state-dir>/<name>.engine.json`: the engine configuration in force (or
+/// to start with).
+pub fn config_path(sd: &StateDir, name: &str) -> PathBuf {
+    sd.path().join(format!("{name}.engine.json"))
+}
+
+/// `<state-dir>/<name>.log`: output of a detached engine.
+pub fn log_path(sd: &StateDir, name: &str) -> PathBuf {
+    sd.path().join(format!("{name}.log"))
+}
+
+pub fn write_config(sd: &StateDir, cfg: &EngineConfig) -> Result<(), ServeError> {
+    let path = config_path(sd, &cfg.deployment);
+    let err = |reason: String| ServeError::ConfigFile {
+        path: path.clone(),
+        reason,
+    };
+    let data = serde_json::to_vec_pretty(cfg).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, data).map_err(|e| err(e.to_string()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+    fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+}
+
+pub fn read_config(sd: &StateDir, name: &str) -> Result<EngineConfig, ServeError> {
+    let path = config_path(sd, name);
+    let text = fs::read_to_string(&path).map_err(|e| ServeError::ConfigFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ServeError::ConfigFile {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Ask the engine of `name` something.
+pub fn request(sd: &StateDir, name: &str, req: &Request) -> Result<Response, ControlError> {
+    control::request(&control::socket_path(sd, name), req, CONTROL_TIMEOUT)
+}
+
+/// The pid of the running engine of `name`, if one answers.
+pub fn running_pid(sd: &StateDir, name: &str) -> Option<u32> {
+    match request(sd, name, &Request::Ping) {
+        Ok(Response::Pong { pid, .. }) => Some(pid),
+        _ => None,
+    }
+}
+
+/// Run the engine of `cfg.deployment` in this process until SIGTERM/SIGINT
+/// or a stop request. Leaves the kernel state alone.
+pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
+    let name = cfg.deployment.clone();
+    let sock = control::socket_path(sd, &name);
+    if let Some(pid) = running_pid(sd, &name) {
+        return Err(ServeError::AlreadyRunning { name, pid });
+    }
+    let signals = dataplane::stop_signals().map_err(|source| ServeError::Socket {
+        path: sock.clone(),
+        source,
+    })?;
+    let (mut dp, control) = DataPlane::new(cfg, Some(signals))?;
+    write_config(sd, dp.config())?;
+
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|source| ServeError::Socket {
+        path: sock.clone(),
+        source,
+    })?;
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ServeError::Socket {
+            path: sock.clone(),
+            source,
+        }
+    })?;
+    let sd2 = sd.clone();
+    let name2 = name.clone();
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control_loop(listener, control, sd2, name2))
+        .map_err(|source| ServeError::Socket {
+            path: sock.clone(),
+            source,
+        })?;
+    let result = dp.run();
+    // Remove the socket only if it is still ours.
+    let _ = fs::remove_file(&sock);
+    tracing::info!(deployment = %name, "engine stopped");
+    result.map_err(ServeError::from)
+}
+
+fn control_loop(listener: UnixListener, control: Control, sd: StateDir, name: String) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = match control::read_request(&conn) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = control::write_response(
+                    &conn,
+                    &Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                );
+                continue;
+            }
+        };
+        let resp = handle(&control, &sd, &name, req);
+        let stopping = matches!(resp, Response::Stopping);
+        let _ = control::write_response(&conn, &resp);
+        if stopping {
+            let _ = control.send(DpCommand::Stop);
+        }
+    }
+}
+
+fn handle(control: &Control, sd: &StateDir, name: &str, req: Request) -> Response {
+    let err = |message: String| Response::Error { message };
+    match req {
+        Request::Ping => Response::Pong {
+            pid: std::process::id(),
+            deployment: name.to_string(),
+        },
+        Request::Stop => Response::Stopping,
+        Request::Status => {
+            let (tx, rx) = mpsc::channel();
+            if let Err(e) = control.send(DpCommand::Status(tx)) {
+                return err(e);
+            }
+            match rx.recv_timeout(CONTROL_TIMEOUT) {
+                Ok(s) => Response::Status(Box::new(s)),
+                Err(_) => err("the data plane did not answer".into()),
+            }
+        }
+        Request::Configure { config, dry_run } => {
+            if config.deployment != name {
+                return err(format!(
+                    "this engine serves deployment {name}, not {}",
+                    config.deployment
+                ));
+            }
+            let (tx, rx) = mpsc::channel();
+            let saved = config.clone();
+            if let Err(e) = control.send(DpCommand::Configure {
+                config: Box::new(config),
+                dry_run,
+                reply: tx,
+            }) {
+                return err(e);
+            }
+            match rx.recv_timeout(CONTROL_TIMEOUT) {
+                Ok(Ok(changes)) => {
+                    if !dry_run {
+                        if let Err(e) = write_config(sd, &saved) {
+                            tracing::warn!(error = %e, "could not record the engine config");
+                        }
+                    }
+                    Response::Configured { changes }
+                }
+                Ok(Err(e)) => err(e),
+                Err(_) => err("the data plane did not answer".into()),
+            }
+        }
+    }
+}
+
+/// Start the engine of `cfg.deployment` as a detached process (its own
+/// session, output to `<state-dir>/<name>.log`) and wait until it answers.
+pub fn spawn_detached(sd: &StateDir, cfg: &EngineConfig) -> Result<u32, ServeError> {
+    let name = cfg.deployment.clone();
+    write_config(sd, cfg)?;
+    let log = log_path(sd, &name);
+    let fail = |reason: String| ServeError::StartFailed {
+        name: name.clone(),
+        reason,
+    };
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| fail(format!("open log {}: {e}", log.display())))?;
+    let err_out = out
+        .try_clone()
+        .map_err(|e| fail(format!("open log {}: {e}", log.display())))?;
+    let exe = std::env::current_exe().map_err(|e| fail(format!("find own executable: {e}")))?;
+    let log_offset = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut cmd = Command::new(exe);
+    cmd.arg("--state-dir")
+        .arg(sd.path())
+        .arg("engine")
+        .arg(&name)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err_out);
+    if let Ok(v) = std::env::var("NETMAN_LOG") {
+        cmd.env("NETMAN_LOG", v);
+    }
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // session so it outlives this command and its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| fail(format!("spawn: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = running_pid(sd, &name) {
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(format!("{status}: {}", log_tail(&log, log_offset))));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(fail(format!(
+                "no answer within 10 s: {}",
+                log_tail(&log, log_offset)
+            )));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn log_tail(path: &Path, from: u64) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let start = usize::try_from(from).unwrap_or(0).min(text.len());
+    let tail = text.get(start..).unwrap_or("").trim();
+    if tail.is_empty() {
+        format!("see {}", path.display())
+    } else {
+        tail.lines().last().unwrap_or(tail).to_string()
+    }
+}
+
+/// Stop the engine of `name` (if running) and wait for it to exit.
+pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
+    let Some(pid) = running_pid(sd, name) else {
+        let _ = fs::remove_file(control::socket_path(sd, name));
+        return Ok(false);
+    };
+    let _ = request(sd, name, &Request::Stop);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !pid_alive(pid) {
+            return Ok(true);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill with a pid the engine reported.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let _ = fs::remove_file(control::socket_path(sd, name));
+    Ok(true)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as gone.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Changes shown when no engine runs.
+pub fn start_change(name: &str) -> EngineChange {
+    EngineChange::Start {
+        deployment: name.to_string(),
+    }
+}
