@@ -357,3 +357,106 @@ pub fn diff_configs(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from_seed([seed; 32])
+    }
+
+    fn peer(name: &str, k: &PrivateKey) -> PeerSpec {
+        PeerSpec {
+            name: name.to_string(),
+            public_key: k.public_key().to_base64(),
+            endpoint_spec: Some("192.0.2.2:51820".into()),
+            endpoint: Some("192.0.2.2:51820".parse().expect("addr")),
+            allowed_ips: vec!["10.10.0.2/32".parse().expect("net")],
+            persistent_keepalive: Some(25),
+            preshared_key_file: None,
+        }
+    }
+
+    fn config(peers: Vec<PeerSpec>) -> EngineConfig {
+        EngineConfig {
+            deployment: "a".into(),
+            interface: "nm0".into(),
+            mtu: 1420,
+            listen_port: Some(51820),
+            private_key_file: "/k".into(),
+            peers,
+        }
+    }
+
+    fn loaded(own: &PrivateKey, peers: &[(&PrivateKey, Option<[u8; 32]>)]) -> LoadedKeys {
+        LoadedKeys {
+            private: own.clone(),
+            peers: peers
+                .iter()
+                .map(|(k, psk)| (k.public_key(), psk.map(PresharedKey::from_bytes)))
+                .collect(),
+        }
+    }
+
+    fn lines(c: &[EngineChange]) -> Vec<String> {
+        c.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn identical_configs_have_no_changes() {
+        let (own, b) = (key(1), key(2));
+        let cfg = config(vec![peer("b", &b)]);
+        let k = loaded(&own, &[(&b, None)]);
+        assert!(diff_configs(&cfg, &k, &cfg.clone(), &loaded(&own, &[(&b, None)])).is_empty());
+    }
+
+    #[test]
+    fn peers_are_matched_by_key_and_every_field_is_compared() {
+        let (own, b, c, d) = (key(1), key(2), key(3), key(4));
+        let cur = config(vec![peer("b", &b), peer("c", &c)]);
+        let cur_k = loaded(&own, &[(&b, None), (&c, None)]);
+        let mut b2 = peer("bee", &b);
+        b2.endpoint_spec = Some("192.0.2.9:51820".into());
+        b2.endpoint = Some("192.0.2.9:51820".parse().expect("addr"));
+        b2.allowed_ips.push("172.18.0.0/16".parse().expect("net"));
+        b2.persistent_keepalive = None;
+        let mut new = config(vec![peer("d", &d), b2]);
+        new.listen_port = None;
+        new.mtu = 1400;
+        let new_k = loaded(&own, &[(&d, None), (&b, Some([7; 32]))]);
+        assert_eq!(
+            lines(&diff_configs(&cur, &cur_k, &new, &new_k)),
+            vec![
+                "~ engine listen_port 51820 -> none",
+                "~ engine mtu 1420 -> 1400",
+                format!("- peer c ({})", c.public_key().to_base64()).as_str(),
+                format!("+ peer d ({})", d.public_key().to_base64()).as_str(),
+                "~ peer b renamed bee",
+                "~ peer bee endpoint 192.0.2.2:51820 -> 192.0.2.9:51820",
+                "~ peer bee allowed_ips [10.10.0.2/32] -> [10.10.0.2/32, 172.18.0.0/16]",
+                "~ peer bee persistent_keepalive 25 -> none",
+                "~ peer bee preshared key (changed)",
+            ]
+        );
+    }
+
+    #[test]
+    fn private_key_change_shows_public_keys_only() {
+        let (a, a2, b) = (key(1), key(9), key(2));
+        let cfg = config(vec![peer("b", &b)]);
+        let ch = diff_configs(
+            &cfg,
+            &loaded(&a, &[(&b, None)]),
+            &cfg,
+            &loaded(&a2, &[(&b, None)]),
+        );
+        let l = lines(&ch);
+        assert_eq!(l.len(), 1);
+        assert!(l[0].contains(&a2.public_key().to_base64()), "{l:?}");
+        assert!(
+            !l[0].contains(a2.to_base64().as_str()),
+            "private key leaked"
+        );
+    }
+}

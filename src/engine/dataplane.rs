@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,15 +17,21 @@ use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
 use super::control::{EngineStatus, PeerStatus};
-use super::udp::{RecvBatch, SendBatch, UdpSockets};
+use super::udp::{RecvBatch, TxQueue, UdpSockets};
 use crate::keys::os_random;
 
-/// Packets moved per system call.
-pub const BATCH: usize = 64;
+/// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
+const RX_MSGS: usize = 32;
+/// Packets gathered from the TUN device per wake-up, and inner packets
+/// handed to one GRO-coalescing TUN write.
+const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Room for the largest packet a TUN device can hand us, with the
 /// transport header in front and padding + tag behind.
-const SLOT: usize = netman_proto::consts::TUN_HEADROOM + 65535 + netman_proto::consts::TUN_TAILROOM;
+const SLOT: usize = HEADROOM + 65535 + netman_proto::consts::TUN_TAILROOM;
+/// The transport header is written in front of the inner packet; it is
+/// also room for the virtio-net header of an offloading TUN write.
 const HEADROOM: usize = netman_proto::consts::TUN_HEADROOM;
+const _: () = assert!(HEADROOM >= tun_rs::VIRTIO_NET_HDR_LEN);
 
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -84,16 +89,28 @@ impl Control {
     }
 }
 
+/// Attach a queue of the TUN device `name`, with offloads (virtio-net
+/// header: TSO/USO super-packets in, GRO-coalesced packets out) when the
+/// kernel has them, plain packets otherwise.
 fn attach_tun(name: &str) -> Result<tun_rs::SyncDevice, EngineError> {
     let err = |source| EngineError::Tun {
         name: name.to_string(),
         source,
     };
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .multi_queue(true)
-        .build_sync()
-        .map_err(err)?;
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .multi_queue(true)
+            .offload(offload)
+            .build_sync()
+    };
+    let dev = match build(true) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::info!(error = %e, "TUN offloads unavailable; using plain packets");
+            build(false).map_err(err)?
+        }
+    };
     dev.set_nonblocking(true).map_err(err)?;
     Ok(dev)
 }
@@ -150,11 +167,18 @@ pub struct DataPlane {
     tun: tun_rs::SyncDevice,
     udp: UdpSockets,
     started_at: SystemTime,
-    tun_slab: super::udp::Slab,
-    tun_lens: Vec<usize>,
+    /// Raw TUN read (virtio header + up to 64 KiB super-packet).
+    tun_raw: Vec<u8>,
+    /// Segments of TUN reads, each at `HEADROOM`, encrypted in place.
+    tun_bufs: Vec<Vec<u8>>,
+    tun_sizes: Vec<usize>,
+    /// Most segments one TUN read can split into at this MTU.
+    max_segments: usize,
+    tx: TxQueue,
     rx: RecvBatch,
-    tx4: SendBatch,
-    tx6: SendBatch,
+    /// Decrypted inner packets (at `HEADROOM`) for the next TUN write.
+    to_tun: Vec<Vec<u8>>,
+    gro: tun_rs::GROTable,
     scratch: Vec<u8>,
     cmd_rx: mpsc::Receiver<Command>,
     wake: OwnedFd,
@@ -197,7 +221,9 @@ impl DataPlane {
             tx,
             wake: wake.as_raw_fd(),
         };
+        let config_mtu = config.mtu;
         tracing::info!(
+            offload = tun.tcp_gso(),
             deployment = %config.deployment,
             interface = %config.interface,
             port = udp.port,
@@ -213,11 +239,14 @@ impl DataPlane {
                 tun,
                 udp,
                 started_at: SystemTime::now(),
-                tun_slab: super::udp::Slab::new(BATCH, SLOT),
-                tun_lens: Vec::with_capacity(BATCH),
-                rx: RecvBatch::new(BATCH, SLOT),
-                tx4: SendBatch::new(BATCH),
-                tx6: SendBatch::new(BATCH),
+                tun_raw: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65535],
+                tun_bufs: (0..TUN_BATCH).map(|_| vec![0; SLOT]).collect(),
+                tun_sizes: vec![0; TUN_BATCH],
+                max_segments: max_segments(config_mtu),
+                tx: TxQueue::new(TUN_BATCH, TUN_BATCH * 2048, true),
+                rx: RecvBatch::new(RX_MSGS, 65536),
+                to_tun: (0..TUN_BATCH).map(|_| Vec::with_capacity(SLOT)).collect(),
+                gro: tun_rs::GROTable::new(),
                 scratch: vec![0; SLOT],
                 cmd_rx,
                 wake,
@@ -296,17 +325,19 @@ impl DataPlane {
         }
     }
 
-    /// Read a batch from the TUN device, encrypt, send.
+    /// Read from the TUN device (splitting offloaded super-packets),
+    /// encrypt in place, and send with GSO-batched `sendmmsg`.
     fn tun_to_udp(&mut self, now: Instant) {
         for _round in 0..4 {
-            self.tun_lens.clear();
-            for i in 0..BATCH {
-                let slot = self.tun_slab.slot_mut(i);
-                match self
-                    .tun
-                    .recv(&mut slot[HEADROOM..SLOT - netman_proto::consts::TUN_TAILROOM])
-                {
-                    Ok(n) => self.tun_lens.push(n),
+            let mut filled = 0;
+            while TUN_BATCH - filled >= self.max_segments {
+                match self.tun.recv_multiple(
+                    &mut self.tun_raw,
+                    &mut self.tun_bufs[filled..],
+                    &mut self.tun_sizes[filled..],
+                    HEADROOM,
+                ) {
+                    Ok(n) => filled += n,
                     Err(e) => {
                         if e.kind() != io::ErrorKind::WouldBlock {
                             tracing::debug!(error = %e, "TUN read failed");
@@ -315,48 +346,30 @@ impl DataPlane {
                     }
                 }
             }
-            let got = self.tun_lens.len();
-            if got == 0 {
+            if filled == 0 {
                 return;
             }
-            for i in 0..got {
-                let len = self.tun_lens[i];
-                let slot = self.tun_slab.slot_mut(i);
-                if let TunResult::Send { dst, len } = self.device.handle_tun_packet(slot, len, now)
-                {
-                    // The datagram stays in its slot until the flush below.
-                    let data = &self.tun_slab.slot(i)[..len];
-                    match dst {
-                        SocketAddr::V4(_) => self.tx4.push(data, &dst),
-                        SocketAddr::V6(_) => self.tx6.push(data, &dst),
+            for i in 0..filled {
+                let len = self.tun_sizes[i];
+                let buf = &mut self.tun_bufs[i];
+                if let TunResult::Send { dst, len } = self.device.handle_tun_packet(buf, len, now) {
+                    let data = &self.tun_bufs[i][..len];
+                    if !self.tx.push(data, dst) {
+                        self.tx.flush(&self.udp);
+                        self.tx.push(data, dst);
                     }
                 }
             }
-            self.flush_batches();
-            if got < BATCH {
-                return;
+            self.tx.flush(&self.udp);
+            if TUN_BATCH - filled >= self.max_segments {
+                return; // the device ran dry
             }
         }
     }
 
-    fn flush_batches(&mut self) {
-        if !self.tx4.is_empty() {
-            self.tx4.flush(&self.udp.v4);
-        }
-        if !self.tx6.is_empty() {
-            match &self.udp.v6 {
-                Some(s) => {
-                    self.tx6.flush(s);
-                }
-                None => {
-                    // No IPv6 socket: nothing can be sent there.
-                    self.tx6 = SendBatch::new(BATCH);
-                }
-            }
-        }
-    }
-
-    /// Receive a batch of datagrams, decrypt, write to the TUN device.
+    /// Receive datagrams (GRO-coalesced where the kernel can), decrypt in
+    /// place, and write the inner packets to the TUN device, coalesced
+    /// into super-packets where offloads allow.
     fn udp_to_tun(&mut self, v6: bool, now: Instant) {
         for _round in 0..4 {
             let sock = if v6 {
@@ -367,35 +380,48 @@ impl DataPlane {
             } else {
                 &self.udp.v4
             };
-            let got = match self.rx.recv(sock, 0) {
+            let got = match self.rx.recv(sock) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive failed");
                     return;
                 }
             };
+            let mut k = 0;
             for i in 0..got {
-                let len = self.rx.lens[i];
-                let src = self.rx.srcs[i];
-                let slot = self.rx.slab.slot_mut(i);
-                match self.device.handle_datagram(src, slot, len, now) {
-                    NetResult::ToTun { offset, len, .. } => {
-                        if let Err(e) = self.tun.send(&self.rx.slab.slot(i)[offset..offset + len]) {
-                            tracing::debug!(error = %e, "TUN write failed");
+                let (len, seg, src) = (self.rx.lens[i], self.rx.segs[i], self.rx.srcs[i]);
+                let mut off = 0;
+                while off < len {
+                    let dlen = seg.min(len - off);
+                    let d = &mut self.rx.slab.slot_mut(i)[off..off + dlen];
+                    match self.device.handle_datagram(src, d, dlen, now) {
+                        NetResult::ToTun { offset, len, .. } => {
+                            let b = &mut self.to_tun[k];
+                            b.clear();
+                            b.resize(HEADROOM, 0);
+                            b.extend_from_slice(&d[offset..offset + len]);
+                            k += 1;
+                            if k == TUN_BATCH {
+                                write_tun(&self.tun, &mut self.gro, &mut self.to_tun[..k]);
+                                k = 0;
+                            }
                         }
-                    }
-                    NetResult::Reply { dst, len } => {
-                        let data = &self.rx.slab.slot(i)[..len];
-                        if let Some(s) = self.udp.for_dst(&dst) {
-                            let _ = s.send_to(data, &dst.into());
+                        NetResult::Reply { dst, len } => {
+                            if let Some(s) = self.udp.for_dst(&dst) {
+                                let _ = s.send_to(&d[..len], &dst.into());
+                            }
                         }
+                        NetResult::Done | NetResult::Drop(_) => {}
                     }
-                    NetResult::Done | NetResult::Drop(_) => {}
+                    off += dlen;
                 }
+            }
+            if k > 0 {
+                write_tun(&self.tun, &mut self.gro, &mut self.to_tun[..k]);
             }
             // Handshake completions may have released staged packets.
             self.flush_transmits();
-            if got < BATCH {
+            if got < RX_MSGS {
                 return;
             }
         }
@@ -405,10 +431,10 @@ impl DataPlane {
     /// packets released by a new session).
     fn flush_transmits(&mut self) {
         while let Some((dst, len)) = self.device.poll_transmit(&mut self.scratch) {
-            if let Some(s) = self.udp.for_dst(&dst) {
-                if let Err(e) = s.send_to(&self.scratch[..len], &dst.into()) {
-                    tracing::debug!(%dst, error = %e, "UDP send failed");
-                }
+            if let Some(s) = self.udp.for_dst(&dst)
+                && let Err(e) = s.send_to(&self.scratch[..len], &dst.into())
+            {
+                tracing::debug!(%dst, error = %e, "UDP send failed");
             }
         }
     }
@@ -591,6 +617,7 @@ impl DataPlane {
             }
             self.device.set_mtu(Some(new.mtu as usize));
         }
+        self.max_segments = max_segments(new.mtu);
         if let Some(d) = device {
             self.device = d;
         }
@@ -608,6 +635,56 @@ impl DataPlane {
         }
         Ok(changes)
     }
+}
+
+/// Write inner packets to the TUN device. TCP segments go through GRO
+/// (coalesced into super-packets when offloading); anything else is written
+/// packet by packet, so that a burst of UDP datagrams reaches the receiving
+/// socket at the pace a NIC would deliver it, not as one USO super-packet.
+fn write_tun(tun: &tun_rs::SyncDevice, gro: &mut tun_rs::GROTable, bufs: &mut [Vec<u8>]) {
+    let offload = tun.tcp_gso();
+    let mut tcp_end = 0;
+    for i in 0..bufs.len() {
+        let is_tcp = bufs[i].get(HEADROOM..).is_some_and(is_tcp_packet);
+        if offload && is_tcp {
+            bufs.swap(tcp_end, i);
+            tcp_end += 1;
+            continue;
+        }
+        let b = &mut bufs[i];
+        let start = if offload {
+            // A zero virtio-net header: no GSO, no checksum offload.
+            let h = HEADROOM - tun_rs::VIRTIO_NET_HDR_LEN;
+            b[h..HEADROOM].fill(0);
+            h
+        } else {
+            HEADROOM
+        };
+        if let Err(e) = tun.send(&b[start..]) {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+    if tcp_end > 0
+        && let Err(e) = tun.send_multiple(gro, &mut bufs[..tcp_end], HEADROOM)
+    {
+        tracing::debug!(error = %e, "TUN write failed");
+    }
+}
+
+fn is_tcp_packet(p: &[u8]) -> bool {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => p.get(9) == Some(&6),
+        Some(6) => p.get(6) == Some(&6),
+        _ => false,
+    }
+}
+
+/// Most segments a TUN super-packet of at most 64 KiB splits into, for a
+/// tunnel MTU (the smallest segment: MTU minus IPv6 and the largest TCP
+/// header).
+fn max_segments(mtu: u32) -> usize {
+    let seg = (mtu as usize).saturating_sub(40 + 60).max(256);
+    65535usize.div_ceil(seg).min(TUN_BATCH)
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {

@@ -122,6 +122,12 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
             source,
         }
     })?;
+    // Capabilities are per thread and inherited: drop them before any other
+    // thread exists.
+    let port = dp.listen_port();
+    if let Err(e) = drop_privileges(port) {
+        tracing::warn!(error = %e, "could not drop privileges; the engine keeps them");
+    }
     let sd2 = sd.clone();
     let name2 = name.clone();
     thread::Builder::new()
@@ -138,9 +144,89 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     result.map_err(ServeError::from)
 }
 
+/// Keep only what the running engine needs: CAP_NET_ADMIN (TUN queues,
+/// netlink), and CAP_NET_BIND_SERVICE only for a privileged listen port;
+/// no new privileges on exec; not dumpable (no core dumps or ptrace
+/// snooping of key material).
+pub fn drop_privileges(port: u16) -> io::Result<()> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    // SAFETY: prctl with constant, valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let mut keep = CapsHashSet::new();
+    keep.insert(Capability::CAP_NET_ADMIN);
+    if port != 0 && u32::from(port) < unprivileged_port_start() {
+        keep.insert(Capability::CAP_NET_BIND_SERVICE);
+    }
+    let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+    // The bounding set first, while CAP_SETPCAP is still effective: a
+    // program run later (nft) cannot regain anything either.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(err)?;
+    caps::clear(None, CapSet::Inheritable).map_err(err)?;
+    caps::set(None, CapSet::Effective, &keep).map_err(err)?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(err)?;
+    Ok(())
+}
+
+fn unprivileged_port_start() -> u32 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The uid of the process at the other end of a Unix socket.
+fn peer_uid(conn: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live ucred with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
 fn control_loop(listener: UnixListener, control: Control, sd: StateDir, name: String) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        match peer_uid(&conn) {
+            Some(0) => {}
+            other => {
+                tracing::warn!(uid = ?other, "refused a control connection from a non-root user");
+                let _ = control::write_response(
+                    &conn,
+                    &Response::Error {
+                        message: format!(
+                            "permission denied: the control socket of deployment {name} accepts only root (uid 0){}",
+                            other.map(|u| format!(", not uid {u}")).unwrap_or_default()
+                        ),
+                    },
+                );
+                continue;
+            }
+        }
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
         let req = match control::read_request(&conn) {
             Ok(r) => r,
@@ -199,10 +285,8 @@ fn handle(control: &Control, sd: &StateDir, name: &str, req: Request) -> Respons
             }
             match rx.recv_timeout(CONTROL_TIMEOUT) {
                 Ok(Ok(changes)) => {
-                    if !dry_run {
-                        if let Err(e) = write_config(sd, &saved) {
-                            tracing::warn!(error = %e, "could not record the engine config");
-                        }
+                    if !dry_run && let Err(e) = write_config(sd, &saved) {
+                        tracing::warn!(error = %e, "could not record the engine config");
                     }
                     Response::Configured { changes }
                 }

@@ -165,25 +165,42 @@ impl Slab {
     }
 }
 
-/// Storage for one `recvmmsg` call.
+/// Control-message space for one `UDP_GRO`/`UDP_SEGMENT` value.
+const CMSG_BUF: usize = 64;
+
+/// Largest UDP payload a coalesced (GRO) receive or a segmented (GSO) send
+/// carries.
+pub const MAX_GSO_BYTES: usize = 65535;
+/// Most segments one GSO send may carry (UDP_MAX_SEGMENTS).
+const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Storage for one `recvmmsg` call. With UDP GRO enabled, one message may
+/// hold several datagrams of `segs[i]` bytes each (the last may be
+/// shorter), all from the same source.
 pub struct RecvBatch {
     pub slab: Slab,
-    /// Per received datagram: its length and source.
+    /// Per received message: its length, segment size and source.
     pub lens: Vec<usize>,
+    pub segs: Vec<usize>,
     pub srcs: Vec<SocketAddr>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<[u64; CMSG_BUF / 8]>,
+}
+
+fn zeroed<T>() -> T {
+    // SAFETY: only used for plain C structs (sockaddr_storage, mmsghdr,
+    // iovec) for which all-zero bytes are a valid value.
+    unsafe { MaybeUninit::<T>::zeroed().assume_init() }
 }
 
 impl RecvBatch {
     pub fn new(slots: usize, stride: usize) -> RecvBatch {
-        // SAFETY: sockaddr_storage/iovec/mmsghdr are plain C structs for
-        // which all-zero bytes are a valid value.
-        let zeroed = || unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         RecvBatch {
             slab: Slab::new(slots, stride),
             lens: Vec::with_capacity(slots),
+            segs: Vec::with_capacity(slots),
             srcs: Vec::with_capacity(slots),
             addrs: (0..slots).map(|_| zeroed()).collect(),
             iovs: (0..slots)
@@ -192,33 +209,31 @@ impl RecvBatch {
                     iov_len: 0,
                 })
                 .collect(),
-            // SAFETY: as above.
-            hdrs: (0..slots)
-                .map(|_| unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() })
-                .collect(),
+            hdrs: (0..slots).map(|_| zeroed()).collect(),
+            cmsgs: vec![[0u64; CMSG_BUF / 8]; slots],
         }
     }
 
-    /// Receive up to `slots` datagrams without blocking, each into its slot
-    /// starting at `offset`. Returns how many arrived (0 when none is
-    /// waiting).
-    pub fn recv(&mut self, sock: &Socket, offset: usize) -> io::Result<usize> {
+    /// Receive up to `slots` messages without blocking. Returns how many
+    /// arrived (0 when none is waiting).
+    pub fn recv(&mut self, sock: &Socket) -> io::Result<usize> {
         self.lens.clear();
+        self.segs.clear();
         self.srcs.clear();
         let n = self.slab.slots;
         let stride = self.slab.stride;
         let base = self.slab.buf.as_mut_ptr();
         for i in 0..n {
-            // SAFETY: i*stride+offset is inside the slab (offset < stride).
-            self.iovs[i].iov_base = unsafe { base.add(i * stride + offset) }.cast();
-            self.iovs[i].iov_len = stride - offset;
+            // SAFETY: slot i lies inside the slab.
+            self.iovs[i].iov_base = unsafe { base.add(i * stride) }.cast();
+            self.iovs[i].iov_len = stride;
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_BUF as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -241,7 +256,10 @@ impl RecvBatch {
         }
         let got = got as usize;
         for i in 0..got {
-            self.lens.push(self.hdrs[i].msg_len as usize);
+            let len = self.hdrs[i].msg_len as usize;
+            let seg = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len).max(1);
+            self.lens.push(len);
+            self.segs.push(seg);
             self.srcs.push(
                 sockaddr_to_std(&self.addrs[i])
                     .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))),
@@ -251,107 +269,224 @@ impl RecvBatch {
     }
 }
 
-/// Storage for one `sendmmsg` call per socket.
-pub struct SendBatch {
-    addrs: Vec<libc::sockaddr_storage>,
-    lens: Vec<libc::socklen_t>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
+/// The `UDP_GRO` segment size of a received message, if it was coalesced.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: walking the control buffer the kernel filled, with the libc
+    // CMSG macros, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let mut v: libc::c_int = 0;
+                std::ptr::copy_nonoverlapping(
+                    libc::CMSG_DATA(c),
+                    (&mut v as *mut libc::c_int).cast(),
+                    mem::size_of::<libc::c_int>(),
+                );
+                return usize::try_from(v).ok().filter(|v| *v > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+struct TxMsg {
+    dst: SocketAddr,
+    start: usize,
+    len: usize,
+    seg: usize,
     count: usize,
 }
 
-impl SendBatch {
-    pub fn new(slots: usize) -> SendBatch {
-        SendBatch {
-            // SAFETY: plain C structs, all-zero is valid.
-            addrs: (0..slots)
-                .map(|_| unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() })
-                .collect(),
-            lens: vec![0; slots],
-            iovs: (0..slots)
+/// Datagrams waiting to be sent, packed into one arena. Consecutive
+/// datagrams to the same destination with the same size (the last of a run
+/// may be shorter) become one UDP GSO message: one `sendmmsg` carries many
+/// such messages.
+pub struct TxQueue {
+    arena: Vec<u8>,
+    used: usize,
+    msgs: Vec<TxMsg>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    cmsgs: Vec<[u64; CMSG_BUF / 8]>,
+    gso: bool,
+}
+
+impl TxQueue {
+    /// A queue for up to `max_msgs` messages and `arena` bytes.
+    pub fn new(max_msgs: usize, arena: usize, gso: bool) -> TxQueue {
+        TxQueue {
+            arena: vec![0; arena],
+            used: 0,
+            msgs: Vec::with_capacity(max_msgs),
+            addrs: (0..max_msgs).map(|_| zeroed()).collect(),
+            iovs: (0..max_msgs)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 })
                 .collect(),
-            // SAFETY: as above.
-            hdrs: (0..slots)
-                .map(|_| unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() })
-                .collect(),
-            count: 0,
+            hdrs: (0..max_msgs).map(|_| zeroed()).collect(),
+            cmsgs: vec![[0u64; CMSG_BUF / 8]; max_msgs],
+            gso,
         }
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.count == self.hdrs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.msgs.is_empty()
     }
 
-    /// Queue `data` for `dst`. The bytes must stay alive and unchanged until
-    /// [`SendBatch::flush`].
-    pub fn push(&mut self, data: &[u8], dst: &SocketAddr) {
-        let i = self.count;
-        if i >= self.hdrs.len() {
-            return;
-        }
-        self.lens[i] = std_to_sockaddr(dst, &mut self.addrs[i]);
-        self.iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
-        self.iovs[i].iov_len = data.len();
-        self.count += 1;
+    /// Whether one more datagram of up to `len` bytes certainly fits.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.used + len <= self.arena.len() && self.msgs.len() < self.hdrs.len()
     }
 
-    /// Send everything queued on `sock` (blocking briefly when the socket
-    /// buffer is full). Returns how many datagrams could not be sent.
-    pub fn flush(&mut self, sock: &Socket) -> usize {
-        let n = self.count;
-        for i in 0..n {
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = self.lens[i];
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+    /// Copy `data` in for `dst`. Returns false (and queues nothing) when
+    /// full: flush and push again.
+    pub fn push(&mut self, data: &[u8], dst: SocketAddr) -> bool {
+        let n = data.len();
+        if self.used + n > self.arena.len() {
+            return false;
         }
-        let mut sent = 0;
+        let merge = self.gso
+            && self.msgs.last().is_some_and(|m| {
+                m.dst == dst
+                    && m.len == m.seg * m.count
+                    && n <= m.seg
+                    && n > 0
+                    && m.len + n <= MAX_GSO_BYTES
+                    && m.count < MAX_GSO_SEGMENTS
+                    && m.start + m.len == self.used
+            });
+        if !merge && self.msgs.len() >= self.hdrs.len() {
+            return false;
+        }
+        self.arena[self.used..self.used + n].copy_from_slice(data);
+        if merge {
+            if let Some(m) = self.msgs.last_mut() {
+                m.len += n;
+                m.count += 1;
+            }
+        } else {
+            self.msgs.push(TxMsg {
+                dst,
+                start: self.used,
+                len: n,
+                seg: n,
+                count: 1,
+            });
+        }
+        self.used += n;
+        true
+    }
+
+    /// Send everything queued (IPv4 messages on `udp.v4`, IPv6 on
+    /// `udp.v6`). Returns the number of datagrams that could not be sent.
+    pub fn flush(&mut self, udp: &UdpSockets) -> usize {
         let mut dropped = 0;
-        let mut retries = 0;
-        while sent < n {
-            // SAFETY: headers point at live buffers queued by `push`.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    sock.as_raw_fd(),
-                    self.hdrs[sent..].as_mut_ptr(),
-                    (n - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc > 0 {
-                sent += rc as usize;
+        for v6 in [false, true] {
+            let sock = if v6 { udp.v6.as_ref() } else { Some(&udp.v4) };
+            let mut k = 0;
+            let base = self.arena.as_mut_ptr();
+            for m in self.msgs.iter().filter(|m| m.dst.is_ipv6() == v6) {
+                let alen = std_to_sockaddr(&m.dst, &mut self.addrs[k]);
+                // SAFETY: the message lies inside the arena.
+                self.iovs[k].iov_base = unsafe { base.add(m.start) }.cast();
+                self.iovs[k].iov_len = m.len;
+                let h = &mut self.hdrs[k].msg_hdr;
+                h.msg_name = (&mut self.addrs[k] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = alen;
+                h.msg_iov = &mut self.iovs[k];
+                h.msg_iovlen = 1;
+                h.msg_flags = 0;
+                if m.count > 1 {
+                    h.msg_control = self.cmsgs[k].as_mut_ptr().cast();
+                    h.msg_controllen = set_segment_cmsg(h, m.seg as u16);
+                } else {
+                    h.msg_control = std::ptr::null_mut();
+                    h.msg_controllen = 0;
+                }
+                k += 1;
+            }
+            if k == 0 {
                 continue;
             }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock if retries < 100 => {
-                    retries += 1;
-                    wait_writable(sock.as_raw_fd());
-                }
-                _ => {
-                    // Unreachable destination and the like: skip this one.
-                    tracing::debug!(error = %e, "UDP send failed");
-                    sent += 1;
-                    dropped += 1;
+            match sock {
+                Some(s) => dropped += send_all(s, &mut self.hdrs[..k]),
+                None => {
+                    dropped += self
+                        .msgs
+                        .iter()
+                        .filter(|m| m.dst.is_ipv6() == v6)
+                        .map(|m| m.count)
+                        .sum::<usize>()
                 }
             }
         }
-        self.count = 0;
+        self.msgs.clear();
+        self.used = 0;
         dropped
     }
+}
+
+/// Write a `UDP_SEGMENT` control message into `h.msg_control`; returns the
+/// control length.
+fn set_segment_cmsg(h: &mut libc::msghdr, seg: u16) -> usize {
+    // SAFETY: msg_control points at a CMSG_BUF-byte, 8-aligned buffer,
+    // larger than CMSG_SPACE(2).
+    unsafe {
+        let space = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
+        h.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            (&seg as *const u16).cast::<u8>(),
+            libc::CMSG_DATA(c),
+            mem::size_of::<u16>(),
+        );
+        space
+    }
+}
+
+/// `sendmmsg` everything, waiting briefly when the socket buffer is full.
+fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr]) -> usize {
+    let n = hdrs.len();
+    let mut sent = 0;
+    let mut dropped = 0;
+    let mut retries = 0;
+    while sent < n {
+        // SAFETY: headers point at live buffers.
+        let rc = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs[sent..].as_mut_ptr(),
+                (n - sent) as libc::c_uint,
+                0,
+            )
+        };
+        if rc > 0 {
+            sent += rc as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock if retries < 100 => {
+                retries += 1;
+                wait_writable(sock.as_raw_fd());
+            }
+            _ => {
+                tracing::debug!(error = %e, "UDP send failed");
+                sent += 1;
+                dropped += 1;
+            }
+        }
+    }
+    dropped
 }
 
 fn wait_writable(fd: RawFd) {
@@ -429,32 +564,63 @@ pub fn std_to_sockaddr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> li
 mod tests {
     use super::*;
 
-    #[test]
-    fn batch_roundtrip_on_loopback() {
-        let a = UdpSockets::bind(0).expect("bind a");
-        let b = UdpSockets::bind(0).expect("bind b");
-        assert_ne!(a.port, 0);
-        let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, b.port));
-        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
-        let mut sb = SendBatch::new(16);
-        for p in &payloads {
-            sb.push(p, &dst);
-        }
-        assert_eq!(sb.flush(&a.v4), 0);
-        let mut rb = RecvBatch::new(16, 2048);
+    fn recv_all(sock: &Socket, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut rb = RecvBatch::new(16, 65536);
         let mut got = Vec::new();
-        for _ in 0..100 {
-            let n = rb.recv(&b.v4, 16).expect("recv");
+        for _ in 0..200 {
+            let n = rb.recv(sock).expect("recv");
             for i in 0..n {
-                got.push(rb.slab.slot(i)[16..16 + rb.lens[i]].to_vec());
-                assert_eq!(rb.srcs[i], SocketAddr::from((Ipv4Addr::LOCALHOST, a.port)));
+                let msg = &rb.slab.slot(i)[..rb.lens[i]];
+                for d in msg.chunks(rb.segs[i]) {
+                    got.push((d.to_vec(), rb.srcs[i]));
+                }
             }
-            if got.len() == payloads.len() {
+            if got.len() >= want {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(got, payloads);
+        got
+    }
+
+    #[test]
+    fn gso_send_and_gro_receive_roundtrip_on_loopback() {
+        for (gso, gro) in [(false, false), (true, false), (true, true), (false, true)] {
+            let a = UdpSockets::bind(0).expect("bind a");
+            let b = UdpSockets::bind(0).expect("bind b");
+            if !gro {
+                let _ = setsockopt_int(b.v4.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 0);
+            }
+            let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, b.port));
+            // Runs of equal sizes with a shorter tail, then odd sizes.
+            let mut payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1200]).collect();
+            payloads.push(vec![99; 700]);
+            payloads.extend((0..5u8).map(|i| vec![100 + i; 300 + i as usize]));
+            let mut q = TxQueue::new(64, 1 << 20, gso);
+            for p in &payloads {
+                assert!(q.push(p, dst));
+            }
+            assert_eq!(q.flush(&a), 0);
+            let got = recv_all(&b.v4, payloads.len());
+            let data: Vec<Vec<u8>> = got.iter().map(|(d, _)| d.clone()).collect();
+            assert_eq!(data, payloads, "gso={gso} gro={gro}");
+            assert!(
+                got.iter()
+                    .all(|(_, s)| *s == SocketAddr::from((Ipv4Addr::LOCALHOST, a.port)))
+            );
+        }
+    }
+
+    #[test]
+    fn full_queue_refuses_instead_of_overflowing() {
+        let mut q = TxQueue::new(2, 4096, false);
+        let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        assert!(q.push(&[1; 100], dst));
+        assert!(q.push(&[2; 100], dst));
+        assert!(!q.push(&[3; 100], dst));
+        let mut q = TxQueue::new(8, 150, true);
+        assert!(q.push(&[1; 100], dst));
+        assert!(!q.push(&[2; 100], dst));
     }
 
     #[test]
@@ -463,8 +629,7 @@ mod tests {
             "192.0.2.1:51820".parse::<SocketAddr>().expect("v4"),
             "[2001:db8::1]:443".parse().expect("v6"),
         ] {
-            // SAFETY: zeroed sockaddr_storage is valid.
-            let mut ss = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+            let mut ss: libc::sockaddr_storage = zeroed();
             std_to_sockaddr(&a, &mut ss);
             assert_eq!(sockaddr_to_std(&ss), Some(a));
         }
