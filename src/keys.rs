@@ -134,7 +134,7 @@ mod tests {
         let k = load_private_key(&p).expect("load");
         assert_eq!(
             k.public_key().to_base64(),
-            "NMhRCnaqtzbpu7h1R8CWi9kRSB1sZ0yY2BbOUgFJVmU="
+            "V4rUiYSmRyeAkPT7GM/ETiJGHx76LuE2faJytobSM0c="
         );
         let _ = fs::remove_file(&p);
     }

@@ -3,10 +3,13 @@
 //! The shape: [`manifest`] (parse + validate) → [`netlink`] observe (live
 //! kernel state into the [`model`]) → [`plan`] (a pure function: desired ×
 //! observed → ordered actions) → [`netlink`] execute → verify → revert on
-//! failure, orchestrated by [`reconcile`] and recorded in [`state`].
+//! failure, orchestrated by [`reconcile`] and recorded in [`state`]. The
+//! [`firewall`] (nftables rules, forwarding sysctls) follows the same shape.
 
 pub mod cli;
 pub mod engine;
+pub mod firewall;
+pub mod import;
 pub mod keys;
 pub mod manifest;
 pub mod model;

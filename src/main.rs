@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +11,7 @@ use netman::cli::{Cli, Command, Output};
 use netman::engine::config::{EngineChange, EngineConfig};
 use netman::engine::control::{ControlError, EngineStatus, Request, Response};
 use netman::engine::{self};
+use netman::firewall::FirewallError;
 use netman::keys;
 use netman::manifest::{self, Manifest};
 use netman::netlink::Netlink;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("netman: {e:#}");
+            eprintln!("netman: {e}");
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -54,7 +55,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("start async runtime")
+        .map_err(|e| anyhow!("start async runtime: {e}"))
 }
 
 /// Load and validate a manifest, printing every error; `None` if invalid.
@@ -154,7 +155,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Status { name, output } => status(&cli.state_dir, name, output),
         Command::Genkey => {
-            let k = keys::generate_private_key().context("read OS randomness")?;
+            let k = keys::generate_private_key().map_err(|e| anyhow!("read OS randomness: {e}"))?;
             println!("{}", k.to_base64().as_str());
             Ok(EXIT_OK)
         }
@@ -163,7 +164,7 @@ fn run(cli: Cli) -> Result<u8> {
             std::io::stdin()
                 .take(1024)
                 .read_to_string(&mut input)
-                .context("read stdin")?;
+                .map_err(|e| anyhow!("read stdin: {e}"))?;
             let k = netman_proto::keys::PrivateKey::from_base64(input.trim()).map_err(|_| {
                 anyhow!("stdin is not a private key (44 base64 characters, as `wg genkey` prints)")
             })?;
@@ -178,7 +179,7 @@ fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
     let cfg = match engine_config(m) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("netman: nothing applied: {e:#}");
+            eprintln!("netman: nothing applied: {e}");
             return Ok(EXIT_FAILED);
         }
     };
@@ -199,7 +200,7 @@ fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Ok(done) => {
-            print!("{}", done.kernel);
+            print!("{}{}", done.kernel, done.firewall);
             for line in &done.engine {
                 println!("{line}");
             }
@@ -209,6 +210,15 @@ fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
         Err(e @ ReconcileError::Plan(_)) => {
             eprintln!("netman: nothing applied: {e}");
             Ok(EXIT_FAILED)
+        }
+        // Found while planning, before anything changed. A rule nft
+        // rejects makes the manifest invalid.
+        Err(ReconcileError::Firewall(e)) => {
+            eprintln!("netman: nothing applied: {e}");
+            Ok(match e {
+                FirewallError::Rejected(_) => EXIT_INVALID,
+                _ => EXIT_FAILED,
+            })
         }
         Err(e) => {
             eprintln!("netman: apply failed: {e}");
@@ -258,7 +268,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         None => match last_applied(&sd) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("netman: {e:#}");
+                eprintln!("netman: {e}");
                 return Ok(EXIT_INVALID);
             }
         },
@@ -281,7 +291,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("netman: {e:#}");
+            eprintln!("netman: {e}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -298,12 +308,19 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
             }
         }
         Output::Json => {
-            let mut text: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
+            let mut text: Vec<String> = plan
+                .kernel
+                .actions
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            text.extend(plan.firewall.changes.iter().map(ToString::to_string));
             text.extend(engine.iter().map(ToString::to_string));
             let v = serde_json::json!({
                 "deployment": m.name,
                 "in_sync": in_sync,
-                "actions": plan.actions,
+                "actions": plan.kernel.actions,
+                "firewall": plan.firewall.changes,
                 "engine": engine,
                 "text": text,
             });
@@ -321,7 +338,13 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
     };
     let mut all = Vec::new();
     for n in &names {
-        let st = sd.load(n)?;
+        let st = match sd.load(n) {
+            Ok(st) => st,
+            Err(e) => {
+                eprintln!("netman: {e}");
+                None
+            }
+        };
         let engine = match engine::request(&sd, n, &Request::Status) {
             Ok(Response::Status(s)) => Some(*s),
             Ok(_) | Err(ControlError::NotRunning(_)) => None,

@@ -2,12 +2,13 @@
 //! revert to the snapshot on any failure, and ownership recorded ahead of
 //! every kernel change so a crash never leaves objects netman forgot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
+use crate::firewall::{self, FirewallError};
 use crate::manifest::Manifest;
 use crate::model::{Desired, Observed, Owned};
 use crate::netlink::{Netlink, NetlinkError};
@@ -22,6 +23,8 @@ pub enum ReconcileError {
     Netlink(#[from] NetlinkError),
     #[error("{0}")]
     Plan(#[from] PlanErrors),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
     #[error("{0}")]
     Failed(Failure),
     #[error("no deployment named {0:?} is recorded in the state dir")]
@@ -40,6 +43,8 @@ pub struct Failure {
     pub revert_errors: Vec<String>,
     /// The revert plan that was carried out.
     pub reverted: Plan,
+    /// Whether nftables or sysctls were changed and then restored.
+    pub firewall_reverted: bool,
 }
 
 impl fmt::Display for Failure {
@@ -52,8 +57,13 @@ impl fmt::Display for Failure {
             first = false;
             write!(f, "{e}")?;
         }
-        if self.revert_errors.is_empty() && self.reverted.is_empty() {
+        if self.revert_errors.is_empty() && self.reverted.is_empty() && !self.firewall_reverted {
             write!(f, "\nnothing was changed")?;
+        } else if self.revert_errors.is_empty() && self.reverted.is_empty() {
+            write!(
+                f,
+                "\nreverted: the system is as it was before this apply (nftables and sysctls restored)"
+            )?;
         } else if self.revert_errors.is_empty() {
             write!(
                 f,
@@ -106,40 +116,99 @@ async fn observe(nl: &Netlink, names: &BTreeSet<String>) -> Result<Observed, Net
     nl.observe(names.iter().map(String::as_str)).await
 }
 
+/// What `diff` found: the link plan and the firewall plan.
+#[derive(Debug, Default)]
+pub struct Diff {
+    pub kernel: Plan,
+    pub firewall: firewall::Plan,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.kernel.is_empty() && self.firewall.is_empty()
+    }
+}
+
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kernel, self.firewall)
+    }
+}
+
+/// The firewall side of a reconcile, planned and checked by nft (nothing
+/// changed yet).
+struct FirewallPlanned {
+    desired: firewall::Desired,
+    record: Option<firewall::Record>,
+    saved: BTreeMap<String, String>,
+    before: firewall::Observed,
+    plan: firewall::Plan,
+    script: firewall::Script,
+}
+
+fn plan_firewall(
+    manifest: &Manifest,
+    prior: Option<&DeploymentState>,
+) -> Result<FirewallPlanned, FirewallError> {
+    let name = manifest.name.as_str();
+    let desired = firewall::Desired::from_manifest(manifest);
+    let record = prior.and_then(|s| s.firewall.clone());
+    let saved = prior.map(|s| s.sysctls.clone()).unwrap_or_default();
+    let before = firewall::observe(name, &desired, record.as_ref(), &saved)?;
+    let plan = firewall::plan(name, &desired, &before, record.as_ref(), &saved)?;
+    let script = firewall::script(name, &desired, &plan);
+    // nft (and the kernel) check every rule before anything changes.
+    firewall::check(&script)?;
+    Ok(FirewallPlanned {
+        desired,
+        record,
+        saved,
+        before,
+        plan,
+        script,
+    })
+}
+
 /// The plan that would bring the live state to `manifest`, without
-/// changing anything.
+/// changing anything (nft checks the firewall rules it would apply).
 pub async fn diff(
     nl: &Netlink,
     sd: &StateDir,
     manifest: &Manifest,
-) -> Result<Plan, ReconcileError> {
-    let owned = sd
-        .load(&manifest.name)?
-        .map(|s| s.owned)
-        .unwrap_or_default();
+) -> Result<Diff, ReconcileError> {
+    let prior = sd.load(&manifest.name)?;
+    let owned = prior.as_ref().map(|s| s.owned.clone()).unwrap_or_default();
     let desired = Desired::from_manifest(manifest);
     let observed = observe(nl, &link_names(&desired, &owned)).await?;
-    Ok(plan(&manifest.name, &desired, &observed, &owned)?)
+    let kernel = plan(&manifest.name, &desired, &observed, &owned)?;
+    let fw = plan_firewall(manifest, prior.as_ref())?;
+    Ok(Diff {
+        kernel,
+        firewall: fw.plan,
+    })
 }
 
-/// What an apply did: the kernel actions and the engine changes (lines).
+/// What an apply did: the kernel actions, the firewall changes and the
+/// engine changes (lines).
 #[derive(Debug, Default)]
 pub struct Applied {
     pub kernel: Plan,
+    pub firewall: firewall::Plan,
     pub engine: Vec<String>,
 }
 
 impl Applied {
     pub fn is_empty(&self) -> bool {
-        self.kernel.is_empty() && self.engine.is_empty()
+        self.kernel.is_empty() && self.firewall.is_empty() && self.engine.is_empty()
     }
 }
 
-/// Make the live state match `manifest`: the kernel first, then the data
-/// plane through `engine` (called once the kernel is verified; it returns
-/// the changes it made, as lines). If either step fails, the kernel is
-/// reverted to the snapshot and the recorded state is left as it was.
-/// An empty kernel plan writes nothing to the kernel.
+/// Make the live state match `manifest`: the kernel first (links, then
+/// nftables and sysctls), then the data plane through `engine` (called once
+/// the kernel is verified; it returns the changes it made, as lines). If
+/// any step fails, the kernel is reverted to the snapshot and the recorded
+/// state is left as it was. An empty plan writes nothing to the kernel (no
+/// netlink request, no nft transaction, no sysctl write).
 pub async fn apply<F>(
     nl: &Netlink,
     sd: &StateDir,
@@ -157,13 +226,32 @@ where
     let names = link_names(&desired, &owned_before);
     let before = observe(nl, &names).await?;
     let todo = plan(name, &desired, &before, &owned_before)?;
+    // Planned and checked by nft before anything changes.
+    let fw = plan_firewall(manifest, prior.as_ref())?;
     let record = ManifestRecord::of(manifest);
 
-    // Record the intent before touching the kernel.
+    // Record the intent before touching the kernel: the links, the chains
+    // netman's rules may end up in, and the sysctl values about to change.
     let intent = owned_before.union(&Owned::from_desired(&desired));
+    let fw_intent = fw.plan.touches_nft().then(|| {
+        let mut r = fw.record.clone().unwrap_or_default();
+        r.chains.extend(fw.desired.insert_chains());
+        r
+    });
+    let mut saved = fw.saved.clone();
+    if fw.desired.forwarding {
+        for s in &fw.plan.sysctls {
+            saved.entry(s.key.clone()).or_insert_with(|| s.from.clone());
+        }
+    }
+    let changing = !todo.is_empty() || !fw.plan.is_empty();
     let mut st = prior.clone().unwrap_or_else(|| DeploymentState::new(name));
-    if !todo.is_empty() {
+    if changing {
         st.owned = intent.clone();
+        if fw_intent.is_some() {
+            st.firewall = fw_intent.clone();
+        }
+        st.sysctls = saved.clone();
         st.in_progress = true;
         sd.save(&st)?;
     }
@@ -176,19 +264,39 @@ where
             Err(errs) => Err(errs.iter().map(ToString::to_string).collect()),
         }
     };
-    let outcome = match kernel {
-        Ok(()) => engine().await.map_err(|e| vec![e]),
+    let mut fw_touched = false;
+    let fw_outcome = match kernel {
+        Ok(()) => {
+            fw_touched = !fw.plan.is_empty();
+            apply_firewall(name, &fw, &saved).map_err(|e| vec![e])
+        }
+        Err(e) => Err(e),
+    };
+    let outcome = match fw_outcome {
+        Ok(fw_record) => engine()
+            .await
+            .map(|lines| (fw_record, lines))
+            .map_err(|e| vec![e]),
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(engine) => {
+        Ok((fw_record, engine)) => {
             let owned = Owned::from_desired(&desired);
-            if !todo.is_empty()
+            let sysctls = if fw.desired.forwarding {
+                saved
+            } else {
+                BTreeMap::new()
+            };
+            if changing
                 || st.manifest.as_ref() != Some(&record)
                 || st.in_progress
                 || st.owned != owned
+                || st.firewall != fw_record
+                || st.sysctls != sysctls
             {
                 st.owned = owned;
+                st.firewall = fw_record;
+                st.sysctls = sysctls;
                 st.manifest = Some(record);
                 st.applied_at = Some(now_unix());
                 st.in_progress = false;
@@ -196,23 +304,53 @@ where
             }
             Ok(Applied {
                 kernel: todo,
+                firewall: fw.plan,
                 engine,
             })
         }
         Err(errors) => {
-            let (reverted, revert_errors) = if todo.is_empty() {
-                (Plan::default(), Vec::new())
+            let mut revert_errors = Vec::new();
+            if !fw_touched {
+                // nftables and sysctls were not touched: forget the intent.
+                st.firewall = fw.record.clone();
+                st.sysctls = fw.saved.clone();
+            } else {
+                match firewall::revert(
+                    name,
+                    &fw.desired,
+                    &fw.before,
+                    fw.record.as_ref(),
+                    fw_intent.as_ref().or(fw.record.as_ref()),
+                    &saved,
+                ) {
+                    Ok(rec) => {
+                        st.firewall = rec;
+                        st.sysctls = fw.saved.clone();
+                    }
+                    Err(errs) => revert_errors.extend(errs),
+                }
+            }
+            let reverted = if todo.is_empty() {
+                Plan::default()
             } else {
                 let target = desired_from_snapshot(&before, &owned_before, name);
-                converge(nl, name, &target, &names, &intent).await
+                let (reverted, errs) = converge(nl, name, &target, &names, &intent).await;
+                revert_errors.extend(errs);
+                reverted
             };
-            if !todo.is_empty() {
-                let after = observe(nl, &names).await?;
-                st.owned = intent.retain_existing(&after, name);
+            if changing {
+                if !todo.is_empty() {
+                    let after = observe(nl, &names).await?;
+                    st.owned = intent.retain_existing(&after, name);
+                }
                 st.in_progress = false;
                 st.manifest = prior.as_ref().and_then(|p| p.manifest.clone());
                 st.applied_at = prior.as_ref().and_then(|p| p.applied_at);
-                if prior.is_none() && st.owned.is_empty() {
+                if prior.is_none()
+                    && st.owned.is_empty()
+                    && st.firewall.is_none()
+                    && st.sysctls.is_empty()
+                {
                     sd.remove(name)?;
                 } else {
                     sd.save(&st)?;
@@ -222,8 +360,44 @@ where
                 errors,
                 revert_errors,
                 reverted,
+                firewall_reverted: fw_touched,
             }))
         }
+    }
+}
+
+/// Carry out the firewall plan (one nft transaction, then the sysctls) and
+/// verify it; returns the record of what is now in place.
+fn apply_firewall(
+    name: &str,
+    fw: &FirewallPlanned,
+    saved: &BTreeMap<String, String>,
+) -> Result<Option<firewall::Record>, String> {
+    let observed = if fw.plan.is_empty() {
+        fw.before.clone()
+    } else {
+        firewall::execute(&fw.script, &fw.plan.sysctls).map_err(|e| e.to_string())?;
+        let record = fw.record.clone().map(|mut r| {
+            r.chains.extend(fw.desired.insert_chains());
+            r
+        });
+        firewall::observe(name, &fw.desired, record.as_ref(), saved)
+            .map_err(|e| format!("verification failed: {e}"))?
+    };
+    let new_record = firewall::record_after(&fw.desired, &observed)
+        .map_err(|e| format!("verification failed: {e}"))?;
+    let sysctls = if fw.desired.forwarding {
+        saved.clone()
+    } else {
+        BTreeMap::new()
+    };
+    match firewall::plan(name, &fw.desired, &observed, new_record.as_ref(), &sysctls) {
+        Ok(p) if p.is_empty() => Ok(new_record),
+        Ok(p) => Err(format!(
+            "verification failed: after applying, the firewall still differs:\n{}",
+            p.to_string().trim_end()
+        )),
+        Err(e) => Err(format!("verification failed: {e}")),
     }
 }
 
@@ -273,14 +447,28 @@ async fn converge(
     (p, errors)
 }
 
+/// What `down` removed: the link actions and the firewall changes.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub kernel: Plan,
+    pub firewall: firewall::Plan,
+}
+
+impl fmt::Display for Removed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kernel, self.firewall)
+    }
+}
+
 /// Remove everything deployment `name` created, from the recorded state
-/// alone (no manifest, no DNS). Returns what was done.
+/// alone (no manifest, no DNS): its links, its nftables table and inserted
+/// rules, and the sysctls it changed (restored). Returns what was done.
 pub async fn down<F>(
     nl: &Netlink,
     sd: &StateDir,
     name: &str,
     stop_engine: F,
-) -> Result<Plan, ReconcileError>
+) -> Result<Removed, ReconcileError>
 where
     F: FnOnce() -> Result<(), String>,
 {
@@ -306,16 +494,45 @@ where
             );
         }
     }
-    let (done, errors) = converge(nl, name, &Desired::default(), &names, &st.owned).await;
+    let (done, mut errors) = converge(nl, name, &Desired::default(), &names, &st.owned).await;
+    let mut fw_done = firewall::Plan::default();
+    if st.firewall.is_some() || !st.sysctls.is_empty() {
+        match down_firewall(name, st.firewall.as_ref(), &st.sysctls) {
+            Ok(p) => {
+                fw_done = p;
+                st.firewall = None;
+                st.sysctls.clear();
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
     let after = observe(nl, &names).await?;
     let remaining = st.owned.retain_existing(&after, name);
     if remaining.is_empty() && errors.is_empty() {
         sd.remove(name)?;
-        Ok(done)
+        Ok(Removed {
+            kernel: done,
+            firewall: fw_done,
+        })
     } else {
         st.owned = remaining;
         st.in_progress = false;
         sd.save(&st)?;
         Err(ReconcileError::DownFailed(errors))
     }
+}
+
+/// Remove netman's table and inserted rules (one nft transaction) and
+/// restore the recorded sysctls.
+fn down_firewall(
+    name: &str,
+    record: Option<&firewall::Record>,
+    saved: &BTreeMap<String, String>,
+) -> Result<firewall::Plan, FirewallError> {
+    let nothing = firewall::Desired::default();
+    let observed = firewall::observe(name, &nothing, record, saved)?;
+    let p = firewall::plan(name, &nothing, &observed, record, saved)?;
+    let script = firewall::script(name, &nothing, &p);
+    firewall::execute(&script, &p.sysctls)?;
+    Ok(p)
 }

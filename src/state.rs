@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use std::collections::BTreeMap;
+
+use crate::firewall;
 use crate::model::Owned;
 
 /// Default state directory.
@@ -62,6 +65,15 @@ pub struct DeploymentState {
     /// has finished (or reverted); a crash leaves it set.
     #[serde(default)]
     pub in_progress: bool,
+    /// netman's nftables state (its table as applied, the chains its
+    /// inserted rules may be in); `None`: netman has nothing in nftables
+    /// and runs no nft for this deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<firewall::Record>,
+    /// Sysctl values found before netman changed them (restored by `down`
+    /// or when `forwarding` is turned off), by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl DeploymentState {
@@ -73,6 +85,8 @@ impl DeploymentState {
             applied_at: None,
             owned: Owned::default(),
             in_progress: false,
+            firewall: None,
+            sysctls: BTreeMap::new(),
         }
     }
 }

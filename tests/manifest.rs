@@ -475,8 +475,8 @@ fn rejection_cases() -> Vec<Case> {
         // --- structural errors (reported alone) ---
         case(
             "unknown top-level key",
-            with_head(&["forwarding: true"]),
-            "site-a.yaml:6:1: forwarding: unknown key `forwarding` (expected one of: name, interface, peers, routes)",
+            with_head(&["dns: true"]),
+            "site-a.yaml:6:1: dns: unknown key `dns` (expected one of: name, interface, peers, routes, forwarding, firewall)",
         ),
         case(
             "unknown interface key",
@@ -890,6 +890,8 @@ fn full_manifest_with_every_field() {
                     metric: None,
                 },
             ],
+            forwarding: false,
+            firewall: Default::default(),
             source: m.source.clone(),
         }
     );

@@ -23,15 +23,20 @@ fn run_case(dir: &Path) -> Result<(), String> {
         }
         Err(_) => ("site-a".to_string(), Desired::default()),
     };
-    let observed: Observed = serde_json::from_str(&read("observed.json").map_err(|e| e.to_string())?)
-        .map_err(|e| format!("observed.json: {e}"))?;
+    let observed: Observed =
+        serde_json::from_str(&read("observed.json").map_err(|e| e.to_string())?)
+            .map_err(|e| format!("observed.json: {e}"))?;
     let owned: Owned = serde_json::from_str(&read("owned.json").map_err(|e| e.to_string())?)
         .map_err(|e| format!("owned.json: {e}"))?;
     let (file, actual) = match plan(&deployment, &desired, &observed, &owned) {
         Ok(p) => ("plan.txt", p.to_string()),
         Err(e) => ("error.txt", format!("{e}\n")),
     };
-    let other = if file == "plan.txt" { "error.txt" } else { "plan.txt" };
+    let other = if file == "plan.txt" {
+        "error.txt"
+    } else {
+        "plan.txt"
+    };
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         fs::write(dir.join(file), &actual).map_err(|e| e.to_string())?;
         let _ = fs::remove_file(dir.join(other));
@@ -42,7 +47,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
     }
     let expected = read(file).map_err(|e| format!("{file}: {e}"))?;
     if expected != actual {
-        return Err(format!("{file} differs\n--- expected\n{expected}--- actual\n{actual}"));
+        return Err(format!(
+            "{file} differs\n--- expected\n{expected}--- actual\n{actual}"
+        ));
     }
     Ok(())
 }

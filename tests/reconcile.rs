@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{NetNs, Netman, SOME_PUBLIC_KEY, TempDir};
+use common::{KeyPair, NetNs, Netman, SOME_PUBLIC_KEY, TempDir};
 
 /// A manifest for deployment `name` on interface `ifname`, with `extra`
 /// appended (more routes etc.).
@@ -37,6 +37,8 @@ impl Site {
     fn new(tag: &str) -> Site {
         let ns = NetNs::new(tag);
         let dir = TempDir::new(tag);
+        std::fs::create_dir_all(dir.join("keys")).expect("mkdir keys");
+        KeyPair::generate(&dir.join("keys"), "a");
         Site { ns, dir }
     }
 
@@ -77,6 +79,7 @@ fn apply_creates_exactly_the_expected_objects_and_is_idempotent() {
             "+ route 172.18.0.0/16 dev nm0",
             "+ route 192.168.50.0/24 dev nm0 metric 100",
             "+ route fd18::/48 dev nm0",
+            "+ engine site-a (not running)",
             "applied: deployment site-a",
         ]
     );
@@ -93,14 +96,14 @@ fn apply_creates_exactly_the_expected_objects_and_is_idempotent() {
     assert_eq!(
         lines(&r4),
         vec![
-            "172.18.0.0/16 dev nm0 scope link linkdown ",
-            "192.168.50.0/24 dev nm0 scope link metric 100 linkdown ",
+            "172.18.0.0/16 dev nm0 scope link ",
+            "192.168.50.0/24 dev nm0 scope link metric 100 ",
         ]
     );
     let r6 = site.ns.ip(&["-6", "route", "show", "proto", "233"]);
     assert_eq!(
         lines(&r6),
-        vec!["fd18::/48 dev nm0 metric 1024 linkdown pref medium"]
+        vec!["fd18::/48 dev nm0 metric 1024 pref medium"]
     );
     // 10.10.0.2/32 is inside the connected 10.10.0.0/24: no route of its own.
     assert!(!r4.contains("10.10.0.2"), "{r4}");
@@ -173,7 +176,8 @@ fn diff_exit_codes_and_changes() {
         lines(&out),
         vec![
             "~ link nm0 mtu 1420 -> 1380",
-            "+ route 192.168.60.0/24 dev nm0"
+            "+ route 192.168.60.0/24 dev nm0",
+            "~ engine mtu 1420 -> 1380"
         ]
     );
     let (code, json, _) = nm.out(&["diff", &m2, "--output", "json"]);
@@ -199,7 +203,8 @@ fn diff_exit_codes_and_changes() {
         lines(&out),
         vec![
             "- route 172.18.0.0/16 dev nm0",
-            "- route 192.168.60.0/24 dev nm0"
+            "- route 192.168.60.0/24 dev nm0",
+            "~ peer b allowed_ips [10.10.0.2/32, 172.18.0.0/16, fd18::/48] -> [10.10.0.2/32, fd18::/48]",
         ]
     );
 
@@ -419,7 +424,10 @@ fn down_removes_everything_even_after_apply_was_killed() {
     nm.ok(&["apply", &m]);
     std::fs::remove_file(&m).expect("rm manifest");
     let out = nm.ok(&["down"]);
-    assert_eq!(lines(&out), vec!["- link nm0", "down: deployment site-a"]);
+    assert_eq!(
+        lines(&out),
+        vec!["- engine site-a", "- link nm0", "down: deployment site-a"]
+    );
     assert_eq!(site.ns.snapshot(), before);
 }
 

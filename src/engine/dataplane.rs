@@ -543,10 +543,8 @@ impl DataPlane {
         let new_keys = new.load_keys()?;
         let changes = diff_configs(&self.config, &self.keys, &new, &new_keys);
         if dry_run || changes.is_empty() {
-            if !dry_run {
-                // Same effective configuration; keep the spec text current.
-                self.config = new;
-            }
+            // Nothing to do (peers may be listed in another order: the
+            // running configuration, its ids and keys stay as they are).
             return Ok(changes);
         }
         // Acquire every new resource first, so a failure changes nothing.

@@ -18,6 +18,21 @@
 //! routes:                           # optional
 //!   - to: 192.168.50.0/24
 //!     metric: 100                   # optional
+//! forwarding: true                  # optional (default false): IP forwarding while up
+//! firewall:                         # optional
+//!   chains:                         # base chains of `table inet netman_<name>`
+//!     - name: forward
+//!       hook: forward               # prerouting | input | forward | output | postrouting
+//!       type: filter                # filter | nat (default filter)
+//!       priority: 0                 # optional; default per type and hook
+//!       policy: accept              # accept | drop (default accept)
+//!       rules:                      # nft rule syntax, one rule per entry
+//!         - iifname "nm0" oifname "lan0" accept
+//!   insert:                         # rules placed into chains netman does not own
+//!     - family: ip                  # ip | ip6 | inet
+//!       table: filter
+//!       chain: DOCKER-USER
+//!       rule: iifname "nm0" oifname "docker0" accept
 //! ```
 //!
 //! Parsing happens in two layers: [`raw`] deserialises the YAML into plain serde
@@ -30,6 +45,7 @@
 //! resolved to absolute paths) and never puts key material into messages.
 
 mod error;
+mod firewall;
 mod locate;
 pub mod raw;
 mod validate;
@@ -73,7 +89,185 @@ pub struct Manifest {
     pub interface: Interface,
     pub peers: Vec<Peer>,
     pub routes: Vec<Route>,
+    /// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` set to 1
+    /// while the deployment is up.
+    pub forwarding: bool,
+    /// nftables chains and rules (empty: netman does not touch nftables).
+    pub firewall: Firewall,
     pub source: Source,
+}
+
+/// The `firewall:` section: base chains in netman's own table
+/// (`table inet netman_<name>`) and rules inserted into chains of others.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Firewall {
+    pub chains: Vec<Chain>,
+    pub insert: Vec<Insert>,
+}
+
+impl Firewall {
+    /// Whether the section asks for nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.insert.is_empty()
+    }
+}
+
+/// Where a value was written in the manifest, for diagnostics that come
+/// later (e.g. nft rejecting a rule): `FILE:LINE:COL: PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pos {
+    /// The manifest path as given by the user.
+    pub file: String,
+    /// Field path such as `firewall.chains[0].rules[2]`.
+    pub path: String,
+    /// 1-based line and column of the value (of its first character when
+    /// `verbatim`).
+    pub line: usize,
+    pub column: usize,
+    /// The value appears verbatim on that line from `column` on (a plain or
+    /// escape-free quoted scalar), so `column + offset` points at the
+    /// offset-th character of the value.
+    pub verbatim: bool,
+}
+
+impl Pos {
+    /// `FILE:LINE:COL: PATH` pointing at character `offset` of the value
+    /// when that position is known exactly, at the value otherwise.
+    pub fn at(&self, offset: usize) -> String {
+        let column = if self.verbatim {
+            self.column + offset
+        } else {
+            self.column
+        };
+        format!("{}:{}:{}: {}", self.file, self.line, column, self.path)
+    }
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.at(0))
+    }
+}
+
+/// A base chain in netman's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Hook,
+    pub kind: ChainType,
+    /// Explicit, or the default of the type and hook.
+    pub priority: i32,
+    pub policy: Policy,
+    pub rules: Vec<Rule>,
+    /// Position of the chain's `name`.
+    pub pos: Pos,
+}
+
+/// One rule in nft syntax, with where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub text: String,
+    pub pos: Pos,
+}
+
+/// A rule netman inserts into a chain it does not own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Insert {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    pub rule: Rule,
+    /// Position of the `chain` value (for "no such chain" errors).
+    pub pos: Pos,
+}
+
+macro_rules! keyword_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every value, in documentation order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The keyword as written in manifests and in nft syntax.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value named by `s`, if any.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// `a | b | c`, for messages.
+            pub fn choices() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(" | ")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum!(
+    /// A netfilter hook.
+    Hook {
+        Prerouting => "prerouting",
+        Input => "input",
+        Forward => "forward",
+        Output => "output",
+        Postrouting => "postrouting",
+    }
+);
+
+keyword_enum!(
+    /// A base chain type.
+    ChainType {
+        Filter => "filter",
+        Nat => "nat",
+    }
+);
+
+keyword_enum!(
+    /// A base chain's policy.
+    Policy {
+        Accept => "accept",
+        Drop => "drop",
+    }
+);
+
+keyword_enum!(
+    /// The nftables family of a table netman inserts into.
+    Family {
+        Ip => "ip",
+        Ip6 => "ip6",
+        Inet => "inet",
+    }
+);
+
+impl ChainType {
+    /// nft's standard priority for this type at `hook` (filter 0; nat:
+    /// dstnat -100 before routing, srcnat 100 after).
+    pub fn default_priority(self, hook: Hook) -> i32 {
+        match (self, hook) {
+            (ChainType::Filter, _) => 0,
+            (ChainType::Nat, Hook::Prerouting | Hook::Output) => -100,
+            (ChainType::Nat, _) => 100,
+        }
+    }
 }
 
 /// Where a manifest came from.

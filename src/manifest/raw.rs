@@ -30,6 +30,10 @@ pub struct RawManifest {
     pub peers: Option<Spanned<Vec<Spanned<RawPeer>>>>,
     #[serde(default)]
     pub routes: Option<Spanned<Vec<Spanned<RawRoute>>>>,
+    #[serde(default)]
+    pub forwarding: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub firewall: Option<Spanned<RawFirewall>>,
 }
 
 /// `interface:` section.
@@ -67,6 +71,42 @@ pub struct RawRoute {
     pub to: Spanned<String>,
     #[serde(default)]
     pub metric: Option<Spanned<Int>>,
+}
+
+/// `firewall:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirewall {
+    #[serde(default)]
+    pub chains: Option<Spanned<Vec<Spanned<RawChain>>>>,
+    #[serde(default)]
+    pub insert: Option<Spanned<Vec<Spanned<RawInsert>>>>,
+}
+
+/// One entry of `firewall.chains:`: a base chain in netman's own table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChain {
+    pub name: Spanned<String>,
+    pub hook: Spanned<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub priority: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rules: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// One entry of `firewall.insert:`: a rule placed into a chain netman does not own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInsert {
+    pub family: Spanned<String>,
+    pub table: Spanned<String>,
+    pub chain: Spanned<String>,
+    pub rule: Spanned<String>,
 }
 
 /// A YAML integer of any size (saturated to the `i128` range), or what was found instead.

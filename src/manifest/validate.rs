@@ -20,6 +20,7 @@
 //!   allowed IP appears once per peer and in at most one peer; each `to` appears once.
 //! - `peers[].persistent_keepalive`: 1..=65535 seconds.
 //! - `routes[].metric`: 0..=4294967295.
+//! - `forwarding`: a boolean. `firewall`: see `firewall.rs`.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -31,7 +32,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{ManifestError, ManifestErrors};
 use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
-use super::{DEFAULT_MTU, Endpoint, Interface, Manifest, Peer, PublicKey, Route, Source};
+use super::{DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Peer, PublicKey, Route, Source};
 
 const MAX_NAME_LEN: usize = 32;
 const MAX_PEER_NAME_LEN: usize = 63;
@@ -40,20 +41,27 @@ const MIN_MTU: i128 = 576;
 const MIN_MTU_V6: i128 = 1280;
 const MAX_MTU: i128 = 65535;
 
-struct Ctx<'a> {
-    file: &'a str,
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a str,
+    /// The manifest text (to locate values exactly).
+    pub(super) text: &'a str,
     base_dir: &'a Path,
     errors: Vec<ManifestError>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, location: Location, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(
+        &mut self,
+        location: Location,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.errors
             .push(ManifestError::new(self.file, location, path, message));
     }
 
     /// Run `check` on a spanned value, recording its error at the value.
-    fn check<T, U>(
+    pub(super) fn check<T, U>(
         &mut self,
         value: &Spanned<T>,
         path: impl FnOnce() -> String,
@@ -94,6 +102,7 @@ pub(crate) fn validate(
 ) -> Result<Manifest, ManifestErrors> {
     let mut ctx = Ctx {
         file,
+        text: &source.text,
         base_dir,
         errors: Vec::new(),
     };
@@ -108,6 +117,11 @@ pub(crate) fn validate(
         Some(list) => routes(&mut ctx, &list.value),
         None => Vec::new(),
     };
+    let forwarding = raw.forwarding.as_ref().is_some_and(|f| f.value);
+    let firewall: Option<Firewall> = match &raw.firewall {
+        Some(fw) => super::firewall::firewall(&mut ctx, &fw.value),
+        None => Some(Firewall::default()),
+    };
 
     if !ctx.errors.is_empty() {
         let mut errors = ctx.errors;
@@ -120,12 +134,15 @@ pub(crate) fn validate(
         interface,
         peers.into_iter().collect::<Option<Vec<_>>>(),
         routes.into_iter().collect::<Option<Vec<_>>>(),
+        firewall,
     ) {
-        (Some(name), Some(interface), Some(peers), Some(routes)) => Ok(Manifest {
+        (Some(name), Some(interface), Some(peers), Some(routes), Some(firewall)) => Ok(Manifest {
             name,
             interface,
             peers,
             routes,
+            forwarding,
+            firewall,
             source,
         }),
         _ => Err(ManifestErrors::single(ManifestError::new(
