@@ -1,0 +1,5 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| netman_proto::fuzzing::transport(
+    std::time::Instant::now(),
+    data
+));
