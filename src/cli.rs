@@ -49,8 +49,23 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Make the live state match the manifest.
-    Apply { file: PathBuf },
+    /// Make the live state match the manifest (and start or update its engine).
+    Apply {
+        file: PathBuf,
+        /// Revert to the previous configuration automatically unless
+        /// `netman confirm` arrives within SECS seconds (like `netplan try`).
+        #[arg(long, value_name = "SECS")]
+        confirm_timeout: Option<u64>,
+        /// Do not follow the manifest file or repair drift (overrides the
+        /// manifest's `watch`).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Keep a configuration applied with `--confirm-timeout`.
+    Confirm {
+        /// The deployment (default: the only recorded one).
+        name: Option<String>,
+    },
     /// Remove everything netman created for a deployment (and stop its engine).
     ///
     /// The argument is a manifest file or a deployment name; without it, the
@@ -59,7 +74,12 @@ pub enum Command {
     /// Apply, then run the forwarding engine in the foreground (for systemd
     /// and containers). SIGTERM stops the engine and leaves the kernel state
     /// for `netman down`.
-    Run { file: PathBuf },
+    Run {
+        file: PathBuf,
+        /// Do not follow the manifest file or repair drift.
+        #[arg(long)]
+        no_watch: bool,
+    },
     /// Show deployments like `wg show`: interface, listen port, public key,
     /// and per peer endpoint, allowed IPs, latest handshake and transfer.
     Status {

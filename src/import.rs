@@ -90,7 +90,9 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
         let Some(public_key) = d.public_key else {
             return Err(syntax(d.line, "[Peer] without PublicKey".into()));
         };
-        let name = d.name.unwrap_or_else(|| format!("peer-{}", peers.len() + 1));
+        let name = d
+            .name
+            .unwrap_or_else(|| format!("peer-{}", peers.len() + 1));
         peers.push(ImportedPeer {
             name,
             public_key,
@@ -305,7 +307,11 @@ pub fn sanitize_name(s: &str) -> Option<String> {
             out.push('-');
         }
     }
-    let out = out.trim_end_matches('-').chars().take(32).collect::<String>();
+    let out = out
+        .trim_end_matches('-')
+        .chars()
+        .take(32)
+        .collect::<String>();
     (!out.is_empty()).then_some(out)
 }
 
@@ -426,12 +432,23 @@ PersistentKeepalive = 15
         let names: Vec<&str> = imp.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["laptop", "branch-office-2"]);
         assert!(imp.peers[0].preshared_key.is_some());
-        assert_eq!(imp.peers[1].endpoint.as_deref(), Some("branch.example.net:51820"));
+        assert_eq!(
+            imp.peers[1].endpoint.as_deref(),
+            Some("branch.example.net:51820")
+        );
         assert_eq!(imp.peers[1].allowed_ips[1].to_string(), "192.168.20.0/24");
         assert_eq!(imp.peers[1].persistent_keepalive, Some(25));
-        let fw: Vec<&String> = imp.notes.iter().filter(|n| n.contains("firewall command")).collect();
+        let fw: Vec<&String> = imp
+            .notes
+            .iter()
+            .filter(|n| n.contains("firewall command"))
+            .collect();
         assert_eq!(fw.len(), 3, "{:?}", imp.notes);
-        assert!(imp.notes.iter().any(|n| n.contains("command, not executed: echo up")));
+        assert!(
+            imp.notes
+                .iter()
+                .any(|n| n.contains("command, not executed: echo up"))
+        );
         assert!(imp.notes.iter().any(|n| n.contains("host bits set")));
         assert!(imp.notes.iter().any(|n| n.contains("SaveConfig")));
     }
@@ -440,10 +457,16 @@ PersistentKeepalive = 15
     fn client_config_notes_dns_and_default_route() {
         let imp = parse(CLIENT, "client.conf", "client").expect("parse");
         assert_eq!(imp.peers[0].name, "peer-1");
-        assert_eq!(imp.peers[0].endpoint.as_deref(), Some("[2001:db8::1]:51820"));
+        assert_eq!(
+            imp.peers[0].endpoint.as_deref(),
+            Some("[2001:db8::1]:51820")
+        );
         assert!(imp.notes.iter().any(|n| n.contains("DNS")));
         assert_eq!(
-            imp.notes.iter().filter(|n| n.contains("routes everything")).count(),
+            imp.notes
+                .iter()
+                .filter(|n| n.contains("routes everything"))
+                .count(),
             2
         );
     }
@@ -454,19 +477,29 @@ PersistentKeepalive = 15
             "PrivateKey = YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=",
             "PrivateKey = YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30",
         );
-        let e = parse(&bad, "wg0.conf", "wg0").err().expect("bad key").to_string();
+        let e = parse(&bad, "wg0.conf", "wg0")
+            .err()
+            .expect("bad key")
+            .to_string();
         assert_eq!(e, "wg0.conf:5: PrivateKey is not a valid key");
         let e = parse("[Interface]\nAddress = 10.0.0.1/24\n", "x.conf", "x")
             .err()
             .expect("no key")
             .to_string();
         assert!(e.contains("no PrivateKey"), "{e}");
-        let e = parse("[Interface]\nFoo = 1\n", "x.conf", "x").err().expect("unknown").to_string();
-        assert_eq!(e, "x.conf:2: unknown [Interface] key foo");
-        let e = parse("[Peer]\nAllowedIPs = 10.0.0.0/8\n[Interface]\n", "x.conf", "x")
+        let e = parse("[Interface]\nFoo = 1\n", "x.conf", "x")
             .err()
-            .expect("no pubkey")
+            .expect("unknown")
             .to_string();
+        assert_eq!(e, "x.conf:2: unknown [Interface] key foo");
+        let e = parse(
+            "[Peer]\nAllowedIPs = 10.0.0.0/8\n[Interface]\n",
+            "x.conf",
+            "x",
+        )
+        .err()
+        .expect("no pubkey")
+        .to_string();
         assert_eq!(e, "x.conf:1: [Peer] without PublicKey");
     }
 
@@ -476,10 +509,17 @@ PersistentKeepalive = 15
             let iface = file.trim_end_matches(".conf");
             let imp = parse(text, file, iface).expect("parse");
             let out = render(&imp, "site-x", file);
-            assert!(!out.manifest.contains("YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U="));
-            assert!(!out.manifest.contains("FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE="));
-            let m = crate::manifest::parse(&out.manifest, std::path::Path::new("/etc/netman/x.yaml"))
-                .unwrap_or_else(|e| panic!("{file}: {e}\n{}", out.manifest));
+            assert!(
+                !out.manifest
+                    .contains("YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=")
+            );
+            assert!(
+                !out.manifest
+                    .contains("FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=")
+            );
+            let m =
+                crate::manifest::parse(&out.manifest, std::path::Path::new("/etc/netman/x.yaml"))
+                    .unwrap_or_else(|e| panic!("{file}: {e}\n{}", out.manifest));
             assert_eq!(m.interface.name, iface);
             assert_eq!(m.interface.addresses, imp.addresses);
             assert_eq!(m.interface.listen_port, imp.listen_port);
@@ -497,7 +537,9 @@ PersistentKeepalive = 15
                 assert_eq!(mp.preshared_key_file.is_some(), ip.preshared_key.is_some());
             }
             assert_eq!(
-                PrivateKey::from_base64(&out.private_key).expect("key").public_key(),
+                PrivateKey::from_base64(&out.private_key)
+                    .expect("key")
+                    .public_key(),
                 imp.private_key.public_key()
             );
         }

@@ -8,14 +8,18 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use netman::cli::{Cli, Command, Output};
-use netman::engine::config::{EngineChange, EngineConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use netman::deploy::{self, DeployError, EngineStep};
+use netman::engine::config::EngineConfig;
 use netman::engine::control::{ControlError, EngineStatus, Request, Response};
 use netman::engine::{self};
 use netman::firewall::FirewallError;
 use netman::keys;
 use netman::manifest::{self, Manifest};
 use netman::netlink::Netlink;
-use netman::reconcile::{self, ReconcileError};
+use netman::reconcile::{self, ApplyOptions, ReconcileError};
 use netman::state::StateDir;
 
 /// Exit codes shared by all commands.
@@ -25,6 +29,10 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`netman status | head`), like other
+    // command-line tools, instead of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
@@ -69,11 +77,28 @@ fn load_manifest(path: &Path) -> Option<Manifest> {
     }
 }
 
-/// The engine configuration of a manifest, with its key files checked.
-fn engine_config(m: &Manifest) -> Result<EngineConfig> {
-    let cfg = EngineConfig::from_manifest(m)?;
-    cfg.load_keys()?;
-    Ok(cfg)
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// From now on SIGINT and SIGTERM make a running apply stop and revert
+/// what it had done, instead of killing the process half way.
+fn revert_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing a handler that only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -92,14 +117,69 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(if ok { EXIT_OK } else { EXIT_INVALID })
         }
         Command::Diff { file, output } => diff(&cli.state_dir, file, output),
-        Command::Apply { file } => {
+        Command::Apply {
+            file,
+            confirm_timeout,
+            no_watch,
+        } => {
             let Some(m) = load_manifest(&file) else {
                 return Ok(EXIT_INVALID);
             };
             let sd = StateDir::open(&cli.state_dir)?;
-            apply(&sd, &m, true)
+            revert_on_signals();
+            if let Some(code) = settle_pending(&sd, &m.name)? {
+                return Ok(code);
+            }
+            let opts = ApplyOptions {
+                confirm_timeout: confirm_timeout.map(Duration::from_secs),
+                no_watch: Some(no_watch),
+                interrupted: Some(interrupted),
+                ..ApplyOptions::default()
+            };
+            let code = apply(&sd, &m, EngineStep::Detached, opts)?;
+            if code == EXIT_OK {
+                // Let the watcher see a new pending confirmation at once.
+                let _ = engine::request(&sd, &m.name, &Request::Poke);
+                if let Ok(Some(st)) = sd.load(&m.name)
+                    && let Some(p) = st.pending_confirm
+                {
+                    println!(
+                        "run `netman confirm {}` within {} s to keep this configuration; otherwise it is reverted",
+                        m.name,
+                        p.deadline_ms
+                            .saturating_sub(reconcile::now_unix_ms())
+                            .div_ceil(1000)
+                    );
+                }
+            }
+            Ok(code)
         }
-        Command::Run { file } => {
+        Command::Confirm { name } => {
+            let sd = StateDir::open(&cli.state_dir)?;
+            let name = resolve_deployment(&sd, name.as_deref())?;
+            let confirmed = {
+                let _lock = sd.lock()?;
+                match sd.load(&name)? {
+                    Some(mut st) if st.pending_confirm.is_some() => {
+                        st.pending_confirm = None;
+                        sd.save(&st)?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if confirmed {
+                let _ = engine::request(&sd, &name, &Request::Poke);
+                println!("confirmed: deployment {name} keeps its configuration");
+                Ok(EXIT_OK)
+            } else {
+                eprintln!(
+                    "netman: nothing to confirm for deployment {name}: no apply is waiting (it may already have been reverted)"
+                );
+                Ok(EXIT_FAILED)
+            }
+        }
+        Command::Run { file, no_watch } => {
             let Some(m) = load_manifest(&file) else {
                 return Ok(EXIT_INVALID);
             };
@@ -110,11 +190,16 @@ fn run(cli: Cli) -> Result<u8> {
                     m.name
                 );
             }
-            let code = apply(&sd, &m, false)?;
+            let opts = ApplyOptions {
+                no_watch: Some(no_watch),
+                ..ApplyOptions::default()
+            };
+            let code = apply(&sd, &m, EngineStep::Skip, opts)?;
             if code != EXIT_OK {
                 return Ok(code);
             }
-            let cfg = engine_config(&m)?;
+            let mut cfg = deploy::engine_config(&m)?;
+            cfg.watch = m.watch && !no_watch;
             engine::serve(&sd, cfg)?;
             Ok(EXIT_OK)
         }
@@ -174,25 +259,50 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Apply `m`: kernel, then (with `start_engine`) the detached engine.
-fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
-    let cfg = match engine_config(m) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("netman: nothing applied: {e}");
-            return Ok(EXIT_FAILED);
-        }
+/// If an apply waits for confirmation: revert it when its deadline has
+/// passed (the engine that should have did not), or refuse to go on (and
+/// make sure an engine runs to carry out the revert on time).
+fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
+    let Some(p) = sd.load(name)?.and_then(|s| s.pending_confirm) else {
+        return Ok(None);
     };
+    if p.deadline_ms <= reconcile::now_unix_ms() {
+        let rt = runtime()?;
+        let r = rt.block_on(async {
+            let nl = Netlink::connect().map_err(|e| anyhow!("{e}"))?;
+            deploy::resolve_pending(&nl, sd, name, EngineStep::Detached, true)
+                .await
+                .map_err(|e| anyhow!("{e}"))
+        })?;
+        if r.is_some() {
+            println!(
+                "reverted the unconfirmed apply of deployment {name} (its deadline had passed)"
+            );
+        }
+        return Ok(None);
+    }
+    if engine::running_pid(sd, name).is_none()
+        && let Ok(cfg) = engine::read_config(sd, name)
+        && engine::spawn_detached(sd, &cfg).is_ok()
+    {
+        eprintln!("netman: restarted the engine of {name} so that it reverts on time");
+    }
+    eprintln!(
+        "netman: {}",
+        ReconcileError::PendingConfirm {
+            name: name.to_string(),
+            deadline_ms: p.deadline_ms
+        }
+    );
+    Ok(Some(EXIT_FAILED))
+}
+
+/// Apply `m` and print what was done.
+fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) -> Result<u8> {
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let nl = Netlink::connect()?;
-        reconcile::apply(&nl, sd, m, async || {
-            if !start_engine {
-                return Ok(Vec::new());
-            }
-            push_engine(sd, &cfg).map(|changes| changes.iter().map(ToString::to_string).collect())
-        })
-        .await
+        let nl = Netlink::connect().map_err(|e| DeployError::Reconcile(e.into()))?;
+        deploy::apply(&nl, sd, m, step, opts).await
     });
     match result {
         Ok(done) if done.is_empty() => {
@@ -207,54 +317,31 @@ fn apply(sd: &StateDir, m: &Manifest, start_engine: bool) -> Result<u8> {
             println!("applied: deployment {}", m.name);
             Ok(EXIT_OK)
         }
-        Err(e @ ReconcileError::Plan(_)) => {
+        Err(e @ DeployError::Config(_)) => {
+            eprintln!("netman: {e}");
+            Ok(EXIT_FAILED)
+        }
+        Err(DeployError::Reconcile(e @ ReconcileError::Plan(_))) => {
             eprintln!("netman: nothing applied: {e}");
             Ok(EXIT_FAILED)
         }
         // Found while planning, before anything changed. A rule nft
         // rejects makes the manifest invalid.
-        Err(ReconcileError::Firewall(e)) => {
+        Err(DeployError::Reconcile(ReconcileError::Firewall(e))) => {
             eprintln!("netman: nothing applied: {e}");
             Ok(match e {
                 FirewallError::Rejected(_) => EXIT_INVALID,
                 _ => EXIT_FAILED,
             })
         }
+        Err(DeployError::Reconcile(e @ ReconcileError::PendingConfirm { .. })) => {
+            eprintln!("netman: {e}");
+            Ok(EXIT_FAILED)
+        }
         Err(e) => {
             eprintln!("netman: apply failed: {e}");
             Ok(EXIT_FAILED)
         }
-    }
-}
-
-/// Bring the engine to `cfg`: configure it in place, or start it.
-fn push_engine(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
-    let req = Request::Configure {
-        config: cfg.clone(),
-        dry_run: false,
-    };
-    match engine::request(sd, &cfg.deployment, &req) {
-        Ok(Response::Configured { changes }) => Ok(changes),
-        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
-        Err(ControlError::NotRunning(_)) => {
-            engine::spawn_detached(sd, cfg).map_err(|e| e.to_string())?;
-            Ok(vec![engine::start_change(&cfg.deployment)])
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// What the engine would change to reach `cfg` (dry run).
-fn engine_diff(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>> {
-    let req = Request::Configure {
-        config: cfg.clone(),
-        dry_run: true,
-    };
-    match engine::request(sd, &cfg.deployment, &req) {
-        Ok(Response::Configured { changes }) => Ok(changes),
-        Ok(other) => bail!("engine: unexpected answer {other:?}"),
-        Err(ControlError::NotRunning(_)) => Ok(vec![engine::start_change(&cfg.deployment)]),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -286,9 +373,12 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         }
     };
     let engine = match EngineConfig::from_manifest(&m)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| engine_diff(&sd, &cfg))
-    {
+        .map_err(|e| e.to_string())
+        .and_then(|mut cfg| {
+            let no_watch = sd.load(&m.name).ok().flatten().is_some_and(|s| s.no_watch);
+            cfg.watch = m.watch && !no_watch;
+            deploy::engine_diff(&sd, &cfg)
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("netman: {e}");

@@ -37,6 +37,8 @@ pub enum NetlinkError {
     Kernel { what: String, reason: String },
     #[error("{0}")]
     Tun(#[from] tun::TunError),
+    #[error("interrupted by a signal")]
+    Interrupted,
 }
 
 /// The kernel's reason for a failed request, as `strerror` text.
@@ -257,15 +259,18 @@ impl Netlink {
     /// Carry out `actions` in order for `deployment`. Consecutive actions of
     /// the same independent kind (address or route adds/deletes) are
     /// pipelined. Stops at the first failing group and returns every error
-    /// of that group.
+    /// of that group, or before the next group once `stop()` is true.
     pub async fn execute(
         &self,
         deployment: &str,
         actions: &[Action],
-        mut done: impl FnMut(&Action),
+        stop: impl Fn() -> bool,
     ) -> Result<(), Vec<NetlinkError>> {
         let mut i = 0;
         while i < actions.len() {
+            if stop() {
+                return Err(vec![NetlinkError::Interrupted]);
+            }
             let first = &actions[i];
             let mut j = i + 1;
             if pipelinable(first) {
@@ -297,19 +302,10 @@ impl Netlink {
                     .buffer_unordered(PIPELINE_DEPTH)
                     .collect()
                     .await;
-            let mut ok = vec![false; group.len()];
-            let mut errors = Vec::new();
-            for (k, r) in results {
-                match r {
-                    Ok(()) => ok[k] = true,
-                    Err(e) => errors.push((k, e)),
-                }
-            }
-            for (k, a) in group.iter().enumerate() {
-                if ok[k] {
-                    done(a);
-                }
-            }
+            let mut errors: Vec<(usize, NetlinkError)> = results
+                .into_iter()
+                .filter_map(|(k, r)| r.err().map(|e| (k, e)))
+                .collect();
             if !errors.is_empty() {
                 errors.sort_by_key(|(k, _)| *k);
                 return Err(errors.into_iter().map(|(_, e)| e).collect());

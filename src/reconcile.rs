@@ -13,7 +13,7 @@ use crate::manifest::Manifest;
 use crate::model::{Desired, Observed, Owned};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::plan::{Plan, PlanErrors, desired_from_snapshot, plan};
-use crate::state::{DeploymentState, ManifestRecord, StateDir, StateError};
+use crate::state::{DeploymentState, ManifestRecord, PendingConfirm, StateDir, StateError};
 
 #[derive(Debug, Error)]
 pub enum ReconcileError {
@@ -29,6 +29,11 @@ pub enum ReconcileError {
     Failed(Failure),
     #[error("no deployment named {0:?} is recorded in the state dir")]
     UnknownDeployment(String),
+    #[error(
+        "an apply of deployment {name} made with --confirm-timeout is waiting for `netman confirm {name}` (automatic revert {}); refusing another apply until it is confirmed or reverted",
+        deadline_text(*deadline_ms)
+    )]
+    PendingConfirm { name: String, deadline_ms: u64 },
     #[error("{}\nwhat is left stays recorded; run `netman down` again once the cause is fixed", .0.join("\n"))]
     DownFailed(Vec<String>),
 }
@@ -92,6 +97,23 @@ impl ManifestRecord {
             sha256: m.source.sha256.clone(),
             text: m.source.text.clone(),
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn deadline_text(deadline_ms: u64) -> String {
+    let now = now_unix_ms();
+    if deadline_ms > now {
+        format!("in {:.1} s", (deadline_ms - now) as f64 / 1000.0)
+    } else {
+        "is due now".to_string()
     }
 }
 
@@ -203,6 +225,30 @@ impl Applied {
     }
 }
 
+/// How an apply behaves beyond reaching the manifest.
+#[derive(Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Record a pending confirmation: unless `netman confirm` arrives
+    /// within this time, the previous configuration is restored.
+    pub confirm_timeout: Option<std::time::Duration>,
+    /// This apply resolves a pending confirmation (it is the revert): it
+    /// runs although one is pending, and clears it.
+    pub resolves_pending: bool,
+    /// Polled between steps; once true the apply stops and reverts
+    /// (SIGINT/SIGTERM).
+    pub interrupted: Option<fn() -> bool>,
+    /// `Some(true)`: the engine must not watch (`--no-watch`), recorded for
+    /// later applies; `Some(false)`: watch as the manifest says; `None`:
+    /// keep what is recorded.
+    pub no_watch: Option<bool>,
+}
+
+impl ApplyOptions {
+    fn stop(&self) -> bool {
+        self.interrupted.is_some_and(|f| f())
+    }
+}
+
 /// Make the live state match `manifest`: the kernel first (links, then
 /// nftables and sysctls), then the data plane through `engine` (called once
 /// the kernel is verified; it returns the changes it made, as lines). If
@@ -213,6 +259,7 @@ pub async fn apply<F>(
     nl: &Netlink,
     sd: &StateDir,
     manifest: &Manifest,
+    opts: ApplyOptions,
     engine: F,
 ) -> Result<Applied, ReconcileError>
 where
@@ -221,6 +268,14 @@ where
     let _lock = sd.lock()?;
     let name = manifest.name.as_str();
     let prior = sd.load(name)?;
+    if let Some(p) = prior.as_ref().and_then(|s| s.pending_confirm.as_ref())
+        && !opts.resolves_pending
+    {
+        return Err(ReconcileError::PendingConfirm {
+            name: name.to_string(),
+            deadline_ms: p.deadline_ms,
+        });
+    }
     let owned_before = prior.as_ref().map(|s| s.owned.clone()).unwrap_or_default();
     let desired = Desired::from_manifest(manifest);
     let names = link_names(&desired, &owned_before);
@@ -259,13 +314,14 @@ where
     let kernel = if todo.is_empty() {
         Ok(())
     } else {
-        match nl.execute(name, &todo.actions, |_| {}).await {
+        match nl.execute(name, &todo.actions, || opts.stop()).await {
             Ok(()) => verify(nl, name, &desired, &names, &intent).await,
             Err(errs) => Err(errs.iter().map(ToString::to_string).collect()),
         }
     };
     let mut fw_touched = false;
     let fw_outcome = match kernel {
+        Ok(()) if opts.stop() => Err(vec!["interrupted by a signal".to_string()]),
         Ok(()) => {
             fw_touched = !fw.plan.is_empty();
             apply_firewall(name, &fw, &saved).map_err(|e| vec![e])
@@ -273,6 +329,7 @@ where
         Err(e) => Err(e),
     };
     let outcome = match fw_outcome {
+        Ok(_) if opts.stop() => Err(vec!["interrupted by a signal".to_string()]),
         Ok(fw_record) => engine()
             .await
             .map(|lines| (fw_record, lines))
@@ -287,13 +344,39 @@ where
             } else {
                 BTreeMap::new()
             };
+            let pending = if opts.resolves_pending {
+                None
+            } else if let (Some(t), true) = (opts.confirm_timeout, changing) {
+                Some(PendingConfirm {
+                    deadline_ms: now_unix_ms().saturating_add(t.as_millis() as u64),
+                    previous: prior.as_ref().and_then(|p| p.manifest.clone()),
+                })
+            } else {
+                st.pending_confirm.clone()
+            };
             if changing
                 || st.manifest.as_ref() != Some(&record)
                 || st.in_progress
                 || st.owned != owned
                 || st.firewall != fw_record
                 || st.sysctls != sysctls
+                || st.pending_confirm != pending
+                || st.reverted_sha256.is_some()
+                || opts.resolves_pending
+                || opts.no_watch.is_some_and(|v| v != st.no_watch)
             {
+                st.reverted_sha256 = if opts.resolves_pending {
+                    prior
+                        .as_ref()
+                        .and_then(|p| p.manifest.as_ref())
+                        .map(|m| m.sha256.clone())
+                } else {
+                    None
+                };
+                st.pending_confirm = pending;
+                if let Some(v) = opts.no_watch {
+                    st.no_watch = v;
+                }
                 st.owned = owned;
                 st.firewall = fw_record;
                 st.sysctls = sysctls;
@@ -440,7 +523,7 @@ async fn converge(
     let mut errors = Vec::new();
     // One action at a time, so that one failure does not stop the rest.
     for a in &p.actions {
-        if let Err(errs) = nl.execute(name, std::slice::from_ref(a), |_| {}).await {
+        if let Err(errs) = nl.execute(name, std::slice::from_ref(a), || false).await {
             errors.extend(errs.iter().map(ToString::to_string));
         }
     }

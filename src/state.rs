@@ -74,6 +74,26 @@ pub struct DeploymentState {
     /// or when `forwarding` is turned off), by key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// An apply made with `--confirm-timeout` that is not confirmed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_confirm: Option<PendingConfirm>,
+    /// SHA-256 of a manifest reverted for want of `netman confirm`: the
+    /// watcher does not apply a file with this content by itself again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_sha256: Option<String>,
+    /// The last apply asked for no watching (`--no-watch`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_watch: bool,
+}
+
+/// What to go back to unless `netman confirm` arrives in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingConfirm {
+    /// Unix time (milliseconds) of the automatic revert.
+    pub deadline_ms: u64,
+    /// The manifest in force before the unconfirmed apply (`None`: there
+    /// was none, and the revert takes the deployment down).
+    pub previous: Option<ManifestRecord>,
 }
 
 impl DeploymentState {
@@ -87,6 +107,9 @@ impl DeploymentState {
             in_progress: false,
             firewall: None,
             sysctls: BTreeMap::new(),
+            pending_confirm: None,
+            reverted_sha256: None,
+            no_watch: false,
         }
     }
 }

@@ -476,7 +476,7 @@ fn rejection_cases() -> Vec<Case> {
         case(
             "unknown top-level key",
             with_head(&["dns: true"]),
-            "site-a.yaml:6:1: dns: unknown key `dns` (expected one of: name, interface, peers, routes, forwarding, firewall)",
+            "site-a.yaml:6:1: dns: unknown key `dns` (expected one of: name, interface, peers, routes, forwarding, firewall, watch, metrics)",
         ),
         case(
             "unknown interface key",
@@ -892,6 +892,8 @@ fn full_manifest_with_every_field() {
             ],
             forwarding: false,
             firewall: Default::default(),
+            watch: true,
+            metrics: None,
             source: m.source.clone(),
         }
     );

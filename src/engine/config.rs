@@ -38,6 +38,16 @@ pub struct EngineConfig {
     pub listen_port: Option<u16>,
     pub private_key_file: PathBuf,
     pub peers: Vec<PeerSpec>,
+    /// Follow the manifest file and repair drift (see `supervisor`).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Prometheus endpoint, if any.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Error)]
@@ -84,6 +94,8 @@ impl EngineConfig {
             listen_port: m.interface.listen_port,
             private_key_file: m.interface.private_key_file.clone(),
             peers,
+            watch: m.watch,
+            metrics: m.metrics.as_ref().map(|x| x.listen),
         })
     }
 
@@ -160,6 +172,14 @@ pub enum EngineChange {
         from: u32,
         to: u32,
     },
+    Watch {
+        from: bool,
+        to: bool,
+    },
+    Metrics {
+        from: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    },
     AddPeer {
         name: String,
         public_key: String,
@@ -229,6 +249,13 @@ impl fmt::Display for EngineChange {
                 write!(f, "{s} engine private key (public key {from} -> {to})")
             }
             EngineChange::Mtu { from, to } => write!(f, "{s} engine mtu {from} -> {to}"),
+            EngineChange::Watch { from, to } => {
+                let w = |b: &bool| if *b { "on" } else { "off" };
+                write!(f, "{s} engine watch {} -> {}", w(from), w(to))
+            }
+            EngineChange::Metrics { from, to } => {
+                write!(f, "{s} engine metrics {} -> {}", opt(from), opt(to))
+            }
             EngineChange::AddPeer { name, public_key } => {
                 write!(f, "{s} peer {name} ({public_key})")
             }
@@ -294,6 +321,18 @@ pub fn diff_configs(
         out.push(EngineChange::Mtu {
             from: cur.mtu,
             to: new.mtu,
+        });
+    }
+    if cur.watch != new.watch {
+        out.push(EngineChange::Watch {
+            from: cur.watch,
+            to: new.watch,
+        });
+    }
+    if cur.metrics != new.metrics {
+        out.push(EngineChange::Metrics {
+            from: cur.metrics,
+            to: new.metrics,
         });
     }
     fn find<'a>(
@@ -386,6 +425,8 @@ mod tests {
             listen_port: Some(51820),
             private_key_file: "/k".into(),
             peers,
+            watch: true,
+            metrics: None,
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Request {
         dry_run: bool,
     },
     Stop,
+    /// Re-read the state file now (a new or cleared pending confirmation).
+    Poke,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,6 +44,7 @@ pub enum Response {
     Status(Box<EngineStatus>),
     Configured { changes: Vec<EngineChange> },
     Stopping,
+    Poked,
     Error { message: String },
 }
 
@@ -60,6 +63,9 @@ pub struct EngineStatus {
     pub drops: BTreeMap<String, u64>,
     /// The configuration in force.
     pub config: EngineConfig,
+    /// The watcher (manifest file and kernel drift).
+    #[serde(default)]
+    pub watch: Option<super::supervisor::WatchStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

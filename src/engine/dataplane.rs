@@ -530,6 +530,7 @@ impl DataPlane {
             peers,
             drops,
             config: self.config.clone(),
+            watch: None,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -57,9 +57,17 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     let applies = Family::<DeploymentLabels, Counter>::default();
     let repairs = Family::<DeploymentLabels, Counter>::default();
     let failures = Family::<DeploymentLabels, Counter>::default();
-    reg.register("peer_receive_bytes", "Bytes received from the peer", rx.clone());
+    reg.register(
+        "peer_receive_bytes",
+        "Bytes received from the peer",
+        rx.clone(),
+    );
     reg.register("peer_transmit_bytes", "Bytes sent to the peer", tx.clone());
-    reg.register("peer_handshakes", "Handshakes completed with the peer", hs.clone());
+    reg.register(
+        "peer_handshakes",
+        "Handshakes completed with the peer",
+        hs.clone(),
+    );
     reg.register(
         "peer_handshake_attempts",
         "Handshake initiations sent to the peer",
@@ -70,15 +78,27 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
         "Unix time of the latest completed handshake (0: none)",
         latest.clone(),
     );
-    reg.register("packets_dropped", "Packets dropped, by reason", drops.clone());
+    reg.register(
+        "packets_dropped",
+        "Packets dropped, by reason",
+        drops.clone(),
+    );
     reg.register("peers", "Configured peers", peers.clone());
-    reg.register("reconcile_applies", "Reconciles that changed something", applies.clone());
+    reg.register(
+        "reconcile_applies",
+        "Reconciles that changed something",
+        applies.clone(),
+    );
     reg.register(
         "reconcile_drift_repairs",
         "Reconciles that repaired drift in the kernel",
         repairs.clone(),
     );
-    reg.register("reconcile_failures", "Reconciles that failed", failures.clone());
+    reg.register(
+        "reconcile_failures",
+        "Reconciles that failed",
+        failures.clone(),
+    );
 
     let dep = || DeploymentLabels {
         deployment: status.deployment.clone(),
@@ -124,23 +144,52 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     out
 }
 
+/// A running metrics endpoint; stops (and frees its port) when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Serve `GET /metrics` on `addr` in a background thread; `snapshot`
 /// produces the text of one scrape.
 pub fn serve(
     addr: SocketAddr,
     snapshot: Arc<dyn Fn() -> Option<String> + Send + Sync>,
-) -> io::Result<SocketAddr> {
+) -> io::Result<Server> {
     let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let _ = handle(conn, snapshot.as_ref());
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = handle(conn, snapshot.as_ref());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let mut p = libc::pollfd {
+                            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd.
+                        unsafe { libc::poll(&mut p, 1, 200) };
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                }
             }
         })?;
-    Ok(local)
+    Ok(Server { addr: local, stop })
 }
 
 fn handle(mut conn: TcpStream, snapshot: &dyn Fn() -> Option<String>) -> io::Result<()> {
@@ -222,7 +271,10 @@ mod tests {
                 listen_port: None,
                 private_key_file: "/k".into(),
                 peers: vec![],
+                watch: true,
+                metrics: None,
             },
+            watch: None,
         }
     }
 
@@ -251,11 +303,12 @@ mod tests {
 
     #[test]
     fn http_endpoint_serves_metrics_and_404() {
-        let addr = serve(
+        let server = serve(
             "127.0.0.1:0".parse().expect("addr"),
             Arc::new(|| Some("hello 1\n# EOF\n".to_string())),
         )
         .expect("serve");
+        let addr = server.addr;
         let get = |path: &str| {
             let mut s = TcpStream::connect(addr).expect("connect");
             write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
@@ -267,5 +320,11 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
         assert!(ok.ends_with("hello 1\n# EOF\n"), "{ok}");
         assert!(get("/").starts_with("HTTP/1.1 404"));
+        drop(server);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still serving after drop"
+        );
     }
 }

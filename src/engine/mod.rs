@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod metrics;
+pub mod supervisor;
 pub mod udp;
 
 use std::fs;
@@ -17,7 +18,8 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use crate::state::StateDir;
 use config::{EngineChange, EngineConfig};
 use control::{ControlError, Request, Response};
 use dataplane::{CONTROL_TIMEOUT, Command as DpCommand, Control, DataPlane, EngineError};
+use supervisor::Shared;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -109,8 +112,15 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
         path: sock.clone(),
         source,
     })?;
+    let watch = cfg.watch;
+    let metrics_addr = cfg.metrics;
     let (mut dp, control) = DataPlane::new(cfg, Some(signals))?;
     write_config(sd, dp.config())?;
+    let shared = Arc::new(Shared::default());
+    shared.watch.store(watch, Ordering::Relaxed);
+    let metrics = Mutex::new(None);
+    // Bound before privileges are dropped (the port may be privileged).
+    update_metrics(&metrics, metrics_addr, &control, &shared);
 
     let _ = fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|source| ServeError::Socket {
@@ -129,15 +139,27 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     if let Err(e) = drop_privileges(port) {
         tracing::warn!(error = %e, "could not drop privileges; the engine keeps them");
     }
-    let sd2 = sd.clone();
-    let name2 = name.clone();
+    let ctx = Arc::new(EngineCtx {
+        control,
+        sd: sd.clone(),
+        name: name.clone(),
+        shared: shared.clone(),
+        metrics,
+    });
+    let ctx2 = ctx.clone();
     thread::Builder::new()
         .name("control".into())
-        .spawn(move || control_loop(listener, control, sd2, name2))
+        .spawn(move || control_loop(listener, ctx2))
         .map_err(|source| ServeError::Socket {
             path: sock.clone(),
             source,
         })?;
+    supervisor::spawn(sd.clone(), name.clone(), ctx, shared).map_err(|source| {
+        ServeError::Socket {
+            path: sock.clone(),
+            source,
+        }
+    })?;
     let result = dp.run();
     // Remove the socket only if it is still ours.
     let _ = fs::remove_file(&sock);
@@ -209,7 +231,88 @@ fn peer_uid(conn: &std::os::unix::net::UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-fn control_loop(listener: UnixListener, control: Control, sd: StateDir, name: String) {
+/// The engine of this process as the control socket and the watcher see
+/// it: one place that configures the data plane and what goes with it.
+pub struct EngineCtx {
+    control: Control,
+    sd: StateDir,
+    name: String,
+    shared: Arc<Shared>,
+    metrics: Mutex<Option<metrics::Server>>,
+}
+
+impl EngineCtx {
+    /// Reach `config` (or report what that would change), then record it,
+    /// and follow its watch and metrics settings.
+    pub fn configure(
+        &self,
+        config: EngineConfig,
+        dry_run: bool,
+    ) -> Result<Vec<EngineChange>, String> {
+        if config.deployment != self.name {
+            return Err(format!(
+                "this engine serves deployment {}, not {}",
+                self.name, config.deployment
+            ));
+        }
+        let (tx, rx) = mpsc::channel();
+        let saved = config.clone();
+        self.control.send(DpCommand::Configure {
+            config: Box::new(config),
+            dry_run,
+            reply: tx,
+        })?;
+        let changes = rx
+            .recv_timeout(CONTROL_TIMEOUT)
+            .map_err(|_| "the data plane did not answer".to_string())??;
+        if !dry_run {
+            if let Err(e) = write_config(&self.sd, &saved) {
+                tracing::warn!(error = %e, "could not record the engine config");
+            }
+            self.shared.watch.store(saved.watch, Ordering::Relaxed);
+            update_metrics(&self.metrics, saved.metrics, &self.control, &self.shared);
+        }
+        Ok(changes)
+    }
+
+    /// Stop the data plane (and so the engine).
+    pub fn stop(&self) -> Result<(), String> {
+        self.control.send(DpCommand::Stop)
+    }
+}
+
+/// Start, move or stop the metrics endpoint to match `want`.
+fn update_metrics(
+    slot: &Mutex<Option<metrics::Server>>,
+    want: Option<std::net::SocketAddr>,
+    control: &Control,
+    shared: &Arc<Shared>,
+) {
+    let Ok(mut cur) = slot.lock() else { return };
+    if cur.as_ref().map(|s| s.addr) == want && want.is_some_and(|a| a.port() != 0) {
+        return;
+    }
+    *cur = None;
+    let Some(addr) = want else { return };
+    let control = control.clone();
+    let shared = shared.clone();
+    let snapshot = Arc::new(move || {
+        let (tx, rx) = mpsc::channel();
+        control.send(DpCommand::Status(tx)).ok()?;
+        let status = rx.recv_timeout(CONTROL_TIMEOUT).ok()?;
+        Some(metrics::render(&status, &shared.counters))
+    });
+    match metrics::serve(addr, snapshot) {
+        Ok(server) => {
+            tracing::info!(%addr, "metrics endpoint listening");
+            *cur = Some(server);
+        }
+        Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
+    }
+}
+
+fn control_loop(listener: UnixListener, ctx: Arc<EngineCtx>) {
+    let (control, name) = (&ctx.control, ctx.name.as_str());
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         match peer_uid(&conn) {
@@ -241,7 +344,7 @@ fn control_loop(listener: UnixListener, control: Control, sd: StateDir, name: St
                 continue;
             }
         };
-        let resp = handle(&control, &sd, &name, req);
+        let resp = handle(&ctx, req);
         let stopping = matches!(resp, Response::Stopping);
         let _ = control::write_response(&conn, &resp);
         if stopping {
@@ -250,7 +353,8 @@ fn control_loop(listener: UnixListener, control: Control, sd: StateDir, name: St
     }
 }
 
-fn handle(control: &Control, sd: &StateDir, name: &str, req: Request) -> Response {
+fn handle(ctx: &EngineCtx, req: Request) -> Response {
+    let (control, name) = (&ctx.control, ctx.name.as_str());
     let err = |message: String| Response::Error { message };
     match req {
         Request::Ping => Response::Pong {
@@ -258,43 +362,27 @@ fn handle(control: &Control, sd: &StateDir, name: &str, req: Request) -> Respons
             deployment: name.to_string(),
         },
         Request::Stop => Response::Stopping,
+        Request::Poke => {
+            ctx.shared.wake.notify_one();
+            Response::Poked
+        }
         Request::Status => {
             let (tx, rx) = mpsc::channel();
             if let Err(e) = control.send(DpCommand::Status(tx)) {
                 return err(e);
             }
             match rx.recv_timeout(CONTROL_TIMEOUT) {
-                Ok(s) => Response::Status(Box::new(s)),
-                Err(_) => err("the data plane did not answer".into()),
-            }
-        }
-        Request::Configure { config, dry_run } => {
-            if config.deployment != name {
-                return err(format!(
-                    "this engine serves deployment {name}, not {}",
-                    config.deployment
-                ));
-            }
-            let (tx, rx) = mpsc::channel();
-            let saved = config.clone();
-            if let Err(e) = control.send(DpCommand::Configure {
-                config: Box::new(config),
-                dry_run,
-                reply: tx,
-            }) {
-                return err(e);
-            }
-            match rx.recv_timeout(CONTROL_TIMEOUT) {
-                Ok(Ok(changes)) => {
-                    if !dry_run && let Err(e) = write_config(sd, &saved) {
-                        tracing::warn!(error = %e, "could not record the engine config");
-                    }
-                    Response::Configured { changes }
+                Ok(mut s) => {
+                    s.watch = Some(ctx.shared.status());
+                    Response::Status(Box::new(s))
                 }
-                Ok(Err(e)) => err(e),
                 Err(_) => err("the data plane did not answer".into()),
             }
         }
+        Request::Configure { config, dry_run } => match ctx.configure(config, dry_run) {
+            Ok(changes) => Response::Configured { changes },
+            Err(e) => err(e),
+        },
     }
 }
 

@@ -94,7 +94,19 @@ pub struct Manifest {
     pub forwarding: bool,
     /// nftables chains and rules (empty: netman does not touch nftables).
     pub firewall: Firewall,
+    /// Whether the running deployment follows the manifest file and repairs
+    /// drift in the kernel (default true).
+    pub watch: bool,
+    /// Where the engine serves Prometheus metrics, if anywhere.
+    pub metrics: Option<Metrics>,
     pub source: Source,
+}
+
+/// The `metrics:` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// `ADDRESS:PORT` of the HTTP endpoint (`GET /metrics`).
+    pub listen: SocketAddr,
 }
 
 /// The `firewall:` section: base chains in netman's own table

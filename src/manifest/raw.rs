@@ -34,6 +34,17 @@ pub struct RawManifest {
     pub forwarding: Option<Spanned<bool>>,
     #[serde(default)]
     pub firewall: Option<Spanned<RawFirewall>>,
+    #[serde(default)]
+    pub watch: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub metrics: Option<Spanned<RawMetrics>>,
+}
+
+/// `metrics:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Spanned<String>,
 }
 
 /// `interface:` section.

@@ -32,7 +32,9 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{ManifestError, ManifestErrors};
 use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
-use super::{DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Peer, PublicKey, Route, Source};
+use super::{
+    DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, Peer, PublicKey, Route, Source,
+};
 
 const MAX_NAME_LEN: usize = 32;
 const MAX_PEER_NAME_LEN: usize = 63;
@@ -118,6 +120,17 @@ pub(crate) fn validate(
         None => Vec::new(),
     };
     let forwarding = raw.forwarding.as_ref().is_some_and(|f| f.value);
+    let watch = raw.watch.as_ref().is_none_or(|w| w.value);
+    let metrics: Option<Option<Metrics>> = match &raw.metrics {
+        None => Some(None),
+        Some(m) => ctx
+            .check(
+                &m.value.listen,
+                || "metrics.listen".to_owned(),
+                |s| metrics_listen(s),
+            )
+            .map(|listen| Some(Metrics { listen })),
+    };
     let firewall: Option<Firewall> = match &raw.firewall {
         Some(fw) => super::firewall::firewall(&mut ctx, &fw.value),
         None => Some(Firewall::default()),
@@ -135,16 +148,21 @@ pub(crate) fn validate(
         peers.into_iter().collect::<Option<Vec<_>>>(),
         routes.into_iter().collect::<Option<Vec<_>>>(),
         firewall,
+        metrics,
     ) {
-        (Some(name), Some(interface), Some(peers), Some(routes), Some(firewall)) => Ok(Manifest {
-            name,
-            interface,
-            peers,
-            routes,
-            forwarding,
-            firewall,
-            source,
-        }),
+        (Some(name), Some(interface), Some(peers), Some(routes), Some(firewall), Some(metrics)) => {
+            Ok(Manifest {
+                name,
+                interface,
+                peers,
+                routes,
+                forwarding,
+                firewall,
+                watch,
+                metrics,
+                source,
+            })
+        }
         _ => Err(ManifestErrors::single(ManifestError::new(
             file,
             Location::UNKNOWN,
@@ -152,6 +170,18 @@ pub(crate) fn validate(
             "internal error: validation failed without a diagnostic",
         ))),
     }
+}
+
+/// `metrics.listen`: an `ADDRESS:PORT` to bind (no hostnames: the engine
+/// binds it without DNS).
+fn metrics_listen(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9586 or [::1]:9586)"))?;
+    if a.port() == 0 {
+        return Err("port 0 is not allowed (1..=65535)".to_string());
+    }
+    Ok(a)
 }
 
 fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface> {

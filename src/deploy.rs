@@ -1,0 +1,165 @@
+//! One apply of a manifest, end to end: the engine configuration (endpoints
+//! resolved, key files checked) before anything changes, then
+//! [`reconcile::apply`] with the engine step. Shared by the CLI (`apply`,
+//! `run`, `confirm`) and the running engine's watcher, so both do exactly
+//! the same thing.
+
+use thiserror::Error;
+
+use crate::engine::config::{ConfigError, EngineChange, EngineConfig};
+use crate::engine::control::{ControlError, Request, Response};
+use crate::engine::{self, EngineCtx};
+use crate::manifest::{self, Manifest};
+use crate::netlink::Netlink;
+use crate::reconcile::{self, Applied, ApplyOptions, ReconcileError};
+use crate::state::StateDir;
+
+/// How the data plane is brought to the manifest's configuration.
+#[derive(Clone, Copy)]
+pub enum EngineStep<'a> {
+    /// Reconfigure the detached engine through its control socket, or start
+    /// it if none runs (`netman apply`).
+    Detached,
+    /// Leave the engine alone (`netman run` starts it in-process after).
+    Skip,
+    /// The engine of this very process (the watcher).
+    InProcess(&'a EngineCtx),
+}
+
+#[derive(Debug, Error)]
+pub enum DeployError {
+    /// The manifest cannot work (endpoint, key file): nothing was changed.
+    #[error("nothing applied: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("recorded manifest of deployment {name}: {reason}")]
+    Recorded { name: String, reason: String },
+}
+
+/// The engine configuration of `m`, with its key files read and checked.
+pub fn engine_config(m: &Manifest) -> Result<EngineConfig, ConfigError> {
+    let cfg = EngineConfig::from_manifest(m)?;
+    cfg.load_keys()?;
+    Ok(cfg)
+}
+
+/// Apply `m` (see the module docs).
+pub async fn apply(
+    nl: &Netlink,
+    sd: &StateDir,
+    m: &Manifest,
+    step: EngineStep<'_>,
+    opts: ApplyOptions,
+) -> Result<Applied, DeployError> {
+    let mut cfg = engine_config(m)?;
+    let no_watch = match opts.no_watch {
+        Some(v) => v,
+        None => sd.load(&m.name).ok().flatten().is_some_and(|s| s.no_watch),
+    };
+    cfg.watch = m.watch && !no_watch;
+    let applied = reconcile::apply(nl, sd, m, opts, async || {
+        let changes = match step {
+            EngineStep::Skip => return Ok(Vec::new()),
+            EngineStep::Detached => push_engine(sd, &cfg)?,
+            EngineStep::InProcess(engine) => engine.configure(cfg.clone(), false)?,
+        };
+        Ok(changes.iter().map(ToString::to_string).collect())
+    })
+    .await?;
+    Ok(applied)
+}
+
+/// Bring the detached engine to `cfg`: configure it in place, or start it.
+pub fn push_engine(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
+    let req = Request::Configure {
+        config: cfg.clone(),
+        dry_run: false,
+    };
+    match engine::request(sd, &cfg.deployment, &req) {
+        Ok(Response::Configured { changes }) => Ok(changes),
+        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
+        Err(ControlError::NotRunning(_)) => {
+            engine::spawn_detached(sd, cfg).map_err(|e| e.to_string())?;
+            Ok(vec![engine::start_change(&cfg.deployment)])
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the engine would change to reach `cfg` (a dry run), or its start
+/// if none runs.
+pub fn engine_diff(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
+    let req = Request::Configure {
+        config: cfg.clone(),
+        dry_run: true,
+    };
+    match engine::request(sd, &cfg.deployment, &req) {
+        Ok(Response::Configured { changes }) => Ok(changes),
+        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
+        Err(ControlError::NotRunning(_)) => Ok(vec![engine::start_change(&cfg.deployment)]),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What resolving a pending confirmation did.
+pub enum Resolved {
+    /// The previous manifest is in force again.
+    Reverted(Applied),
+    /// There was no previous manifest: the deployment was taken down.
+    TakenDown,
+}
+
+/// Undo an unconfirmed `apply --confirm-timeout` whose deadline has passed:
+/// re-apply the manifest that was in force before it, or take the
+/// deployment down if there was none. `None` when nothing is pending (or
+/// not yet due, unless `force`).
+pub async fn resolve_pending(
+    nl: &Netlink,
+    sd: &StateDir,
+    name: &str,
+    step: EngineStep<'_>,
+    force: bool,
+) -> Result<Option<Resolved>, DeployError> {
+    let Some(st) = sd.load(name).map_err(ReconcileError::from)? else {
+        return Ok(None);
+    };
+    let Some(p) = st.pending_confirm else {
+        return Ok(None);
+    };
+    if !force && p.deadline_ms > reconcile::now_unix_ms() {
+        return Ok(None);
+    }
+    match p.previous {
+        Some(rec) => {
+            let m = manifest::parse(&rec.text, &rec.path).map_err(|e| DeployError::Recorded {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+            let opts = ApplyOptions {
+                resolves_pending: true,
+                ..ApplyOptions::default()
+            };
+            Ok(Some(Resolved::Reverted(
+                apply(nl, sd, &m, step, opts).await?,
+            )))
+        }
+        None => {
+            reconcile::down(nl, sd, name, || stop_engine(sd, name, step)).await?;
+            Ok(Some(Resolved::TakenDown))
+        }
+    }
+}
+
+/// Stop the engine of `name` (for `down`) and forget its files.
+pub fn stop_engine(sd: &StateDir, name: &str, step: EngineStep<'_>) -> Result<(), String> {
+    match step {
+        EngineStep::InProcess(engine) => engine.stop()?,
+        EngineStep::Detached | EngineStep::Skip => {
+            engine::stop(sd, name).map_err(|e| e.to_string())?;
+        }
+    }
+    let _ = std::fs::remove_file(engine::config_path(sd, name));
+    let _ = std::fs::remove_file(engine::log_path(sd, name));
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! The watcher of a running deployment: follows the manifest file (also
+//! when it is replaced by rename, as git and editors do) and the kernel
+//! (rtnetlink link/address/route events, plus a periodic full resync for
+//! what sends no events, like nftables), and re-applies when either moves:
+//! a new manifest converges by itself, and owned state changed by hand is
+//! put back. It also carries out the automatic revert of an unconfirmed
+//! `apply --confirm-timeout`, surviving engine restarts (the deadline is in
+//! the state file).
+//!
+//! It does not fight: changes are debounced; a manifest that fails to parse
+//! or validate is not applied (the running configuration stays, the error is
+//! logged and shown by `status`); a file is applied when it *changes*, not
+//! whenever it differs from what is in force (so an automatic revert is not
+//! undone by the very file it reverted); nothing is applied while a
+//! confirmation is pending except the revert; and its own changes cause at
+//! most one more, empty, reconcile.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::RouteAttribute;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::unix::AsyncFd;
+
+use super::EngineCtx;
+use super::metrics::ReconcileCounters;
+use crate::deploy::{self, EngineStep, Resolved};
+use crate::manifest::{self, Manifest};
+use crate::netlink::Netlink;
+use crate::reconcile::{ApplyOptions, now_unix_ms};
+use crate::state::StateDir;
+
+/// Debounce after a kernel event (our own changes come as bursts).
+const KERNEL_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Debounce after a manifest file event (editors write in several steps).
+const FILE_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Full resync even without events.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// What `status` shows about the watcher.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub enabled: bool,
+    /// The last manifest file that could not be applied, and why.
+    pub manifest_error: Option<String>,
+    /// The last reconcile that failed, and why.
+    pub last_error: Option<String>,
+    pub applies: u64,
+    pub drift_repairs: u64,
+    pub failures: u64,
+}
+
+/// State shared between the watcher, the control socket and metrics.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub watch: AtomicBool,
+    /// Wakes the watcher to re-read the state file.
+    pub wake: tokio::sync::Notify,
+    pub counters: ReconcileCounters,
+    errors: Mutex<(Option<String>, Option<String>)>,
+}
+
+impl Shared {
+    pub fn status(&self) -> WatchStatus {
+        let (manifest_error, last_error) =
+            self.errors.lock().map(|g| g.clone()).unwrap_or_default();
+        WatchStatus {
+            enabled: self.watch.load(Ordering::Relaxed),
+            manifest_error,
+            last_error,
+            applies: self.counters.applies.load(Ordering::Relaxed),
+            drift_repairs: self.counters.drift_repairs.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set_manifest_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.errors.lock() {
+            g.0 = e;
+        }
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.errors.lock() {
+            g.1 = e;
+        }
+    }
+}
+
+/// Run the watcher of deployment `name` in a thread of its own.
+pub fn spawn(
+    sd: StateDir,
+    name: String,
+    engine: Arc<EngineCtx>,
+    shared: Arc<Shared>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "watcher: cannot start its runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut w = Watcher {
+                    sd,
+                    name,
+                    engine,
+                    shared,
+                    last_file_hash: None,
+                    watched: None,
+                    inotify: None,
+                    link_index: None,
+                };
+                if let Err(e) = w.run().await {
+                    tracing::error!(error = %e, "watcher stopped");
+                }
+            });
+        })
+}
+
+struct Watcher {
+    sd: StateDir,
+    name: String,
+    engine: Arc<EngineCtx>,
+    shared: Arc<Shared>,
+    /// Hash of the manifest file when last read (applied or not).
+    last_file_hash: Option<String>,
+    /// The manifest file watched, and its directory's inotify watch.
+    watched: Option<PathBuf>,
+    inotify: Option<Inotify>,
+    /// The deployment's link, to filter kernel events.
+    link_index: Option<u32>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Trigger {
+    Start,
+    /// An apply or confirm from the CLI finished.
+    Poke,
+    Kernel,
+    File,
+    Resync,
+    Deadline,
+}
+
+impl Watcher {
+    async fn run(&mut self) -> io::Result<()> {
+        let nl = Netlink::connect().map_err(io::Error::other)?;
+        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Link,
+            rtnetlink::MulticastGroup::Ipv4Ifaddr,
+            rtnetlink::MulticastGroup::Ipv6Ifaddr,
+            rtnetlink::MulticastGroup::Ipv4Route,
+            rtnetlink::MulticastGroup::Ipv6Route,
+        ])?;
+        let conn_task = tokio::spawn(conn);
+        let mut due: Option<(Instant, Trigger)> = Some((Instant::now(), Trigger::Start));
+        let mut next_resync = Instant::now() + RESYNC;
+        let result = loop {
+            let pending_deadline = self.pending_deadline();
+            let mut wake = next_resync;
+            if let Some((t, _)) = due {
+                wake = wake.min(t);
+            }
+            if let Some(t) = pending_deadline {
+                wake = wake.min(t);
+            }
+            let watching = self.shared.watch.load(Ordering::Relaxed);
+            tokio::select! {
+                ev = events.next() => {
+                    let Some((msg, _)) = ev else { break Ok(()) };
+                    if watching && self.relevant(&msg.payload) {
+                        schedule(&mut due, Instant::now() + KERNEL_DEBOUNCE, Trigger::Kernel);
+                    }
+                }
+                r = inotify_event(self.inotify.as_ref()) => {
+                    match r {
+                        Ok(true) if watching => {
+                            schedule(&mut due, Instant::now() + FILE_DEBOUNCE, Trigger::File);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "manifest watch failed; relying on resyncs");
+                            self.inotify = None;
+                        }
+                    }
+                }
+                _ = self.shared.wake.notified() => {
+                    schedule(&mut due, Instant::now(), Trigger::Poke);
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if pending_deadline.is_some_and(|t| t <= now) {
+                        self.reconcile(&nl, Trigger::Deadline).await;
+                        continue;
+                    }
+                    if let Some((t, trig)) = due
+                        && t <= now {
+                            due = None;
+                            self.reconcile(&nl, trig).await;
+                            next_resync = Instant::now() + RESYNC;
+                            continue;
+                        }
+                    if next_resync <= now {
+                        next_resync = now + RESYNC;
+                        if watching {
+                            self.reconcile(&nl, Trigger::Resync).await;
+                        }
+                    }
+                }
+            }
+        };
+        conn_task.abort();
+        result
+    }
+
+    /// When the pending confirmation (if any) is due.
+    fn pending_deadline(&self) -> Option<Instant> {
+        let st = self.sd.load(&self.name).ok()??;
+        let p = st.pending_confirm?;
+        let now_ms = now_unix_ms();
+        Some(Instant::now() + Duration::from_millis(p.deadline_ms.saturating_sub(now_ms)))
+    }
+
+    /// Whether a kernel event may concern this deployment.
+    fn relevant(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+        let NetlinkPayload::InnerMessage(m) = payload else {
+            return false;
+        };
+        let Some(idx) = self.link_index else {
+            return true;
+        };
+        match m {
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                l.header.index == idx
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                a.header.index == idx
+            }
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(o) if *o == idx)),
+            _ => false,
+        }
+    }
+
+    /// One reconcile: resolve a due confirmation, or apply the manifest to
+    /// follow (the file if it changed and is valid, else the one in force).
+    async fn reconcile(&mut self, nl: &Netlink, trigger: Trigger) {
+        let engine = self.engine.clone();
+        let step = EngineStep::InProcess(&engine);
+        match deploy::resolve_pending(nl, &self.sd, &self.name, step, false).await {
+            Ok(Some(Resolved::Reverted(applied))) => {
+                tracing::warn!(
+                    deployment = %self.name,
+                    "no `netman confirm` before the deadline: reverted to the previous configuration"
+                );
+                log_plan(&applied);
+                self.shared.counters.applies.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Some(Resolved::TakenDown)) => {
+                tracing::warn!(
+                    deployment = %self.name,
+                    "no `netman confirm` before the deadline: there was no previous configuration, so the deployment was taken down"
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "automatic revert failed");
+                self.shared
+                    .set_last_error(Some(format!("automatic revert: {e}")));
+                self.shared
+                    .counters
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let Ok(Some(st)) = self.sd.load(&self.name) else {
+            return; // gone (down in progress)
+        };
+        let Some(in_force) = st.manifest else {
+            return;
+        };
+        let pending = st.pending_confirm.is_some();
+        if self.watched.as_deref() != Some(in_force.path.as_path()) {
+            self.watch_file(&in_force.path);
+        }
+        let current = match manifest::parse(&in_force.text, &in_force.path) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "the manifest in force does not parse any more");
+                return;
+            }
+        };
+        let mut target: Manifest = current;
+        let mut from_file = false;
+        if self.shared.watch.load(Ordering::Relaxed) {
+            match std::fs::read_to_string(&in_force.path) {
+                Ok(text) => {
+                    let hash = sha256_hex(&text);
+                    let changed = self.last_file_hash.as_deref() != Some(hash.as_str());
+                    self.last_file_hash = Some(hash.clone());
+                    let known = hash == in_force.sha256
+                        || st.reverted_sha256.as_deref() == Some(hash.as_str());
+                    if known {
+                        if changed {
+                            self.shared.set_manifest_error(None);
+                        }
+                    } else if changed {
+                        match manifest::parse(&text, &in_force.path) {
+                            Ok(m) if m.name != self.name => {
+                                let e = format!(
+                                    "{}: names deployment {:?}, but this engine serves {:?}; not applied",
+                                    in_force.path.display(),
+                                    m.name,
+                                    self.name
+                                );
+                                tracing::error!("{e}");
+                                self.shared.set_manifest_error(Some(e));
+                            }
+                            Ok(_) if pending => {
+                                tracing::warn!(
+                                    "the manifest file changed while an apply waits for `netman confirm`; not applied"
+                                );
+                            }
+                            Ok(m) => {
+                                target = m;
+                                from_file = true;
+                            }
+                            Err(e) => {
+                                let e = e.to_string();
+                                tracing::error!(
+                                    "the manifest file is invalid; the running configuration stays:\n{e}"
+                                );
+                                self.shared.set_manifest_error(Some(e));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if trigger == Trigger::File {
+                        tracing::warn!(path = %in_force.path.display(), error = %e, "cannot read the manifest file");
+                    }
+                }
+            }
+        }
+        let opts = ApplyOptions::default();
+        match deploy::apply(nl, &self.sd, &target, step, opts).await {
+            Ok(applied) => {
+                self.link_index = nl
+                    .link_by_name(&target.interface.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|l| l.header.index);
+                if from_file {
+                    self.shared.set_manifest_error(None);
+                }
+                self.shared.set_last_error(None);
+                if !applied.is_empty() {
+                    self.shared.counters.applies.fetch_add(1, Ordering::Relaxed);
+                    if !from_file {
+                        self.shared
+                            .counters
+                            .drift_repairs
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(
+                        deployment = %self.name,
+                        cause = ?trigger,
+                        "{}",
+                        if from_file { "applied the changed manifest" } else { "repaired drift" }
+                    );
+                    log_plan(&applied);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if from_file {
+                    self.shared.set_manifest_error(Some(e.clone()));
+                }
+                if e.contains("waiting for `netman confirm") {
+                    return;
+                }
+                tracing::error!(cause = ?trigger, "reconcile failed: {e}");
+                self.shared.set_last_error(Some(e));
+                self.shared
+                    .counters
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn watch_file(&mut self, path: &Path) {
+        self.watched = Some(path.to_path_buf());
+        self.inotify = match Inotify::new(path) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the manifest file; relying on resyncs");
+                None
+            }
+        };
+    }
+}
+
+fn schedule(due: &mut Option<(Instant, Trigger)>, at: Instant, t: Trigger) {
+    match due {
+        // Keep the earlier deadline; a file change wins over a kernel event.
+        Some((when, trig)) => {
+            if t == Trigger::File {
+                *trig = Trigger::File;
+            }
+            *when = (*when).min(at);
+        }
+        None => *due = Some((at, t)),
+    }
+}
+
+fn log_plan(applied: &crate::reconcile::Applied) {
+    let text = format!("{}{}", applied.kernel, applied.firewall);
+    for line in text
+        .lines()
+        .chain(applied.engine.iter().map(String::as_str))
+    {
+        tracing::warn!("  {line}");
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An inotify watch on the directory of one file, reporting events that
+/// concern that file (written, replaced by rename, created, deleted).
+struct Inotify {
+    fd: AsyncFd<OwnedFd>,
+    name: Vec<u8>,
+}
+
+impl Inotify {
+    fn new(path: &Path) -> io::Result<Inotify> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        // SAFETY: inotify_init1 returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cdir = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("path contains NUL"))?;
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MOVED_FROM
+            | libc::IN_ATTRIB;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is an owned inotify descriptor that stays open as
+        // long as the AsyncFd holds it, and nothing else registers it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(Inotify { fd, name })
+    }
+
+    /// Read pending events; true if one concerns the file.
+    fn drain(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 4096];
+        let mut hit = false;
+        loop {
+            // SAFETY: reading into a live buffer of its size.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(hit);
+                }
+                return Err(e);
+            }
+            let n = n as usize;
+            let mut off = 0;
+            let header = std::mem::size_of::<libc::inotify_event>();
+            while off + header <= n {
+                // SAFETY: the kernel wrote whole events; read the header
+                // unaligned from the buffer.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                let len = ev.len as usize;
+                let name_bytes = buf.get(off + header..off + header + len).unwrap_or(&[]);
+                let name: Vec<u8> = name_bytes.iter().copied().take_while(|b| *b != 0).collect();
+                if name == self.name || ev.mask & libc::IN_IGNORED != 0 {
+                    hit = true;
+                }
+                off += header + len;
+            }
+        }
+    }
+}
+
+/// Wait for an inotify event about the file (forever without a watch).
+async fn inotify_event(i: Option<&Inotify>) -> io::Result<bool> {
+    let Some(i) = i else {
+        return std::future::pending().await;
+    };
+    let mut guard = i.fd.readable().await?;
+    let hit = i.drain();
+    guard.clear_ready();
+    hit
+}
