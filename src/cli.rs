@@ -24,8 +24,20 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log format on stderr: human (default on a terminal), journald
+    /// (default otherwise: level prefixes, no timestamps) or json.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Journald,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +104,28 @@ pub enum Command {
     Genkey,
     /// Read a private key on stdin, print its public key (like `wg pubkey`).
     Pubkey,
+    /// Print the manifest's JSON Schema (draft-07), for editors and CI.
+    Schema,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+    /// Convert a wg-quick configuration (wg0.conf) into a manifest.
+    ///
+    /// Writes DIR/<name>.yaml and the keys to DIR/keys/ (mode 0600); scripts
+    /// (PostUp, ...) are reported, never run.
+    Import {
+        file: PathBuf,
+        /// Deployment name (default: from the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write the manifest and keys.
+        #[arg(long, short = 'o', default_value = ".")]
+        output_dir: PathBuf,
+    },
     /// Run the engine of a recorded deployment (started by `apply`).
     #[command(hide = true)]
     Engine { name: String },

@@ -6,8 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Result, anyhow, bail};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
-use netman::cli::{Cli, Command, Output};
+use netman::cli::{Cli, Command, LogFormat, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -34,7 +37,7 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: Option<LogFormat>) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -52,11 +55,47 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("NETMAN_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let tty = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if tty {
+        LogFormat::Human
+    } else {
+        LogFormat::Journald
+    });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_ansi(tty).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Journald => builder.event_format(Journald).try_init(),
+    };
+}
+
+/// systemd-journald's stderr convention: a `<N>` syslog priority prefix,
+/// no timestamp (the journal adds its own), no colours.
+struct Journald;
+
+impl<S, N> FormatEvent<S, N> for Journald
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -239,6 +278,30 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Status { name, output } => status(&cli.state_dir, name, output),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&manifest::json_schema())?
+            );
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "netman", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| anyhow!("write man page: {e}"))?;
+            Ok(EXIT_OK)
+        }
+        Command::Import {
+            file,
+            name,
+            output_dir,
+        } => import(&file, name.as_deref(), &output_dir),
         Command::Genkey => {
             let k = keys::generate_private_key().map_err(|e| anyhow!("read OS randomness: {e}"))?;
             println!("{}", k.to_base64().as_str());
@@ -255,6 +318,72 @@ fn run(cli: Cli) -> Result<u8> {
             })?;
             println!("{}", k.public_key().to_base64());
             Ok(EXIT_OK)
+        }
+    }
+}
+
+/// `netman import`: wg-quick file → manifest + key files.
+fn import(file: &Path, name: Option<&str>, dir: &Path) -> Result<u8> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("wg0")
+        .to_string();
+    let ifname: String = stem.chars().take(15).collect();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => netman::import::sanitize_name(&stem)
+            .ok_or_else(|| anyhow!("cannot derive a deployment name from {stem:?}; pass --name"))?,
+    };
+    let imp = netman::import::parse(&text, &file.display().to_string(), &ifname)?;
+    let out = netman::import::render(&imp, &name, &file.display().to_string());
+    let manifest_path = dir.join(format!("{name}.yaml"));
+    // Never overwrite: keys especially.
+    let mut targets = vec![manifest_path.clone(), dir.join(&out.private_key_file)];
+    targets.extend(out.psk_files.iter().map(|(f, _)| dir.join(f)));
+    if let Some(t) = targets.iter().find(|t| t.exists()) {
+        bail!(
+            "{} exists; not overwriting (choose another --output-dir or --name)",
+            t.display()
+        );
+    }
+    std::fs::create_dir_all(dir.join("keys"))
+        .map_err(|e| anyhow!("create {}: {e}", dir.join("keys").display()))?;
+    let write_secret = |path: &Path, text: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow!("create {}: {e}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| anyhow!("chmod {}: {e}", path.display()))?;
+        std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())
+            .map_err(|e| anyhow!("write {}: {e}", path.display()))
+    };
+    write_secret(&dir.join(&out.private_key_file), &out.private_key)?;
+    for (f, psk) in &out.psk_files {
+        write_secret(&dir.join(f), psk)?;
+    }
+    std::fs::write(&manifest_path, &out.manifest)
+        .map_err(|e| anyhow!("write {}: {e}", manifest_path.display()))?;
+    println!(
+        "wrote {} (keys under {})",
+        manifest_path.display(),
+        dir.join("keys").display()
+    );
+    for n in &imp.notes {
+        eprintln!("note: {n}");
+    }
+    // The result must validate.
+    match manifest::load(&manifest_path) {
+        Ok(_) => Ok(EXIT_OK),
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(EXIT_INVALID)
         }
     }
 }

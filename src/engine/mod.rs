@@ -160,11 +160,35 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
             source,
         }
     })?;
+    sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let result = dp.run();
+    sd_notify("STOPPING=1");
     // Remove the socket only if it is still ours.
     let _ = fs::remove_file(&sock);
     tracing::info!(deployment = %name, "engine stopped");
     result.map_err(ServeError::from)
+}
+
+/// Tell systemd (Type=notify) about our state, if it is listening
+/// (`NOTIFY_SOCKET`, a path or an abstract `@name`).
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&path)),
+    };
+    let sent = addr.and_then(|a| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &a)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Keep only what the running engine needs: CAP_NET_ADMIN (TUN queues,
@@ -409,6 +433,8 @@ pub fn spawn_detached(sd: &StateDir, cfg: &EngineConfig) -> Result<u32, ServeErr
     let mut cmd = Command::new(exe);
     cmd.arg("--state-dir")
         .arg(sd.path())
+        .arg("--log-format")
+        .arg("human")
         .arg("engine")
         .arg(&name)
         .stdin(Stdio::null())

@@ -501,3 +501,12 @@ fn sha256_hex(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The manifest's JSON Schema (draft-07), derived from the manifest types,
+/// for editors (`# yaml-language-server: $schema=...`) and CI.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<raw::RawManifest>();
+    schema.to_value()
+}

@@ -12,111 +12,186 @@
 //! - every struct is `#[serde(deny_unknown_fields)]`;
 //! - integers are [`Int`] (any integer, range-checked later) so that an out-of-range
 //!   number is a semantic error reported together with all the others;
-//! - no `#[serde(flatten)]` and no untagged enums (they lose span information).
+//! - no `#[serde(flatten)]` and no untagged enums (they lose span information);
+//! - every field says with `#[schemars(...)]` what it looks like in YAML (the
+//!   `Spanned`/`Int` wrappers are transparent there), so that `netman schema`
+//!   derives the manifest's JSON Schema from these very types.
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-/// Top level of a manifest document.
-#[derive(Debug, Clone, Deserialize)]
+/// A netman manifest (v1): one site of a deployment.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "netman manifest v1")]
 pub struct RawManifest {
+    /// Names the deployment: 1 to 32 characters of a-z, 0-9 and '-'.
+    #[schemars(with = "String", length(min = 1, max = 32), pattern(r"^[a-z0-9-]+$"))]
     pub name: Spanned<String>,
+    /// The TUN interface of the site.
+    #[schemars(with = "RawInterface")]
     pub interface: Spanned<RawInterface>,
+    /// The remote sites.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawPeer>>")]
     pub peers: Option<Spanned<Vec<Spanned<RawPeer>>>>,
+    /// Extra routes through the interface.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawRoute>>")]
     pub routes: Option<Spanned<Vec<Spanned<RawRoute>>>>,
+    /// Set net.ipv4.ip_forward and net.ipv6.conf.all.forwarding to 1 while the deployment is up.
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     pub forwarding: Option<Spanned<bool>>,
+    /// nftables chains in netman's own table, and rules inserted into other chains.
     #[serde(default)]
+    #[schemars(with = "Option<RawFirewall>")]
     pub firewall: Option<Spanned<RawFirewall>>,
+    /// Follow this file and repair drift in the kernel while running (default true).
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     pub watch: Option<Spanned<bool>>,
+    /// Serve Prometheus metrics.
     #[serde(default)]
+    #[schemars(with = "Option<RawMetrics>")]
     pub metrics: Option<Spanned<RawMetrics>>,
 }
 
 /// `metrics:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
+    /// ADDRESS:PORT of the HTTP endpoint, e.g. 127.0.0.1:9586.
+    #[schemars(with = "String")]
     pub listen: Spanned<String>,
 }
 
 /// `interface:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInterface {
+    /// A Linux interface name (1 to 15 characters).
+    #[schemars(with = "String", length(min = 1, max = 15), pattern(r"^[^/:\s]+$"))]
     pub name: Spanned<String>,
+    /// Host addresses with prefix length, IPv4 and IPv6, e.g. 10.10.0.1/24.
+    #[schemars(with = "Vec<String>", length(min = 1))]
     pub addresses: Spanned<Vec<Spanned<String>>>,
+    /// 576..=65535 (at least 1280 with an IPv6 address); default 1420.
     #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 576, max = 65535))]
     pub mtu: Option<Spanned<Int>>,
+    /// UDP port; random when absent.
     #[serde(default)]
+    #[schemars(with = "Option<u16>", range(min = 1, max = 65535))]
     pub listen_port: Option<Spanned<Int>>,
+    /// File with the private key (wg genkey format, mode 0600), relative to the manifest's directory.
+    #[schemars(with = "String", length(min = 1))]
     pub private_key_file: Spanned<String>,
 }
 
 /// One entry of `peers:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPeer {
+    /// Unique within the manifest.
+    #[schemars(
+        with = "String",
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9._-]+$")
+    )]
     pub name: Spanned<String>,
+    /// The peer's public key: 44 characters of base64 (wg pubkey).
+    #[schemars(with = "String", pattern(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"))]
     pub public_key: Spanned<String>,
+    /// v4:port, [v6]:port or hostname:port.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub endpoint: Option<Spanned<String>>,
+    /// Prefixes routed to and accepted from the peer (no host bits set).
+    #[schemars(with = "Vec<String>")]
     pub allowed_ips: Spanned<Vec<Spanned<String>>>,
+    /// Seconds, 1..=65535.
     #[serde(default)]
+    #[schemars(with = "Option<u16>", range(min = 1, max = 65535))]
     pub persistent_keepalive: Option<Spanned<Int>>,
+    /// File with a preshared key (wg genpsk format, mode 0600).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub preshared_key_file: Option<Spanned<String>>,
 }
 
 /// One entry of `routes:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// Destination prefix (no host bits set).
+    #[schemars(with = "String")]
     pub to: Spanned<String>,
+    /// Route metric (priority).
     #[serde(default)]
+    #[schemars(with = "Option<u32>")]
     pub metric: Option<Spanned<Int>>,
 }
 
 /// `firewall:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFirewall {
+    /// Base chains in `table inet netman_<name>`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawChain>>")]
     pub chains: Option<Spanned<Vec<Spanned<RawChain>>>>,
+    /// Rules netman places into chains it does not own.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawInsert>>")]
     pub insert: Option<Spanned<Vec<Spanned<RawInsert>>>>,
 }
 
 /// One entry of `firewall.chains:`: a base chain in netman's own table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawChain {
+    #[schemars(with = "String", length(min = 1))]
     pub name: Spanned<String>,
+    #[schemars(
+        with = "String",
+        extend("enum" = ["prerouting", "input", "forward", "output", "postrouting"])
+    )]
     pub hook: Spanned<String>,
+    /// filter (default) or nat.
     #[serde(default, rename = "type")]
+    #[schemars(with = "Option<String>", extend("enum" = ["filter", "nat", null]))]
     pub kind: Option<Spanned<String>>,
+    /// Default: filter 0; nat 100 for postrouting, -100 for prerouting.
     #[serde(default)]
+    #[schemars(with = "Option<i32>")]
     pub priority: Option<Spanned<Int>>,
+    /// accept (default) or drop.
     #[serde(default)]
+    #[schemars(with = "Option<String>", extend("enum" = ["accept", "drop", null]))]
     pub policy: Option<Spanned<String>>,
+    /// nft rule syntax, one rule per entry.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub rules: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One entry of `firewall.insert:`: a rule placed into a chain netman does not own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInsert {
+    #[schemars(with = "String", extend("enum" = ["ip", "ip6", "inet"]))]
     pub family: Spanned<String>,
+    #[schemars(with = "String")]
     pub table: Spanned<String>,
+    #[schemars(with = "String")]
     pub chain: Spanned<String>,
+    /// nft rule syntax; netman adds the comment marking it as its own.
+    #[schemars(with = "String")]
     pub rule: Spanned<String>,
 }
 
