@@ -106,8 +106,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Load and validate a manifest, printing every error; `None` if invalid.
-fn load_manifest(path: &Path) -> Option<Manifest> {
-    match manifest::load(path) {
+///
+/// With a state dir that exists, validated manifests are cached there by
+/// content hash (`<state-dir>/cache/`), so re-applying or diffing an
+/// unchanged large manifest does not parse it again.
+fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
+    let loaded = if state_dir.is_dir() {
+        manifest::load_cached(path, &state_dir.join("cache"))
+    } else {
+        manifest::load(path)
+    };
+    match loaded {
         Ok(m) => Some(m),
         Err(errs) => {
             eprintln!("{errs}");
@@ -161,7 +170,7 @@ fn run(cli: Cli) -> Result<u8> {
             confirm_timeout,
             no_watch,
         } => {
-            let Some(m) = load_manifest(&file) else {
+            let Some(m) = load_manifest(&file, &cli.state_dir) else {
                 return Ok(EXIT_INVALID);
             };
             let sd = StateDir::open(&cli.state_dir)?;
@@ -219,7 +228,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Run { file, no_watch } => {
-            let Some(m) = load_manifest(&file) else {
+            let Some(m) = load_manifest(&file, &cli.state_dir) else {
                 return Ok(EXIT_INVALID);
             };
             let sd = StateDir::open(&cli.state_dir)?;
@@ -477,7 +486,7 @@ fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) 
 fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     let sd = StateDir::at(state_dir);
     let m = match file {
-        Some(f) => match load_manifest(&f) {
+        Some(f) => match load_manifest(&f, state_dir) {
             Some(m) => m,
             None => return Ok(EXIT_INVALID),
         },

@@ -128,10 +128,29 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         reason: e.to_string(),
     })?;
     line.push(b'\n');
-    s.write_all(&line).map_err(io_err)?;
+    // An engine that dies with its socket still open resets the connection
+    // or closes it without an answer: that is "not running" too.
+    let gone = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        )
+    };
+    if let Err(e) = s.write_all(&line) {
+        return Err(if gone(&e) {
+            ControlError::NotRunning(path.to_path_buf())
+        } else {
+            io_err(e)
+        });
+    }
     let mut reader = BufReader::new(s);
     let mut resp = String::new();
-    reader.read_line(&mut resp).map_err(io_err)?;
+    match reader.read_line(&mut resp) {
+        Ok(0) => return Err(ControlError::NotRunning(path.to_path_buf())),
+        Ok(_) => {}
+        Err(e) if gone(&e) => return Err(ControlError::NotRunning(path.to_path_buf())),
+        Err(e) => return Err(io_err(e)),
+    }
     let resp: Response = serde_json::from_str(&resp).map_err(|e| ControlError::Protocol {
         path: path.to_path_buf(),
         reason: e.to_string(),

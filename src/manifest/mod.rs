@@ -58,6 +58,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_saphyr::Location;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use error::{ManifestError, ManifestErrors};
@@ -83,7 +84,7 @@ pub(crate) mod limits {
 }
 
 /// A validated manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
     pub interface: Interface,
@@ -103,7 +104,7 @@ pub struct Manifest {
 }
 
 /// The `metrics:` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
     /// `ADDRESS:PORT` of the HTTP endpoint (`GET /metrics`).
     pub listen: SocketAddr,
@@ -111,7 +112,7 @@ pub struct Metrics {
 
 /// The `firewall:` section: base chains in netman's own table
 /// (`table inet netman_<name>`) and rules inserted into chains of others.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Firewall {
     pub chains: Vec<Chain>,
     pub insert: Vec<Insert>,
@@ -126,7 +127,7 @@ impl Firewall {
 
 /// Where a value was written in the manifest, for diagnostics that come
 /// later (e.g. nft rejecting a rule): `FILE:LINE:COL: PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pos {
     /// The manifest path as given by the user.
     pub file: String,
@@ -162,7 +163,7 @@ impl fmt::Display for Pos {
 }
 
 /// A base chain in netman's table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
     pub name: String,
     pub hook: Hook,
@@ -176,14 +177,14 @@ pub struct Chain {
 }
 
 /// One rule in nft syntax, with where it was written.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub text: String,
     pub pos: Pos,
 }
 
 /// A rule netman inserts into a chain it does not own.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Insert {
     pub family: Family,
     pub table: String,
@@ -196,7 +197,7 @@ pub struct Insert {
 macro_rules! keyword_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum $name {
             $($variant),+
         }
@@ -283,7 +284,7 @@ impl ChainType {
 }
 
 /// Where a manifest came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
     /// The path as given, made absolute (lexically: `.` components removed, no symlink
     /// resolution, `..` kept).
@@ -295,7 +296,7 @@ pub struct Source {
 }
 
 /// The local WireGuard-compatible interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
     /// Host addresses with their prefix length, in manifest order.
@@ -307,7 +308,7 @@ pub struct Interface {
 }
 
 /// A remote site.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub name: String,
     pub public_key: PublicKey,
@@ -320,7 +321,7 @@ pub struct Peer {
 }
 
 /// A peer's UDP endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Endpoint {
     /// A literal address: `192.0.2.1:51820` or `[2001:db8::1]:51820`.
     Addr(SocketAddr),
@@ -338,7 +339,7 @@ impl fmt::Display for Endpoint {
 }
 
 /// An extra route through the interface.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Route {
     /// Destination network (no host bits set).
     pub to: ipnet::IpNet,
@@ -348,6 +349,19 @@ pub struct Route {
 /// A Curve25519 public key. Displays (and debugs) as standard base64, like `wg pubkey`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PublicKey::from_base64(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Why a string is not a public key. Never contains the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -509,4 +523,88 @@ pub fn json_schema() -> serde_json::Value {
         .into_generator()
         .into_root_schema_for::<raw::RawManifest>();
     schema.to_value()
+}
+
+/// Version of the parse cache format; bump when validation changes meaning.
+const CACHE_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    format: u32,
+    /// Identity of the netman binary that wrote it (size and mtime).
+    binary: String,
+    /// The path as given (errors quote it).
+    given: String,
+    manifest: Manifest,
+}
+
+fn binary_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{}-{}.{}", m.size(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default()
+}
+
+/// [`load`], remembering validated manifests in `cache_dir` by content hash:
+/// a manifest already seen (same text, same path, same netman binary) is not
+/// parsed again. Parsing a YAML manifest of 10,000 routes costs tens of
+/// milliseconds; reading the cached result a few. The cache is an
+/// optimisation only: any problem with it means a normal parse.
+pub fn load_cached(path: &Path, cache_dir: &Path) -> Result<Manifest, ManifestErrors> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => return load(path),
+    };
+    let sha = sha256_hex(&text);
+    let entry_path = cache_dir.join(format!("{sha}.json"));
+    let given = path.display().to_string();
+    let binary = binary_identity();
+    if let Ok(bytes) = std::fs::read(&entry_path) {
+        if let Ok(e) = serde_json::from_slice::<CacheEntry>(&bytes) {
+            if e.format == CACHE_FORMAT
+                && e.binary == binary
+                && e.given == given
+                && e.manifest.source.path == absolute(path)
+                && e.manifest.source.text == text
+            {
+                return Ok(e.manifest);
+            }
+        }
+    }
+    let m = parse(&text, path)?;
+    if !binary.is_empty() && std::fs::create_dir_all(cache_dir).is_ok() {
+        let entry = CacheEntry {
+            format: CACHE_FORMAT,
+            binary,
+            given,
+            manifest: m,
+        };
+        if let Ok(data) = serde_json::to_vec(&entry) {
+            let tmp = cache_dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, data).is_ok() {
+                let _ = std::fs::rename(&tmp, &entry_path);
+            }
+        }
+        prune_cache(cache_dir, 16);
+        return Ok(entry.manifest);
+    }
+    Ok(m)
+}
+
+/// Keep the `keep` most recently written cache entries.
+fn prune_cache(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if entries.len() <= keep {
+        return;
+    }
+    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, p) in entries.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(p);
+    }
 }

@@ -219,3 +219,745 @@ impl<'a> Netman<'a> {
 /// A syntactically valid WireGuard public key (not secret, for manifests).
 pub const SOME_PUBLIC_KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
 pub const OTHER_PUBLIC_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+// ---------------------------------------------------------------------------
+// Helpers for the forwarding-engine tests (tests/engine*.rs): links between
+// namespaces, keys, background processes, ping/iperf3, userspace WireGuard
+// peers and a faulty UDP relay.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Child, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Poll `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A veth pair between two namespaces (created directly inside them, so
+/// the names only need to be unique per namespace), with optional
+/// addresses (CIDR), both ends up.
+pub fn veth(
+    a: &NetNs,
+    a_if: &str,
+    a_addr: Option<&str>,
+    b: &NetNs,
+    b_if: &str,
+    b_addr: Option<&str>,
+) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if let Some(addr) = addr {
+            ns.ip(&["addr", "add", addr, "dev", ifname, "nodad"]);
+        }
+        ns.ip(&["link", "set", ifname, "up"]);
+    }
+}
+
+/// Write `contents` to a new file of mode `mode` (umask notwithstanding).
+pub fn write_mode(path: &Path, contents: &str, mode: u32) {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    std::io::Write::write_all(&mut f, contents.as_bytes())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // The mode given to open() is filtered by the umask; set it exactly.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A key pair made with `netman genkey` / `netman pubkey`, the private key
+/// in a file of mode 0600.
+pub struct KeyPair {
+    pub private_file: PathBuf,
+    pub private: String,
+    pub public: String,
+}
+
+/// `netman genkey` (one line of base64).
+pub fn netman_genkey() -> String {
+    let out = run_ok(Command::new(netman_bin()).arg("genkey"));
+    let key = out.trim().to_string();
+    assert_eq!(key.len(), 44, "netman genkey printed {out:?}");
+    key
+}
+
+/// `netman pubkey` of a private key.
+pub fn netman_pubkey(private: &str) -> String {
+    let mut child = Command::new(netman_bin())
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netman pubkey");
+    {
+        let mut stdin = child.stdin.take().expect("pubkey stdin");
+        std::io::Write::write_all(&mut stdin, format!("{private}\n").as_bytes())
+            .expect("write pubkey stdin");
+    }
+    let out = child.wait_with_output().expect("netman pubkey");
+    assert!(
+        out.status.success(),
+        "netman pubkey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(public.len(), 44, "netman pubkey printed {public:?}");
+    public
+}
+
+impl KeyPair {
+    /// Generate a key pair; the private key goes to `dir/<name>.key` (0600).
+    pub fn generate(dir: &Path, name: &str) -> KeyPair {
+        let private = netman_genkey();
+        let public = netman_pubkey(&private);
+        let private_file = dir.join(format!("{name}.key"));
+        write_mode(&private_file, &format!("{private}\n"), 0o600);
+        KeyPair {
+            private_file,
+            private,
+            public,
+        }
+    }
+}
+
+/// A background process, killed (by its pid) and reaped on drop.
+pub struct Bg {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Bg {
+    /// Start `cmd` with stdout/stderr piped (read them with `finish`).
+    pub fn spawn(what: &str, cmd: &mut Command) -> Bg {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+        Bg {
+            child: Some(child),
+            what: what.to_string(),
+        }
+    }
+
+    /// Start `cmd` with its output going to `log` (for daemons).
+    pub fn spawn_logged(what: &str, cmd: &mut Command, log: &Path) -> Bg {
+        let out =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
+        Bg {
+            child: Some(child),
+            what: what.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Exit status, if it has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Wait at most `timeout` for the process to exit (killing it after
+    /// that, and panicking) and return its output.
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().expect("process already finished");
+        let mut so = child.stdout.take();
+        let mut se = child.stderr.take();
+        let t_out = thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(s) = so.as_mut() {
+                let _ = s.read_to_end(&mut v);
+            }
+            v
+        });
+        let t_err = thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(s) = se.as_mut() {
+                let _ = s.read_to_end(&mut v);
+            }
+            v
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let stdout = t_out.join().unwrap_or_default();
+        let stderr = t_err.join().unwrap_or_default();
+        let Some(status) = status else {
+            panic!(
+                "{} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                self.what,
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        };
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first (daemons clean up their sockets), then SIGKILL.
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What `ping` reported.
+#[derive(Debug)]
+pub struct PingStats {
+    pub transmitted: u32,
+    pub received: u32,
+    /// Duplicate replies (`DUP!` lines / `+N duplicates`).
+    pub duplicates: u32,
+    pub output: String,
+}
+
+/// Parse ping's output (iputils).
+pub fn parse_ping(output: &str) -> PingStats {
+    let mut s = PingStats {
+        transmitted: 0,
+        received: 0,
+        duplicates: 0,
+        output: output.to_string(),
+    };
+    let dup_lines = output.lines().filter(|l| l.contains("DUP!")).count() as u32;
+    for line in output.lines() {
+        if line.contains("packets transmitted") {
+            for part in line.split(',') {
+                let mut words = part.split_whitespace();
+                let n: u32 = words
+                    .next()
+                    .and_then(|w| w.trim_start_matches('+').parse().ok())
+                    .unwrap_or(0);
+                match words.next() {
+                    Some("packets") => s.transmitted = n,
+                    Some("received") => s.received = n,
+                    Some("duplicates") => s.duplicates = n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    s.duplicates = s.duplicates.max(dup_lines);
+    s
+}
+
+/// `ping -c COUNT -i INTERVAL TARGET` inside `ns`, bounded by a deadline.
+pub fn ping(ns: &NetNs, target: &str, count: u32, interval: &str) -> PingStats {
+    require_tool("ping", "the Debian package iputils-ping");
+    // Bounded from outside: ping's own -w would keep sending past COUNT
+    // when replies are lost.
+    let limit = (f64::from(count) * interval.parse::<f64>().unwrap_or(1.0)).ceil() as u32 + 10;
+    let out = run(ns.cmd("timeout").args([
+        &limit.to_string(),
+        "ping",
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-i",
+        interval,
+        "-W",
+        "2",
+        target,
+    ]));
+    parse_ping(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Ping that must get every reply back (and no duplicate).
+pub fn ping_ok(ns: &NetNs, target: &str, count: u32) {
+    let s = ping(ns, target, count, "0.2");
+    assert!(
+        s.transmitted == count && s.received == count && s.duplicates == 0,
+        "ping {target} from {}: expected {count} replies, no duplicates:\n{}",
+        ns.name,
+        s.output
+    );
+}
+
+/// Ping that must get no reply at all.
+pub fn ping_fails(ns: &NetNs, target: &str, count: u32) {
+    let s = ping(ns, target, count, "0.5");
+    assert!(
+        s.received == 0 && s.transmitted > 0,
+        "ping {target} from {} was expected to fail:\n{}",
+        ns.name,
+        s.output
+    );
+}
+
+/// A WireGuard-protocol handshake may take a moment: retry a single ping
+/// until one comes back (bounded).
+pub fn wait_ping(ns: &NetNs, target: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let s = ping(ns, target, 1, "0.2");
+        s.received == 1
+    })
+}
+
+/// Bytes moved by one iperf3 TCP run.
+#[derive(Debug)]
+pub struct IperfResult {
+    /// `end.sum_sent.bytes` (from the sender).
+    pub sent_bytes: u64,
+    /// `end.sum_received.bytes` (at the receiver).
+    pub received_bytes: u64,
+    pub json: serde_json::Value,
+}
+
+/// A one-off iperf3 server (`-s -1`) in `server` bound to `addr:port`, a
+/// client in `client` running `iperf3 -c addr -p port -J ARGS`, paced so the
+/// load stays bounded unless ARGS say otherwise. Both must succeed.
+pub fn iperf_tcp(
+    client: &NetNs,
+    server: &NetNs,
+    addr: &str,
+    port: u16,
+    args: &[&str],
+) -> IperfResult {
+    require_tool("iperf3", "the Debian package iperf3");
+    let port_s = port.to_string();
+    let srv = Bg::spawn(
+        "iperf3 server",
+        server
+            .cmd("timeout")
+            .args(["60", "iperf3", "-s", "-1", "-B", addr, "-p", &port_s]),
+    );
+    let filter = format!("sport = :{port}");
+    let listening = wait_until(Duration::from_secs(10), || {
+        let out = run(server.cmd("ss").args(["-Hltn", &filter]));
+        String::from_utf8_lossy(&out.stdout).contains("LISTEN")
+    });
+    assert!(
+        listening,
+        "iperf3 server on {addr}:{port} in {} did not start",
+        server.name
+    );
+    let mut c = client.cmd("timeout");
+    c.args([
+        "60",
+        "iperf3",
+        "-c",
+        addr,
+        "-p",
+        &port_s,
+        "-J",
+        "--connect-timeout",
+        "10000",
+    ]);
+    c.args(args);
+    let out = run(&mut c);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let srv_out = srv.finish(Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "iperf3 client in {} -> {addr}:{port} failed ({}):\n{text}\n{}\nserver: {}{}",
+        client.name,
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&srv_out.stdout),
+        String::from_utf8_lossy(&srv_out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("iperf3 -J output is not JSON ({e}): {text}"));
+    let sent_bytes = json["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+    let received_bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(
+        sent_bytes > 0 && received_bytes > 0,
+        "iperf3 moved nothing: {text}"
+    );
+    IperfResult {
+        sent_bytes,
+        received_bytes,
+        json,
+    }
+}
+
+/// The directory userspace WireGuard implementations put their UAPI
+/// sockets in (shared by all network namespaces).
+pub const UAPI_DIR: &str = "/var/run/wireguard";
+
+/// Which userspace WireGuard to run as a peer.
+#[derive(Clone, Copy, Debug)]
+pub enum Userspace {
+    WireguardGo,
+    Boringtun,
+}
+
+/// Path of boringtun-cli: `$BORINGTUN_BIN`, PATH, or ~/.cargo/bin.
+pub fn boringtun_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BORINGTUN_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("boringtun-cli"))
+            .find(|f| f.is_file())
+    }) {
+        return p;
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let p = home.join(".cargo/bin/boringtun-cli");
+    assert!(
+        p.is_file(),
+        "this test needs `boringtun-cli` (cargo install boringtun-cli --locked; or set BORINGTUN_BIN)"
+    );
+    p
+}
+
+/// A wireguard-go or boringtun-cli daemon serving interface `ifname` in a
+/// namespace; stopped and its UAPI socket removed on drop.
+pub struct UserspaceWg {
+    pub ifname: String,
+    daemon: Bg,
+}
+
+impl UserspaceWg {
+    /// Start the daemon (log in `log`) and wait for its UAPI socket and
+    /// interface. `ifname` must be unique machine-wide (see UAPI_DIR).
+    pub fn start(kind: Userspace, ns: &NetNs, ifname: &str, log: &Path) -> UserspaceWg {
+        require_tool("wg", "the Debian package wireguard-tools");
+        let mut cmd = match kind {
+            Userspace::WireguardGo => {
+                require_tool("wireguard-go", "the Debian package wireguard-go");
+                let mut c = ns.cmd("env");
+                c.args([
+                    "LOG_LEVEL=error",
+                    "WG_PROCESS_FOREGROUND=1",
+                    "wireguard-go",
+                    "-f",
+                    ifname,
+                ]);
+                c
+            }
+            Userspace::Boringtun => {
+                let bin = boringtun_bin();
+                let mut c = ns.cmd(bin.to_str().expect("boringtun path is UTF-8"));
+                let out = log.with_extension("out");
+                c.args([ifname, "--foreground", "--disable-drop-privileges", "--log"])
+                    .arg(out);
+                c
+            }
+        };
+        let proc = Bg::spawn_logged(&format!("{kind:?} {ifname}"), &mut cmd, log);
+        let me = UserspaceWg {
+            ifname: ifname.to_string(),
+            daemon: proc,
+        };
+        let sock = Path::new(UAPI_DIR).join(format!("{ifname}.sock"));
+        let up = wait_until(Duration::from_secs(10), || {
+            sock.exists() && ns.ip_try(&["link", "show", "dev", ifname]).status.success()
+        });
+        assert!(
+            up,
+            "{kind:?} did not create {ifname} and {} within 10 s; log: {}",
+            sock.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        me
+    }
+}
+
+impl Drop for UserspaceWg {
+    fn drop(&mut self) {
+        // Stop the daemon first (Bg's drop runs after this body, so do it
+        // here by hand), then remove what it may have left behind.
+        if let Some(mut c) = self.daemon.child.take() {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ext in ["sock", "name"] {
+            let _ =
+                std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{}.{ext}", self.ifname)));
+        }
+    }
+}
+
+/// What the faulty relay did.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    pub forwarded: AtomicU64,
+    pub held_back: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub ignored: AtomicU64,
+}
+
+/// Faults the relay injects.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayFaults {
+    /// Percentage of datagrams held back (delivered late, out of order).
+    pub reorder_pct: u32,
+    /// How long a held-back datagram waits (at most).
+    pub hold: Duration,
+    /// Percentage of datagrams sent twice.
+    pub duplicate_pct: u32,
+}
+
+/// A UDP relay between two sites, running in a thread that entered a test
+/// namespace (`setns` affects only that thread). Datagrams from `a_peer`
+/// arriving on `a_listen` go to `b_peer` from `b_listen`, and the other
+/// way round; anything from elsewhere is ignored. It reorders and
+/// duplicates per `faults`, and stops on drop or after `lifetime`.
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    pub counters: Arc<RelayCounters>,
+}
+
+impl Relay {
+    pub fn start(
+        netns: &NetNs,
+        a_listen: SocketAddr,
+        a_peer: SocketAddr,
+        b_listen: SocketAddr,
+        b_peer: SocketAddr,
+        faults: RelayFaults,
+        lifetime: Duration,
+    ) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(RelayCounters::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let ns_path = PathBuf::from("/var/run/netns").join(&netns.name);
+        let (stop2, counters2) = (stop.clone(), counters.clone());
+        let handle = thread::Builder::new()
+            .name("udp-relay".into())
+            .spawn(move || {
+                let setup = || -> Result<(UdpSocket, UdpSocket), String> {
+                    let f = std::fs::File::open(&ns_path)
+                        .map_err(|e| format!("open {}: {e}", ns_path.display()))?;
+                    // SAFETY: setns on a namespace fd we hold open; it changes
+                    // only this thread's network namespace.
+                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(format!(
+                            "setns {}: {}",
+                            ns_path.display(),
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    let sa =
+                        UdpSocket::bind(a_listen).map_err(|e| format!("bind {a_listen}: {e}"))?;
+                    let sb =
+                        UdpSocket::bind(b_listen).map_err(|e| format!("bind {b_listen}: {e}"))?;
+                    sa.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    sb.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    Ok((sa, sb))
+                };
+                let (sa, sb) = match setup() {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                relay_loop(
+                    &sa,
+                    a_peer,
+                    &sb,
+                    b_peer,
+                    faults,
+                    &stop2,
+                    &counters2,
+                    Instant::now() + lifetime,
+                );
+            })
+            .expect("spawn relay thread");
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("UDP relay in {}: {e}", netns.name),
+            Err(_) => panic!("UDP relay in {} did not start", netns.name),
+        }
+        Relay {
+            stop,
+            handle: Some(handle),
+            counters,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn relay_loop(
+    sa: &UdpSocket,
+    a_peer: SocketAddr,
+    sb: &UdpSocket,
+    b_peer: SocketAddr,
+    faults: RelayFaults,
+    stop: &AtomicBool,
+    counters: &RelayCounters,
+    deadline: Instant,
+) {
+    // xorshift64*, seeded from the clock: no need for good randomness.
+    let mut state = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut rand = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    // (release time, to b?, datagram)
+    let mut held: VecDeque<(Instant, bool, Vec<u8>)> = VecDeque::new();
+    let mut buf = vec![0u8; 65536];
+    let send = |to_b: bool, data: &[u8]| {
+        let _ = if to_b {
+            sb.send_to(data, b_peer)
+        } else {
+            sa.send_to(data, a_peer)
+        };
+    };
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let now = Instant::now();
+        // Release held datagrams that are due (they are out of order now).
+        while held.front().is_some_and(|(t, _, _)| *t <= now) {
+            if let Some((_, to_b, d)) = held.pop_front() {
+                send(to_b, &d);
+            }
+        }
+        let wait_ms = held.front().map_or(10, |(t, _, _)| {
+            t.saturating_duration_since(now).as_millis().clamp(1, 10) as i32
+        });
+        let mut fds = [
+            libc::pollfd {
+                fd: sa.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sb.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: a valid array of two pollfd structures.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        for (sock, from, to_b) in [(sa, a_peer, true), (sb, b_peer, false)] {
+            for _ in 0..256 {
+                let Ok((n, src)) = sock.recv_from(&mut buf) else {
+                    break;
+                };
+                if src != from {
+                    counters.ignored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                let data = &buf[..n];
+                let dup = (rand() % 100) < u64::from(faults.duplicate_pct);
+                if (rand() % 100) < u64::from(faults.reorder_pct) {
+                    counters.held_back.fetch_add(1, Ordering::Relaxed);
+                    let max = faults.hold.as_micros().max(1) as u64;
+                    let hold = Duration::from_micros(max / 2 + rand() % (max / 2 + 1));
+                    let t = Instant::now() + hold;
+                    // Keep the queue sorted by release time.
+                    let pos = held
+                        .iter()
+                        .position(|(r, _, _)| *r > t)
+                        .unwrap_or(held.len());
+                    held.insert(pos, (t, to_b, data.to_vec()));
+                    if dup {
+                        counters.duplicated.fetch_add(1, Ordering::Relaxed);
+                        held.insert(pos + 1, (t, to_b, data.to_vec()));
+                    }
+                } else {
+                    send(to_b, data);
+                    if dup {
+                        counters.duplicated.fetch_add(1, Ordering::Relaxed);
+                        send(to_b, data);
+                    }
+                }
+            }
+        }
+    }
+}
