@@ -636,45 +636,12 @@ impl DataPlane {
     }
 }
 
-/// Write inner packets to the TUN device. TCP segments go through GRO
-/// (coalesced into super-packets when offloading); anything else is written
-/// packet by packet, so that a burst of UDP datagrams reaches the receiving
-/// socket at the pace a NIC would deliver it, not as one USO super-packet.
+/// Write inner packets to the TUN device: with offloads, TCP segments and
+/// UDP datagrams of one flow are coalesced into super-packets (GRO, one
+/// write for many packets), anything else is written as it is.
 fn write_tun(tun: &tun_rs::SyncDevice, gro: &mut tun_rs::GROTable, bufs: &mut [Vec<u8>]) {
-    let offload = tun.tcp_gso();
-    let mut tcp_end = 0;
-    for i in 0..bufs.len() {
-        let is_tcp = bufs[i].get(HEADROOM..).is_some_and(is_tcp_packet);
-        if offload && is_tcp {
-            bufs.swap(tcp_end, i);
-            tcp_end += 1;
-            continue;
-        }
-        let b = &mut bufs[i];
-        let start = if offload {
-            // A zero virtio-net header: no GSO, no checksum offload.
-            let h = HEADROOM - tun_rs::VIRTIO_NET_HDR_LEN;
-            b[h..HEADROOM].fill(0);
-            h
-        } else {
-            HEADROOM
-        };
-        if let Err(e) = tun.send(&b[start..]) {
-            tracing::debug!(error = %e, "TUN write failed");
-        }
-    }
-    if tcp_end > 0
-        && let Err(e) = tun.send_multiple(gro, &mut bufs[..tcp_end], HEADROOM)
-    {
+    if let Err(e) = tun.send_multiple(gro, bufs, HEADROOM) {
         tracing::debug!(error = %e, "TUN write failed");
-    }
-}
-
-fn is_tcp_packet(p: &[u8]) -> bool {
-    match p.first().map(|b| b >> 4) {
-        Some(4) => p.get(9) == Some(&6),
-        Some(6) => p.get(6) == Some(&6),
-        _ => false,
     }
 }
 
