@@ -121,6 +121,9 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
             match (named, draft.as_mut()) {
                 (Some(n), Some(d)) if d.name.is_none() => d.name = sanitize_name(n),
                 (Some(n), _) => pending_name = sanitize_name(n),
+                // A commented-out setting (`#PersistentKeepalive = 25`)
+                // names nothing.
+                (None, _) if c.contains('=') => pending_name = None,
                 (None, _) => pending_name = sanitize_name(c),
             }
             continue;

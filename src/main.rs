@@ -25,6 +25,13 @@ use netman::netlink::Netlink;
 use netman::reconcile::{self, ApplyOptions, ReconcileError};
 use netman::state::StateDir;
 
+/// `eprintln!` for errors, in the log format.
+macro_rules! report_err {
+    ($($arg:tt)*) => {
+        report(3, &format!($($arg)*))
+    };
+}
+
 /// Exit codes shared by all commands.
 const EXIT_OK: u8 = 0;
 const EXIT_CHANGES: u8 = 1;
@@ -41,9 +48,31 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("netman: {e}");
+            report_err!("netman: {e}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// How messages for the operator (errors, notes) are printed: set only
+/// when asked for (`--log-format`) or when stderr goes to the journal
+/// (`JOURNAL_STREAM`); a plain `netman validate` in a CI job keeps plain
+/// `FILE:LINE:COL: ...` lines.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Print a message for the operator on stderr in the log format: as is
+/// (human), with the syslog priority on every line (journald), or as one
+/// JSON object (json).
+fn report(priority: u8, msg: &str) {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Journald) => {
+            for line in msg.lines() {
+                eprintln!("<{priority}>{line}");
+            }
+        }
+        Some(LogFormat::Json) if priority <= 3 => tracing::error!(target: "netman", "{msg}"),
+        Some(LogFormat::Json) => tracing::warn!(target: "netman", "{msg}"),
+        _ => eprintln!("{msg}"),
     }
 }
 
@@ -56,18 +85,22 @@ fn init_logging(verbose: u8, format: Option<LogFormat>) {
     };
     let filter = EnvFilter::try_from_env("NETMAN_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let tty = std::io::stderr().is_terminal();
+    let explicit = format;
     let format = format.unwrap_or(if tty {
         LogFormat::Human
     } else {
         LogFormat::Journald
     });
+    if explicit.is_some() || std::env::var_os("JOURNAL_STREAM").is_some() {
+        let _ = LOG_FORMAT.set(format);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.with_ansi(tty).try_init(),
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Journald => builder.event_format(Journald).try_init(),
+        LogFormat::Journald => builder.with_ansi(false).event_format(Journald).try_init(),
     };
 }
 
@@ -119,7 +152,7 @@ fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
     match loaded {
         Ok(m) => Some(m),
         Err(errs) => {
-            eprintln!("{errs}");
+            report_err!("{errs}");
             None
         }
     }
@@ -158,7 +191,7 @@ fn run(cli: Cli) -> Result<u8> {
                     Ok(m) => println!("{}: valid (deployment {})", f.display(), m.name),
                     Err(errs) => {
                         ok = false;
-                        eprintln!("{errs}");
+                        report_err!("{errs}");
                     }
                 }
             }
@@ -221,7 +254,7 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("confirmed: deployment {name} keeps its configuration");
                 Ok(EXIT_OK)
             } else {
-                eprintln!(
+                report_err!(
                     "netman: nothing to confirm for deployment {name}: no apply is waiting (it may already have been reverted)"
                 );
                 Ok(EXIT_FAILED)
@@ -281,7 +314,7 @@ fn run(cli: Cli) -> Result<u8> {
                     Ok(EXIT_OK)
                 }
                 Err(e) => {
-                    eprintln!("netman: down {name}: {e}");
+                    report_err!("netman: down {name}: {e}");
                     Ok(EXIT_FAILED)
                 }
             }
@@ -295,7 +328,13 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // clap_complete offers hidden subcommands too (clap-rs/clap#1335):
+            // complete a copy of the CLI without them.
+            let full = <Cli as clap::CommandFactory>::command();
+            let mut cmd = clap::Command::new("netman")
+                .version(env!("CARGO_PKG_VERSION"))
+                .args(full.get_arguments().cloned())
+                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
             clap_complete::generate(shell, &mut cmd, "netman", &mut std::io::stdout());
             Ok(EXIT_OK)
         }
@@ -347,6 +386,16 @@ fn import(file: &Path, name: Option<&str>, dir: &Path) -> Result<u8> {
         None => netman::import::sanitize_name(&stem)
             .ok_or_else(|| anyhow!("cannot derive a deployment name from {stem:?}; pass --name"))?,
     };
+    // The name becomes file names: check it before writing anything.
+    if !(1..=32).contains(&name.chars().count())
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!(
+            "{name:?} is not a deployment name (1 to 32 of a-z, 0-9 and '-'); pass another --name"
+        );
+    }
     let imp = netman::import::parse(&text, &file.display().to_string(), &ifname)?;
     let out = netman::import::render(&imp, &name, &file.display().to_string());
     let manifest_path = dir.join(format!("{name}.yaml"));
@@ -385,13 +434,13 @@ fn import(file: &Path, name: Option<&str>, dir: &Path) -> Result<u8> {
         dir.join("keys").display()
     );
     for n in &imp.notes {
-        eprintln!("note: {n}");
+        report(4, &format!("note: {n}"));
     }
     // The result must validate.
     match manifest::load(&manifest_path) {
         Ok(_) => Ok(EXIT_OK),
         Err(e) => {
-            eprintln!("{e}");
+            report_err!("{e}");
             Ok(EXIT_INVALID)
         }
     }
@@ -423,9 +472,12 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
         && let Ok(cfg) = engine::read_config(sd, name)
         && engine::spawn_detached(sd, &cfg).is_ok()
     {
-        eprintln!("netman: restarted the engine of {name} so that it reverts on time");
+        report(
+            5,
+            &format!("netman: restarted the engine of {name} so that it reverts on time"),
+        );
     }
-    eprintln!(
+    report_err!(
         "netman: {}",
         ReconcileError::PendingConfirm {
             name: name.to_string(),
@@ -456,28 +508,28 @@ fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) 
             Ok(EXIT_OK)
         }
         Err(e @ DeployError::Config(_)) => {
-            eprintln!("netman: {e}");
+            report_err!("netman: {e}");
             Ok(EXIT_FAILED)
         }
         Err(DeployError::Reconcile(e @ ReconcileError::Plan(_))) => {
-            eprintln!("netman: nothing applied: {e}");
+            report_err!("netman: nothing applied: {e}");
             Ok(EXIT_FAILED)
         }
         // Found while planning, before anything changed. A rule nft
         // rejects makes the manifest invalid.
         Err(DeployError::Reconcile(ReconcileError::Firewall(e))) => {
-            eprintln!("netman: nothing applied: {e}");
+            report_err!("netman: nothing applied: {e}");
             Ok(match e {
                 FirewallError::Rejected(_) => EXIT_INVALID,
                 _ => EXIT_FAILED,
             })
         }
         Err(DeployError::Reconcile(e @ ReconcileError::PendingConfirm { .. })) => {
-            eprintln!("netman: {e}");
+            report_err!("netman: {e}");
             Ok(EXIT_FAILED)
         }
         Err(e) => {
-            eprintln!("netman: apply failed: {e}");
+            report_err!("netman: apply failed: {e}");
             Ok(EXIT_FAILED)
         }
     }
@@ -493,7 +545,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         None => match last_applied(&sd) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("netman: {e}");
+                report_err!("netman: {e}");
                 return Ok(EXIT_INVALID);
             }
         },
@@ -506,7 +558,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     let plan = match result {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("netman: {e}");
+            report_err!("netman: {e}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -519,7 +571,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         }) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("netman: {e}");
+            report_err!("netman: {e}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -569,7 +621,7 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
         let st = match sd.load(n) {
             Ok(st) => st,
             Err(e) => {
-                eprintln!("netman: {e}");
+                report_err!("netman: {e}");
                 None
             }
         };
@@ -577,7 +629,7 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
             Ok(Response::Status(s)) => Some(*s),
             Ok(_) | Err(ControlError::NotRunning(_)) => None,
             Err(e) => {
-                eprintln!("netman: deployment {n}: {e}");
+                report_err!("netman: deployment {n}: {e}");
                 None
             }
         };

@@ -148,11 +148,19 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
 pub struct Server {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wait for the thread (one poll interval, or a scrape in progress)
+        // so that its listening socket is closed when this returns: the
+        // next endpoint may bind the same port (e.g. 127.0.0.1:9586 ->
+        // 0.0.0.0:9586).
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -167,7 +175,7 @@ pub fn serve(
     let local = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    thread::Builder::new()
+    let thread = thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
@@ -189,7 +197,11 @@ pub fn serve(
                 }
             }
         })?;
-    Ok(Server { addr: local, stop })
+    Ok(Server {
+        addr: local,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 fn handle(mut conn: TcpStream, snapshot: &dyn Fn() -> Option<String>) -> io::Result<()> {

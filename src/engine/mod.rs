@@ -118,9 +118,6 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     write_config(sd, dp.config())?;
     let shared = Arc::new(Shared::default());
     shared.watch.store(watch, Ordering::Relaxed);
-    let metrics = Mutex::new(None);
-    // Bound before privileges are dropped (the port may be privileged).
-    update_metrics(&metrics, metrics_addr, &control, &shared);
 
     let _ = fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|source| ServeError::Socket {
@@ -136,9 +133,15 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     // Capabilities are per thread and inherited: drop them before any other
     // thread exists.
     let port = dp.listen_port();
-    if let Err(e) = drop_privileges(port) {
+    let metrics_port = metrics_addr.map_or(0, |a| a.port());
+    if let Err(e) = drop_privileges(&[port, metrics_port]) {
         tracing::warn!(error = %e, "could not drop privileges; the engine keeps them");
     }
+    // Started only now: a thread spawned before the drop would keep every
+    // capability (they are per thread). A privileged metrics port keeps
+    // CAP_NET_BIND_SERVICE, like a privileged listen port.
+    let metrics = Mutex::new(None);
+    update_metrics(&metrics, metrics_addr, &control, &shared);
     let ctx = Arc::new(EngineCtx {
         control,
         sd: sd.clone(),
@@ -192,10 +195,11 @@ fn sd_notify(state: &str) {
 }
 
 /// Keep only what the running engine needs: CAP_NET_ADMIN (TUN queues,
-/// netlink), and CAP_NET_BIND_SERVICE only for a privileged listen port;
+/// netlink), and CAP_NET_BIND_SERVICE only for a privileged listen (or
+/// metrics) port;
 /// no new privileges on exec; not dumpable (no core dumps or ptrace
 /// snooping of key material).
-pub fn drop_privileges(port: u16) -> io::Result<()> {
+pub fn drop_privileges(ports: &[u16]) -> io::Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
     // SAFETY: prctl with constant, valid arguments.
     unsafe {
@@ -208,7 +212,10 @@ pub fn drop_privileges(port: u16) -> io::Result<()> {
     }
     let mut keep = CapsHashSet::new();
     keep.insert(Capability::CAP_NET_ADMIN);
-    if port != 0 && u32::from(port) < unprivileged_port_start() {
+    if ports
+        .iter()
+        .any(|&p| p != 0 && u32::from(p) < unprivileged_port_start())
+    {
         keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
     let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
@@ -343,6 +350,15 @@ fn control_loop(listener: UnixListener, ctx: Arc<EngineCtx>) {
             Some(0) => {}
             other => {
                 tracing::warn!(uid = ?other, "refused a control connection from a non-root user");
+                // Read its request first (bounded, briefly), as for root:
+                // closing while the caller still writes would hand it
+                // EPIPE instead of this answer.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(std::io::Read::take(&conn, 64 * 1024)),
+                    &mut line,
+                );
                 let _ = control::write_response(
                     &conn,
                     &Response::Error {

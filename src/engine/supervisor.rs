@@ -296,6 +296,11 @@ impl Watcher {
                 return;
             }
         }
+        if !self.shared.watch.load(Ordering::Relaxed) {
+            // Not watching: nothing is applied by itself (a deadline was
+            // settled above).
+            return;
+        }
         let Ok(Some(st)) = self.sd.load(&self.name) else {
             return; // gone (down in progress)
         };

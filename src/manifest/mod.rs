@@ -57,8 +57,8 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde_saphyr::Location;
 use serde::{Deserialize, Serialize};
+use serde_saphyr::Location;
 use sha2::{Digest, Sha256};
 
 pub use error::{ManifestError, ManifestErrors};
@@ -560,17 +560,15 @@ pub fn load_cached(path: &Path, cache_dir: &Path) -> Result<Manifest, ManifestEr
     let entry_path = cache_dir.join(format!("{sha}.json"));
     let given = path.display().to_string();
     let binary = binary_identity();
-    if let Ok(bytes) = std::fs::read(&entry_path) {
-        if let Ok(e) = serde_json::from_slice::<CacheEntry>(&bytes) {
-            if e.format == CACHE_FORMAT
-                && e.binary == binary
-                && e.given == given
-                && e.manifest.source.path == absolute(path)
-                && e.manifest.source.text == text
-            {
-                return Ok(e.manifest);
-            }
-        }
+    if let Ok(bytes) = std::fs::read(&entry_path)
+        && let Ok(e) = serde_json::from_slice::<CacheEntry>(&bytes)
+        && e.format == CACHE_FORMAT
+        && e.binary == binary
+        && e.given == given
+        && e.manifest.source.path == absolute(path)
+        && e.manifest.source.text == text
+    {
+        return Ok(e.manifest);
     }
     let m = parse(&text, path)?;
     if !binary.is_empty() && std::fs::create_dir_all(cache_dir).is_ok() {
@@ -594,7 +592,9 @@ pub fn load_cached(path: &Path, cache_dir: &Path) -> Result<Manifest, ManifestEr
 
 /// Keep the `keep` most recently written cache entries.
 fn prune_cache(dir: &Path, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
@@ -603,7 +603,7 @@ fn prune_cache(dir: &Path, keep: usize) {
     if entries.len() <= keep {
         return;
     }
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, p) in entries.into_iter().skip(keep) {
         let _ = std::fs::remove_file(p);
     }
