@@ -170,6 +170,7 @@ pub fn plan(
     let mut del_addr = Vec::new();
     let mut down = Vec::new();
     let mut delete = Vec::new();
+    let mut readd = Vec::new();
 
     for (name, spec) in &desired.links {
         let recorded = owned.links.get(name);
@@ -220,6 +221,7 @@ pub fn plan(
                         &mut del_route,
                         &mut del_addr,
                         &mut down,
+                        &mut readd,
                     ],
                 );
             }
@@ -244,7 +246,7 @@ pub fn plan(
     // Links that go away are deleted first: their routes would otherwise
     // collide (EEXIST) with the same routes on a renamed link.
     let actions = [
-        delete, create, alias, mtu, add_addr, up, add_route, del_route, del_addr, down,
+        delete, create, alias, mtu, add_addr, up, add_route, del_route, del_addr, readd, down,
     ]
     .into_iter()
     .flatten()
@@ -263,7 +265,7 @@ fn describe_foreign(obs: &ObservedLink) -> String {
     }
 }
 
-type Buckets<'a> = [&'a mut Vec<Action>; 7];
+type Buckets<'a> = [&'a mut Vec<Action>; 8];
 
 fn diff_link(
     name: &str,
@@ -273,7 +275,16 @@ fn diff_link(
     errors: &mut Vec<PlanError>,
     buckets: Buckets<'_>,
 ) {
-    let [mtu, add_addr, up, add_route, del_route, del_addr, down] = buckets;
+    let [
+        mtu,
+        add_addr,
+        up,
+        add_route,
+        del_route,
+        del_addr,
+        down,
+        readd,
+    ] = buckets;
     let link = || name.to_string();
     if obs.mtu != spec.mtu {
         mtu.push(Action::SetMtu {
@@ -288,9 +299,11 @@ fn diff_link(
             address: *a,
         });
     }
+    let mut removed = std::collections::BTreeSet::new();
     if let Some(rec) = recorded {
         for a in rec.intersection(&obs.addresses) {
             if !spec.addresses.contains(a) {
+                removed.insert(*a);
                 del_addr.push(Action::DelAddress {
                     link: link(),
                     address: *a,
@@ -298,12 +311,27 @@ fn diff_link(
             }
         }
     }
+    // Removing a link's last IPv4 address makes the kernel flush every
+    // IPv4 route of the link: the routes to keep are added again, after
+    // the address is gone.
+    let is_v4 = |a: &IpNet| matches!(a, IpNet::V4(_));
+    let v4_flushed = !removed.is_empty()
+        && removed.iter().any(is_v4)
+        && !obs
+            .addresses
+            .iter()
+            .any(|a| is_v4(a) && !removed.contains(a))
+        && !spec.addresses.iter().any(is_v4);
     match (spec.up, obs.up) {
         (true, false) => up.push(Action::SetUp { link: link() }),
         (false, true) => down.push(Action::SetDown { link: link() }),
         _ => {}
     }
-    for r in spec.routes.difference(&obs.routes) {
+    for r in spec.routes.iter() {
+        let flushed = v4_flushed && is_v4(&r.dst) && obs.routes.contains(r);
+        if obs.routes.contains(r) && !flushed {
+            continue;
+        }
         if obs.foreign_routes.contains(r) {
             errors.push(PlanError::ForeignRoute {
                 link: link(),
@@ -311,7 +339,14 @@ fn diff_link(
             });
             continue;
         }
-        add_route.push(Action::AddRoute {
+        // IPv4 routes go in after the last IPv4 address is removed (which
+        // flushes them); all others before anything is removed.
+        let bucket = if v4_flushed && is_v4(&r.dst) {
+            &mut *readd
+        } else {
+            &mut *add_route
+        };
+        bucket.push(Action::AddRoute {
             link: link(),
             route: r.clone(),
         });

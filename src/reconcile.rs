@@ -226,7 +226,7 @@ impl Applied {
 }
 
 /// How an apply behaves beyond reaching the manifest.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct ApplyOptions {
     /// Record a pending confirmation: unless `netman confirm` arrives
     /// within this time, the previous configuration is restored.
@@ -241,6 +241,10 @@ pub struct ApplyOptions {
     /// later applies; `Some(false)`: watch as the manifest says; `None`:
     /// keep what is recorded.
     pub no_watch: Option<bool>,
+    /// Only apply if the manifest in force is still this one (path,
+    /// sha256): the watcher decides what to apply before it holds the
+    /// lock, and must not apply a stale choice after another apply.
+    pub if_in_force: Option<(std::path::PathBuf, String)>,
 }
 
 impl ApplyOptions {
@@ -275,6 +279,16 @@ where
             name: name.to_string(),
             deadline_ms: p.deadline_ms,
         });
+    }
+    if let Some((path, sha)) = &opts.if_in_force {
+        let cur = prior.as_ref().and_then(|s| s.manifest.as_ref());
+        if cur.is_none_or(|m| &m.path != path || &m.sha256 != sha) {
+            return Ok(Applied::default());
+        }
+    }
+    if opts.resolves_pending && prior.as_ref().is_none_or(|s| s.pending_confirm.is_none()) {
+        // Confirmed (or reverted) while this revert waited for the lock.
+        return Ok(Applied::default());
     }
     let owned_before = prior.as_ref().map(|s| s.owned.clone()).unwrap_or_default();
     let desired = Desired::from_manifest(manifest);
@@ -361,7 +375,7 @@ where
                 || st.firewall != fw_record
                 || st.sysctls != sysctls
                 || st.pending_confirm != pending
-                || st.reverted_sha256.is_some()
+                || (st.reverted_sha256.is_some() && st.manifest.as_ref() != Some(&record))
                 || opts.resolves_pending
                 || opts.no_watch.is_some_and(|v| v != st.no_watch)
             {
@@ -370,6 +384,8 @@ where
                         .as_ref()
                         .and_then(|p| p.manifest.as_ref())
                         .map(|m| m.sha256.clone())
+                } else if st.manifest.as_ref() == Some(&record) {
+                    st.reverted_sha256.take()
                 } else {
                     None
                 };

@@ -165,6 +165,11 @@ pub struct DataPlane {
     /// Parallel to `config.peers`.
     ids: Vec<PeerId>,
     tun: tun_rs::SyncDevice,
+    /// Interface index of the device the queue is attached to.
+    tun_index: u32,
+    /// The device went away under the queue (deleted by hand): leave it
+    /// out of `poll` until a configure re-attaches it.
+    tun_dead: bool,
     udp: UdpSockets,
     started_at: SystemTime,
     /// Raw TUN read (virtio header + up to 64 KiB super-packet).
@@ -236,6 +241,8 @@ impl DataPlane {
                 keys,
                 device,
                 ids,
+                tun_index: tun.if_index().unwrap_or(0),
+                tun_dead: false,
                 tun,
                 udp,
                 started_at: SystemTime::now(),
@@ -276,8 +283,13 @@ impl DataPlane {
                 }
                 None => 1000,
             };
+            let tun_fd = if self.tun_dead {
+                -1
+            } else {
+                self.tun.as_raw_fd()
+            };
             let mut fds = [
-                pollfd(self.tun.as_raw_fd()),
+                pollfd(tun_fd),
                 pollfd(self.udp.v4.as_raw_fd()),
                 pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.wake.as_raw_fd()),
@@ -295,8 +307,14 @@ impl DataPlane {
                     source: e,
                 });
             }
-            let ready =
-                |i: usize| fds[i].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+            let ready = |i: usize| fds[i].revents & libc::POLLIN != 0;
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                tracing::warn!(
+                    interface = %self.config.interface,
+                    "the TUN device went away; waiting for it to be re-created"
+                );
+                self.tun_dead = true;
+            }
             let now = Instant::now();
             if ready(1) {
                 self.udp_to_tun(false, now);
@@ -543,13 +561,26 @@ impl DataPlane {
     ) -> Result<Vec<EngineChange>, EngineError> {
         let new_keys = new.load_keys()?;
         let changes = diff_configs(&self.config, &self.keys, &new, &new_keys);
+        // The device was deleted and re-created (by the watcher, after
+        // someone deleted it): attach to the new one.
+        let current_index = if_index(&new.interface);
+        let reattach = new.interface != self.config.interface
+            || self.tun_dead
+            || current_index.is_some_and(|i| i != self.tun_index);
+        if !dry_run && changes.is_empty() && reattach {
+            let t = attach_tun(&new.interface)?;
+            self.tun_index = t.if_index().unwrap_or(0);
+            self.tun = t;
+            self.tun_dead = false;
+            tracing::info!(interface = %new.interface, "re-attached to the TUN device");
+        }
         if dry_run || changes.is_empty() {
             // Nothing to do (peers may be listed in another order: the
             // running configuration, its ids and keys stay as they are).
             return Ok(changes);
         }
         // Acquire every new resource first, so a failure changes nothing.
-        let new_tun = if new.interface != self.config.interface {
+        let new_tun = if reattach {
             Some(attach_tun(&new.interface)?)
         } else {
             None
@@ -621,7 +652,9 @@ impl DataPlane {
             self.device = d;
         }
         if let Some(t) = new_tun {
+            self.tun_index = t.if_index().unwrap_or(0);
             self.tun = t;
+            self.tun_dead = false;
         }
         if let Some(u) = new_udp {
             self.udp = u;
@@ -651,6 +684,14 @@ fn write_tun(tun: &tun_rs::SyncDevice, gro: &mut tun_rs::GROTable, bufs: &mut [V
 fn max_segments(mtu: u32) -> usize {
     let seg = (mtu as usize).saturating_sub(40 + 60).max(256);
     65535usize.div_ceil(seg).min(TUN_BATCH)
+}
+
+/// The interface index of `name`, if it exists.
+fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {

@@ -127,6 +127,8 @@ pub fn spawn(
                     watched: None,
                     inotify: None,
                     link_index: None,
+                    streak: 0,
+                    quiet_until: None,
                 };
                 if let Err(e) = w.run().await {
                     tracing::error!(error = %e, "watcher stopped");
@@ -147,6 +149,11 @@ struct Watcher {
     inotify: Option<Inotify>,
     /// The deployment's link, to filter kernel events.
     link_index: Option<u32>,
+    /// Failed reconciles in a row, and until when kernel events and the
+    /// pending deadline do not start another (the failed apply's own
+    /// revert sends kernel events).
+    streak: u32,
+    quiet_until: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -179,6 +186,10 @@ impl Watcher {
             if let Some((t, _)) = due {
                 wake = wake.min(t);
             }
+            let pending_deadline = pending_deadline.map(|t| match self.quiet_until {
+                Some(q) => t.max(q),
+                None => t,
+            });
             if let Some(t) = pending_deadline {
                 wake = wake.min(t);
             }
@@ -187,7 +198,11 @@ impl Watcher {
                 ev = events.next() => {
                     let Some((msg, _)) = ev else { break Ok(()) };
                     if watching && self.relevant(&msg.payload) {
-                        schedule(&mut due, Instant::now() + KERNEL_DEBOUNCE, Trigger::Kernel);
+                        let mut at = Instant::now() + KERNEL_DEBOUNCE;
+                        if let Some(q) = self.quiet_until {
+                            at = at.max(q);
+                        }
+                        schedule(&mut due, at, Trigger::Kernel);
                     }
                 }
                 r = inotify_event(self.inotify.as_ref()) => {
@@ -269,6 +284,8 @@ impl Watcher {
         let step = EngineStep::InProcess(&engine);
         match deploy::resolve_pending(nl, &self.sd, &self.name, step, false).await {
             Ok(Some(Resolved::Reverted(applied))) => {
+                self.streak = 0;
+                self.quiet_until = None;
                 tracing::warn!(
                     deployment = %self.name,
                     "no `netman confirm` before the deadline: reverted to the previous configuration"
@@ -286,6 +303,7 @@ impl Watcher {
             }
             Ok(None) => {}
             Err(e) => {
+                self.failed();
                 tracing::error!(error = %e, "automatic revert failed");
                 self.shared
                     .set_last_error(Some(format!("automatic revert: {e}")));
@@ -370,9 +388,14 @@ impl Watcher {
                 }
             }
         }
-        let opts = ApplyOptions::default();
+        let opts = ApplyOptions {
+            if_in_force: Some((in_force.path.clone(), in_force.sha256.clone())),
+            ..ApplyOptions::default()
+        };
         match deploy::apply(nl, &self.sd, &target, step, opts).await {
             Ok(applied) => {
+                self.streak = 0;
+                self.quiet_until = None;
                 self.link_index = nl
                     .link_by_name(&target.interface.name)
                     .await
@@ -408,6 +431,7 @@ impl Watcher {
                 if e.contains("waiting for `netman confirm") {
                     return;
                 }
+                self.failed();
                 tracing::error!(cause = ?trigger, "reconcile failed: {e}");
                 self.shared.set_last_error(Some(e));
                 self.shared
@@ -416,6 +440,13 @@ impl Watcher {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Back off after a failure: 1 s, 2 s, 4 s ... up to the resync.
+    fn failed(&mut self) {
+        self.streak = self.streak.saturating_add(1);
+        let d = Duration::from_secs(1u64 << self.streak.min(4).saturating_sub(1)).min(RESYNC);
+        self.quiet_until = Some(Instant::now() + d);
     }
 
     fn watch_file(&mut self, path: &Path) {
