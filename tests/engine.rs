@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bg, KeyPair, NetNs, Netman, Relay, RelayFaults, TempDir, Userspace, UserspaceWg, iperf_tcp,
+    Bg, KeyPair, NetNs, Relay, RelayFaults, Site, TempDir, Userspace, UserspaceWg, iperf_tcp,
     netman_genkey, netman_pubkey, parse_ping, ping, ping_fails, ping_ok, require_tool, run, run_ok,
     unique, unix_now, veth, wait_ping, wait_until, write_mode,
 };
@@ -78,37 +78,7 @@ fn manifest(name: &str, addresses: &[&str], key_file: &Path, peers: &[PeerDef]) 
     m
 }
 
-/// A site: its namespace, a temp dir (keys, manifests, state) and its key.
-struct Site {
-    deployment: String,
-    key: KeyPair,
-    // Dropped in this order: the namespace (and every process in it)
-    // before the directory.
-    ns: NetNs,
-    dir: TempDir,
-}
-
 impl Site {
-    fn new(tag: &str, deployment: &str) -> Site {
-        let ns = NetNs::new(tag);
-        let dir = TempDir::new(tag);
-        let key = KeyPair::generate(&dir.path, deployment);
-        Site {
-            deployment: deployment.to_string(),
-            key,
-            ns,
-            dir,
-        }
-    }
-
-    fn nm(&self) -> Netman<'_> {
-        Netman::new(&self.ns, self.state_dir())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
     /// Write a manifest file; returns its path.
     fn write(&self, file: &str, text: &str) -> String {
         self.dir.write(file, text).display().to_string()

@@ -23,8 +23,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Bg, KeyPair, NetNs, Netman, TempDir, netman_bin, netman_genkey, netman_pubkey, ping, ping_ok,
-    require_tool, run, run_ok, unix_now, veth, wait_ping, wait_until,
+    Bg, KeyPair, NetNs, Netman, Site, TempDir, netman_bin, netman_genkey, netman_pubkey, ping,
+    ping_ok, require_tool, run, run_ok, unix_now, veth, wait_ping, wait_until,
 };
 
 /// Port every site listens on (each site has its own namespace).
@@ -315,37 +315,7 @@ fn metrics_at(listen: &str) -> String {
     format!("metrics:\n  listen: \"{listen}\"\n")
 }
 
-/// A site: its namespace, a temp dir (keys, manifests, state) and its key.
-struct Site {
-    deployment: String,
-    key: KeyPair,
-    // Dropped in this order: the namespace (and every process in it)
-    // before the directory.
-    ns: NetNs,
-    dir: TempDir,
-}
-
 impl Site {
-    fn new(tag: &str, deployment: &str) -> Site {
-        let ns = NetNs::new(tag);
-        let dir = TempDir::new(tag);
-        let key = KeyPair::generate(&dir.path, deployment);
-        Site {
-            deployment: deployment.to_string(),
-            key,
-            ns,
-            dir,
-        }
-    }
-
-    fn nm(&self) -> Netman<'_> {
-        Netman::new(&self.ns, self.state_dir())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
     fn write(&self, file: &str, text: &str) -> String {
         self.dir.write(file, text).display().to_string()
     }

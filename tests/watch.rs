@@ -17,8 +17,8 @@ use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bg, KeyPair, NetNs, Netman, OTHER_PUBLIC_KEY, SOME_PUBLIC_KEY, TempDir, ping_ok, require_tool,
-    run, veth, wait_ping, wait_until,
+    Bg, NetNs, OTHER_PUBLIC_KEY, SOME_PUBLIC_KEY, Site, ping_ok, require_tool, run, veth,
+    wait_ping, wait_until,
 };
 use sha2::{Digest, Sha256};
 
@@ -150,34 +150,12 @@ fn write_in_place(path: &Path, text: &str) {
 // ---------------------------------------------------------------------------
 // Sites
 
-/// One site: its namespace, a temp dir (key, manifests, state dir), its key.
-struct Site {
-    name: String,
-    key: KeyPair,
-    // Dropped in this order: the namespace (and every process in it, the
-    // engine included) before the directory.
-    ns: NetNs,
-    dir: TempDir,
-}
-
 impl Site {
-    fn new(tag: &str, name: &str) -> Site {
-        let ns = NetNs::new(tag);
-        let dir = TempDir::new(tag);
-        let key = KeyPair::generate(&dir.path, name);
-        Site {
-            name: name.to_string(),
-            key,
-            ns,
-            dir,
-        }
-    }
-
     /// A stand-alone site: overlay 10.10.0.1/24 + fd10::1/64, one peer
     /// behind an unreachable endpoint with routed allowed IPs.
     fn spec(&self) -> Spec {
         Spec {
-            name: self.name.clone(),
+            name: self.deployment.clone(),
             addresses: vec!["10.10.0.1/24".into(), "fd10::1/64".into()],
             mtu: 1420,
             listen_port: None,
@@ -191,14 +169,6 @@ impl Site {
             routes: Vec::new(),
             watch: None,
         }
-    }
-
-    fn nm(&self) -> Netman<'_> {
-        Netman::new(&self.ns, self.state_dir())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -220,7 +190,7 @@ impl Site {
         a.push(f);
         let out = self.nm().ok(&a);
         assert!(
-            out.contains(&format!("deployment {}", self.name)) || out.contains("no changes"),
+            out.contains(&format!("deployment {}", self.deployment)) || out.contains("no changes"),
             "{out}"
         );
         out
@@ -228,9 +198,11 @@ impl Site {
 
     /// This deployment's entry of `status --output json`.
     fn status(&self) -> serde_json::Value {
-        let out = self.nm().ok(&["status", &self.name, "--output", "json"]);
+        let out = self
+            .nm()
+            .ok(&["status", &self.deployment, "--output", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("status JSON of {}: {e}: {out}", self.name));
+            .unwrap_or_else(|e| panic!("status JSON of {}: {e}: {out}", self.deployment));
         v[0].clone()
     }
 
@@ -257,7 +229,7 @@ impl Site {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.state_dir().join(format!("{}.log", self.name))
+        self.state_dir().join(format!("{}.log", self.deployment))
     }
 
     fn log(&self) -> String {
@@ -266,7 +238,7 @@ impl Site {
 
     /// The recorded state file, as JSON.
     fn state_file(&self) -> serde_json::Value {
-        let p = self.state_dir().join(format!("{}.json", self.name));
+        let p = self.state_dir().join(format!("{}.json", self.deployment));
         let text =
             std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -356,13 +328,13 @@ fn pair(tag: &str) -> Pair {
         Some("192.0.2.2/24"),
     );
     let spec = |s: &Site, addrs: [&str; 2], peer: &Site, peer_ul: &str, allowed: [&str; 2]| Spec {
-        name: s.name.clone(),
+        name: s.deployment.clone(),
         addresses: addrs.iter().map(ToString::to_string).collect(),
         mtu: 1420,
         listen_port: Some(WG_PORT),
         key_file: s.key.private_file.clone(),
         peers: vec![Peer::new(
-            &peer.name,
+            &peer.deployment,
             &peer.key.public,
             &format!("{peer_ul}:{WG_PORT}"),
             &allowed,
@@ -474,7 +446,7 @@ fn kill9_engine(site: &Site) -> u32 {
     );
     // The thread group leader turns zombie before the other threads have
     // closed the control socket: wait until it refuses connections.
-    let sock = site.state_dir().join(format!("{}.sock", site.name));
+    let sock = site.state_dir().join(format!("{}.sock", site.deployment));
     assert!(
         wait_until(Duration::from_secs(5), || {
             std::os::unix::net::UnixStream::connect(&sock).is_err()

@@ -961,3 +961,38 @@ fn relay_loop(
         }
     }
 }
+
+/// A site of a test: its namespace, a temp dir (key, manifests, state dir)
+/// and its key pair. Test files add what they need with `impl Site` blocks
+/// of their own.
+pub struct Site {
+    pub deployment: String,
+    pub key: KeyPair,
+    // Dropped in this order: the namespace (and every process in it, the
+    // engine included) before the directory.
+    pub ns: NetNs,
+    pub dir: TempDir,
+}
+
+impl Site {
+    pub fn new(tag: &str, deployment: &str) -> Site {
+        let ns = NetNs::new(tag);
+        let dir = TempDir::new(tag);
+        let key = KeyPair::generate(&dir.path, deployment);
+        Site {
+            deployment: deployment.to_string(),
+            key,
+            ns,
+            dir,
+        }
+    }
+
+    /// netman in this site's namespace with its own state dir.
+    pub fn nm(&self) -> Netman<'_> {
+        Netman::new(&self.ns, self.state_dir())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
