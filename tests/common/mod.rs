@@ -996,3 +996,57 @@ impl Site {
         self.dir.join("state")
     }
 }
+
+/// Run every case directory under `tests/golden/<kind>/` through `case`,
+/// which returns the file name of its outcome (`plan.txt` or `error.txt`)
+/// and the text. With `UPDATE_GOLDEN` set the expected files are
+/// rewritten; otherwise every mismatch is reported at once.
+pub fn golden_cases(
+    kind: &str,
+    min_cases: usize,
+    case: impl Fn(&Path) -> Result<(&'static str, String), String>,
+) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(kind);
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= min_cases,
+        "golden cases missing in {}",
+        root.display()
+    );
+    let check = |dir: &Path| -> Result<(), String> {
+        let (file, actual) = case(dir)?;
+        let other = if file == "plan.txt" {
+            "error.txt"
+        } else {
+            "plan.txt"
+        };
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(dir.join(file), &actual).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(dir.join(other));
+            return Ok(());
+        }
+        if dir.join(other).exists() {
+            return Err(format!("expected {other}, got {file}:\n{actual}"));
+        }
+        let expected =
+            std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        if expected != actual {
+            return Err(format!(
+                "{file} differs\n--- expected\n{expected}--- actual\n{actual}"
+            ));
+        }
+        Ok(())
+    };
+    let failures: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| check(d).err().map(|e| format!("{}: {e}", d.display())))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
