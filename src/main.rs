@@ -203,10 +203,10 @@ fn run(cli: Cli) -> Result<u8> {
             confirm_timeout,
             no_watch,
         } => {
+            let sd = StateDir::open(&cli.state_dir)?;
             let Some(m) = load_manifest(&file, &cli.state_dir) else {
                 return Ok(EXIT_INVALID);
             };
-            let sd = StateDir::open(&cli.state_dir)?;
             revert_on_signals();
             if let Some(code) = settle_pending(&sd, &m.name)? {
                 return Ok(code);
@@ -261,10 +261,10 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Run { file, no_watch } => {
+            let sd = StateDir::open(&cli.state_dir)?;
             let Some(m) = load_manifest(&file, &cli.state_dir) else {
                 return Ok(EXIT_INVALID);
             };
-            let sd = StateDir::open(&cli.state_dir)?;
             if let Some(pid) = engine::running_pid(&sd, &m.name) {
                 bail!(
                     "the engine of deployment {} is already running (pid {pid}); use `netman apply` to update it or `netman down` first",

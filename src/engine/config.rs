@@ -335,17 +335,27 @@ pub fn diff_configs(
             to: new.metrics,
         });
     }
+    // Index both sides by public key (1,000 peers: no quadratic scans).
+    fn index(keys: &LoadedKeys) -> std::collections::HashMap<[u8; 32], usize> {
+        keys.peers
+            .iter()
+            .enumerate()
+            .map(|(i, (pk, _))| (pk.to_bytes(), i))
+            .collect()
+    }
+    let (cur_index, new_index) = (index(cur_keys), index(new_keys));
     fn find<'a>(
         cfg: &'a EngineConfig,
         keys: &'a LoadedKeys,
+        idx: &std::collections::HashMap<[u8; 32], usize>,
         k: &PublicKey,
     ) -> Option<(&'a PeerSpec, &'a Option<PresharedKey>)> {
-        let i = keys.peers.iter().position(|(pk, _)| pk == k)?;
+        let i = *idx.get(&k.to_bytes())?;
         Some((cfg.peers.get(i)?, &keys.peers.get(i)?.1))
     }
     for (i, (pk, _)) in cur_keys.peers.iter().enumerate() {
         let Some(p) = cur.peers.get(i) else { continue };
-        if find(new, new_keys, pk).is_none() {
+        if find(new, new_keys, &new_index, pk).is_none() {
             out.push(EngineChange::RemovePeer {
                 name: p.name.clone(),
                 public_key: p.public_key.clone(),
@@ -354,7 +364,7 @@ pub fn diff_configs(
     }
     for (i, (pk, psk)) in new_keys.peers.iter().enumerate() {
         let Some(n) = new.peers.get(i) else { continue };
-        let Some((c, cpsk)) = find(cur, cur_keys, pk) else {
+        let Some((c, cpsk)) = find(cur, cur_keys, &cur_index, pk) else {
             out.push(EngineChange::AddPeer {
                 name: n.name.clone(),
                 public_key: n.public_key.clone(),

@@ -127,6 +127,7 @@ pub fn spawn(
                     watched: None,
                     inotify: None,
                     link_index: None,
+                    memo: None,
                     streak: 0,
                     quiet_until: None,
                 };
@@ -149,6 +150,8 @@ struct Watcher {
     inotify: Option<Inotify>,
     /// The deployment's link, to filter kernel events.
     link_index: Option<u32>,
+    /// The last manifest parsed, by SHA-256.
+    memo: Option<(String, Manifest)>,
     /// Failed reconciles in a row, and until when kernel events and the
     /// pending deadline do not start another (the failed apply's own
     /// revert sends kernel events).
@@ -329,7 +332,7 @@ impl Watcher {
         if self.watched.as_deref() != Some(in_force.path.as_path()) {
             self.watch_file(&in_force.path);
         }
-        let current = match manifest::parse(&in_force.text, &in_force.path) {
+        let current = match self.parsed(&in_force.text, &in_force.path, &in_force.sha256) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "the manifest in force does not parse any more");
@@ -368,6 +371,7 @@ impl Watcher {
                                 );
                             }
                             Ok(m) => {
+                                self.memo = Some((hash.clone(), m.clone()));
                                 target = m;
                                 from_file = true;
                             }
@@ -387,6 +391,18 @@ impl Watcher {
                     }
                 }
             }
+        }
+        if !from_file && matches!(trigger, Trigger::Start | Trigger::Poke) {
+            // The apply that started or poked this engine has just brought
+            // everything to the manifest in force: nothing to repair (kernel
+            // events and the resync catch anything later).
+            self.link_index = nl
+                .link_by_name(&target.interface.name)
+                .await
+                .ok()
+                .flatten()
+                .map(|l| l.header.index);
+            return;
         }
         let opts = ApplyOptions {
             if_in_force: Some((in_force.path.clone(), in_force.sha256.clone())),
@@ -447,6 +463,20 @@ impl Watcher {
         self.streak = self.streak.saturating_add(1);
         let d = Duration::from_secs(1u64 << self.streak.min(4).saturating_sub(1)).min(RESYNC);
         self.quiet_until = Some(Instant::now() + d);
+    }
+
+    /// The manifest of `text`, parsed once per content (a manifest of
+    /// 10,000 routes takes tens of milliseconds to parse).
+    fn parsed(&mut self, text: &str, path: &Path, sha256: &str) -> Result<Manifest, String> {
+        if let Some((h, m)) = &self.memo
+            && h == sha256
+            && m.source.path == path
+        {
+            return Ok(m.clone());
+        }
+        let m = manifest::parse(text, path).map_err(|e| e.to_string())?;
+        self.memo = Some((sha256.to_string(), m.clone()));
+        Ok(m)
     }
 
     fn watch_file(&mut self, path: &Path) {
