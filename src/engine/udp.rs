@@ -338,6 +338,12 @@ impl TxQueue {
         self.msgs.is_empty()
     }
 
+    /// Forget everything queued (nothing is sent).
+    pub fn clear(&mut self) {
+        self.msgs.clear();
+        self.used = 0;
+    }
+
     /// Whether one more datagram of up to `len` bytes certainly fits.
     pub fn has_room(&self, len: usize) -> bool {
         self.used + len <= self.arena.len() && self.msgs.len() < self.hdrs.len()
@@ -425,8 +431,7 @@ impl TxQueue {
                 }
             }
         }
-        self.msgs.clear();
-        self.used = 0;
+        self.clear();
         dropped
     }
 }
