@@ -1282,3 +1282,50 @@ fn reordering_peers_keeps_status_and_later_changes_attached_to_the_right_peer() 
     assert!(u64_of(&sb["handshakes"], "handshakes") >= 1, "{sb:#}");
     ping_ok(&a.ns, "10.10.0.2", 2);
 }
+
+// ---------------------------------------------------------------------------
+// Offloads fall back cleanly
+
+#[test]
+fn an_engine_without_tun_offloads_carries_traffic_with_one_that_has_them() {
+    // Site A's engine attaches its TUN queue without offloads (as on a
+    // kernel that lacks them), site B's with them: plain packets on one
+    // side, TSO/GRO super-packets on the other, same wire format.
+    let p = pair("nooff", &[], &[], None);
+    let (a, b) = (&p.a, &p.b);
+    let out = run_ok(
+        a.nm()
+            .cmd(&["apply", &p.ma])
+            .env("NETMAN_TUN_OFFLOAD", "off"),
+    );
+    assert!(has_line(&out, "+ engine site-a (not running)"), "{out}");
+    b.apply(&p.mb);
+    let flags = |s: &Site| s.ns.ip(&["-d", "link", "show", "nm0"]);
+    assert!(
+        flags(a).contains("vnet_hdr off"),
+        "site A attached with offloads: {}",
+        flags(a)
+    );
+    assert!(
+        flags(b).contains("vnet_hdr on"),
+        "site B attached without offloads: {}",
+        flags(b)
+    );
+    ping_ok(&a.ns, "10.10.0.2", 3);
+    ping_ok(&b.ns, "fd10::1", 3);
+    // Bulk TCP both ways: super-packets from B, plain packets from A.
+    for (client, server, addr) in [(a, b, "10.10.0.2"), (b, a, "10.10.0.1")] {
+        let perf = iperf_tcp(
+            &client.ns,
+            &server.ns,
+            addr,
+            IPERF_PORT,
+            &["-t", "2", "-b", IPERF_RATE],
+        );
+        assert!(
+            perf.received_bytes > 1_000_000,
+            "{addr}: only {} bytes arrived",
+            perf.received_bytes
+        );
+    }
+}

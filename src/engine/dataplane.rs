@@ -104,12 +104,16 @@ fn attach_tun(name: &str) -> Result<tun_rs::SyncDevice, EngineError> {
             .offload(offload)
             .build_sync()
     };
-    let dev = match build(true) {
+    // NETMAN_TUN_OFFLOAD=off forces plain packets (troubleshooting, and the
+    // tests of the fallback path).
+    let want = std::env::var("NETMAN_TUN_OFFLOAD").map_or(true, |v| v != "off");
+    let dev = match build(want) {
         Ok(d) => d,
-        Err(e) => {
+        Err(e) if want => {
             tracing::info!(error = %e, "TUN offloads unavailable; using plain packets");
             build(false).map_err(err)?
         }
+        Err(e) => return Err(err(e)),
     };
     dev.set_nonblocking(true).map_err(err)?;
     Ok(dev)

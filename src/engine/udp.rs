@@ -315,6 +315,8 @@ pub struct TxQueue {
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
+    /// GSO segment size per header being flushed (0: single datagram).
+    segs: Vec<usize>,
     gso: bool,
 }
 
@@ -334,6 +336,7 @@ impl TxQueue {
                 .collect(),
             hdrs: (0..max_msgs).map(|_| zeroed()).collect(),
             cmsgs: vec![[0u64; CMSG_BUF / 8]; max_msgs],
+            segs: vec![0; max_msgs],
             gso,
         }
     }
@@ -401,6 +404,7 @@ impl TxQueue {
             let mut k = 0;
             let base = self.arena.as_mut_ptr();
             for m in self.msgs.iter().filter(|m| m.dst.is_ipv6() == v6) {
+                self.segs[k] = if m.count > 1 { m.seg } else { 0 };
                 let alen = std_to_sockaddr(&m.dst, &mut self.addrs[k]);
                 // SAFETY: the message lies inside the arena.
                 self.iovs[k].iov_base = unsafe { base.add(m.start) }.cast();
@@ -424,7 +428,9 @@ impl TxQueue {
                 continue;
             }
             match sock {
-                Some(s) => dropped += send_all(s, &mut self.hdrs[..k]),
+                Some(s) => {
+                    dropped += send_all(s, &mut self.hdrs[..k], &self.segs[..k], &mut self.gso)
+                }
                 None => {
                     dropped += self
                         .msgs
@@ -462,7 +468,11 @@ fn set_segment_cmsg(h: &mut libc::msghdr, seg: u16) -> usize {
 }
 
 /// `sendmmsg` everything, waiting briefly when the socket buffer is full.
-fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr]) -> usize {
+/// `segs[i]` is the GSO segment size of message `i` (0: not segmented). A
+/// kernel or device that refuses UDP GSO gets that message's datagrams one
+/// by one instead, and `gso` is cleared so that nothing is merged again.
+/// Returns the number of datagrams that could not be sent.
+fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr], segs: &[usize], gso: &mut bool) -> usize {
     let n = hdrs.len();
     let mut sent = 0;
     let mut dropped = 0;
@@ -482,18 +492,74 @@ fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr]) -> usize {
             continue;
         }
         let e = io::Error::last_os_error();
+        let seg = segs.get(sent).copied().unwrap_or(0);
+        let gso_refused = seg > 0
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+            );
         match e.kind() {
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock if retries < 100 => {
                 retries += 1;
                 wait_writable(sock.as_raw_fd());
             }
-            _ => {
-                tracing::debug!(error = %e, "UDP send failed");
+            _ if gso_refused => {
+                if *gso {
+                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    *gso = false;
+                }
+                dropped += send_split(sock, &hdrs[sent], seg);
                 sent += 1;
-                dropped += 1;
+            }
+            _ => {
+                // Unreachable destination and the like: skip this message.
+                tracing::debug!(error = %e, "UDP send failed");
+                dropped += datagrams_in(&hdrs[sent], seg);
+                sent += 1;
             }
         }
+    }
+    dropped
+}
+
+/// How many datagrams a message carries.
+fn datagrams_in(h: &libc::mmsghdr, seg: usize) -> usize {
+    // SAFETY: msg_iov points at the message's one live iovec.
+    let len = unsafe { (*h.msg_hdr.msg_iov).iov_len };
+    if seg > 0 { len.div_ceil(seg) } else { 1 }
+}
+
+/// Send the datagrams of one GSO message separately.
+fn send_split(sock: &Socket, h: &libc::mmsghdr, seg: usize) -> usize {
+    // SAFETY: the header's iovec and address point at live memory of the
+    // queue being flushed.
+    let (base, len) = unsafe {
+        (
+            (*h.msg_hdr.msg_iov).iov_base as *const u8,
+            (*h.msg_hdr.msg_iov).iov_len,
+        )
+    };
+    let mut dropped = 0;
+    let mut off = 0;
+    while off < len {
+        let n = seg.min(len - off);
+        // SAFETY: [off, off + n) lies inside the message; name/namelen are
+        // the message's destination.
+        let rc = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                base.add(off).cast(),
+                n,
+                0,
+                h.msg_hdr.msg_name as *const libc::sockaddr,
+                h.msg_hdr.msg_namelen,
+            )
+        };
+        if rc < 0 {
+            dropped += 1;
+        }
+        off += n;
     }
     dropped
 }
