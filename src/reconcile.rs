@@ -245,6 +245,8 @@ pub struct ApplyOptions {
     /// sha256): the watcher decides what to apply before it holds the
     /// lock, and must not apply a stale choice after another apply.
     pub if_in_force: Option<(std::path::PathBuf, String)>,
+    /// The watcher applies (a changed manifest file, or drift).
+    pub by_watcher: bool,
 }
 
 impl ApplyOptions {
@@ -358,15 +360,32 @@ where
             } else {
                 BTreeMap::new()
             };
-            let pending = if opts.resolves_pending {
-                None
-            } else if let (Some(t), true) = (opts.confirm_timeout, changing) {
-                Some(PendingConfirm {
-                    deadline_ms: now_unix_ms().saturating_add(t.as_millis() as u64),
-                    previous: prior.as_ref().and_then(|p| p.manifest.clone()),
-                })
+            let manifest_changed = st.manifest.as_ref() != Some(&record);
+            let deadline =
+                |t: std::time::Duration| now_unix_ms().saturating_add(t.as_millis() as u64);
+            let pending = match opts.confirm_timeout {
+                _ if opts.resolves_pending => None,
+                Some(t) if manifest_changed || changing || !engine.is_empty() => {
+                    Some(PendingConfirm {
+                        deadline_ms: deadline(t),
+                        previous: prior.as_ref().and_then(|p| p.manifest.clone()),
+                    })
+                }
+                // The watcher applied this very file moments ago (the
+                // operator saved it, then ran `apply --confirm-timeout`):
+                // the timeout covers the watcher's change.
+                Some(t) if st.applied_by_watcher && st.previous_manifest.is_some() => {
+                    Some(PendingConfirm {
+                        deadline_ms: deadline(t),
+                        previous: st.previous_manifest.clone(),
+                    })
+                }
+                _ => st.pending_confirm.clone(),
+            };
+            let by_watcher = if manifest_changed {
+                opts.by_watcher
             } else {
-                st.pending_confirm.clone()
+                st.applied_by_watcher && opts.by_watcher
             };
             if changing
                 || st.manifest.as_ref() != Some(&record)
@@ -378,7 +397,12 @@ where
                 || (st.reverted_sha256.is_some() && st.manifest.as_ref() != Some(&record))
                 || opts.resolves_pending
                 || opts.no_watch.is_some_and(|v| v != st.no_watch)
+                || st.applied_by_watcher != by_watcher
             {
+                if manifest_changed {
+                    st.previous_manifest = st.manifest.clone();
+                }
+                st.applied_by_watcher = by_watcher;
                 st.reverted_sha256 = if opts.resolves_pending {
                     prior
                         .as_ref()

@@ -81,6 +81,14 @@ pub struct DeploymentState {
     /// watcher does not apply a file with this content by itself again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted_sha256: Option<String>,
+    /// The manifest in force before the last change of manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_manifest: Option<ManifestRecord>,
+    /// The manifest in force was applied by the watcher (a file change),
+    /// and no command has applied it since: an `apply --confirm-timeout` of
+    /// it then protects the change the watcher made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub applied_by_watcher: bool,
     /// The last apply asked for no watching (`--no-watch`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_watch: bool,
@@ -109,6 +117,8 @@ impl DeploymentState {
             sysctls: BTreeMap::new(),
             pending_confirm: None,
             reverted_sha256: None,
+            previous_manifest: None,
+            applied_by_watcher: false,
             no_watch: false,
         }
     }

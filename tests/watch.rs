@@ -1607,3 +1607,57 @@ fn sigkill_mid_apply_then_apply_or_down_converges() {
     );
     assert!(!s.state_dir().join("site-a.json").exists());
 }
+
+#[test]
+fn confirm_timeout_covers_a_change_the_watcher_applied_first() {
+    // The `netplan try` habit: save the edited manifest, then
+    // `apply --confirm-timeout` it. The watcher has applied the saved file
+    // before the command runs; the timeout must still protect the change.
+    let p = pair("tryw");
+    let (fa, _) = p.up();
+    let (a, b) = (&p.a, &p.b);
+    let mut moved = p.sa.clone();
+    moved.addresses = vec!["10.20.0.1/24".into(), "fd10::1/64".into()];
+    write_in_place(&fa, &moved.yaml());
+    converge(
+        "the watcher applies the saved file",
+        Duration::from_secs(3),
+        || a.has_addr("10.20.0.1/24"),
+    );
+    assert!(!ping1(&b.ns, "10.10.0.1"), "10.10.0.1 still answers");
+    let out = a.nm().ok(&[
+        "apply",
+        "--confirm-timeout",
+        "3",
+        fa.to_str().expect("path"),
+    ]);
+    assert!(out.contains("no changes"), "{out}");
+    assert!(out.contains("netman confirm site-a"), "{out}");
+    assert!(!a.state_file()["pending_confirm"].is_null());
+    converge("automatic revert after 3 s", Duration::from_secs(7), || {
+        a.has_addr("10.10.0.1/24") && !a.has_addr("10.20.0.1/24")
+    });
+    assert!(
+        wait_ping(&b.ns, "10.10.0.1", Duration::from_secs(5)),
+        "no traffic after the revert"
+    );
+    // The reverted file is not applied again by the watcher.
+    assert!(
+        holds_for(Duration::from_secs(2), || a.has_addr("10.10.0.1/24")),
+        "the watcher re-applied the reverted file"
+    );
+    // A plain apply of an unchanged manifest arms nothing.
+    let mut again = p.sa.clone();
+    again.routes.push("192.168.77.0/24".into());
+    let f2 = a.write("again.yaml", &again);
+    a.apply(&f2, &[]);
+    let out = a.nm().ok(&[
+        "apply",
+        "--confirm-timeout",
+        "3",
+        f2.to_str().expect("path"),
+    ]);
+    assert!(out.contains("no changes"), "{out}");
+    assert!(!out.contains("netman confirm"), "{out}");
+    assert!(a.state_file()["pending_confirm"].is_null());
+}

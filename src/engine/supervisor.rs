@@ -406,6 +406,7 @@ impl Watcher {
         }
         let opts = ApplyOptions {
             if_in_force: Some((in_force.path.clone(), in_force.sha256.clone())),
+            by_watcher: true,
             ..ApplyOptions::default()
         };
         match deploy::apply(nl, &self.sd, &target, step, opts).await {
