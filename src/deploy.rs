@@ -44,6 +44,15 @@ pub fn engine_config(m: &Manifest) -> Result<EngineConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// Whether the engine of `m` watches: the manifest's `watch`, unless
+/// `--no-watch` was given now (`Some(true)`) or recorded by the last apply
+/// that said anything (`None`: ask the state file).
+pub fn watching(sd: &StateDir, m: &Manifest, no_watch: Option<bool>) -> bool {
+    let no_watch =
+        no_watch.unwrap_or_else(|| sd.load(&m.name).ok().flatten().is_some_and(|s| s.no_watch));
+    m.watch && !no_watch
+}
+
 /// Apply `m` (see the module docs).
 pub async fn apply(
     nl: &Netlink,
@@ -53,11 +62,7 @@ pub async fn apply(
     opts: ApplyOptions,
 ) -> Result<Applied, DeployError> {
     let mut cfg = engine_config(m)?;
-    let no_watch = match opts.no_watch {
-        Some(v) => v,
-        None => sd.load(&m.name).ok().flatten().is_some_and(|s| s.no_watch),
-    };
-    cfg.watch = m.watch && !no_watch;
+    cfg.watch = watching(sd, m, opts.no_watch);
     let applied = reconcile::apply(nl, sd, m, opts, async || {
         let changes = match step {
             EngineStep::Skip => return Ok(Vec::new()),

@@ -280,7 +280,7 @@ fn run(cli: Cli) -> Result<u8> {
                 return Ok(code);
             }
             let mut cfg = deploy::engine_config(&m)?;
-            cfg.watch = m.watch && !no_watch;
+            cfg.watch = deploy::watching(&sd, &m, Some(no_watch));
             engine::serve(&sd, cfg)?;
             Ok(EXIT_OK)
         }
@@ -565,8 +565,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     let engine = match EngineConfig::from_manifest(&m)
         .map_err(|e| e.to_string())
         .and_then(|mut cfg| {
-            let no_watch = sd.load(&m.name).ok().flatten().is_some_and(|s| s.no_watch);
-            cfg.watch = m.watch && !no_watch;
+            cfg.watch = deploy::watching(&sd, &m, None);
             deploy::engine_diff(&sd, &cfg)
         }) {
         Ok(c) => c,

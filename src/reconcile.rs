@@ -118,10 +118,7 @@ fn deadline_text(deadline_ms: u64) -> String {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    now_unix_ms() / 1000
 }
 
 /// Every link name a reconcile must look at.

@@ -29,7 +29,6 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::RouteAttribute;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::io::unix::AsyncFd;
 
 use super::EngineCtx;
@@ -344,7 +343,7 @@ impl Watcher {
         if self.shared.watch.load(Ordering::Relaxed) {
             match std::fs::read_to_string(&in_force.path) {
                 Ok(text) => {
-                    let hash = sha256_hex(&text);
+                    let hash = manifest::sha256_hex(&text);
                     let changed = self.last_file_hash.as_deref() != Some(hash.as_str());
                     self.last_file_hash = Some(hash.clone());
                     let known = hash == in_force.sha256
@@ -396,12 +395,7 @@ impl Watcher {
             // The apply that started or poked this engine has just brought
             // everything to the manifest in force: nothing to repair (kernel
             // events and the resync catch anything later).
-            self.link_index = nl
-                .link_by_name(&target.interface.name)
-                .await
-                .ok()
-                .flatten()
-                .map(|l| l.header.index);
+            self.refresh_link_index(nl, &target.interface.name).await;
             return;
         }
         let opts = ApplyOptions {
@@ -413,12 +407,7 @@ impl Watcher {
             Ok(applied) => {
                 self.streak = 0;
                 self.quiet_until = None;
-                self.link_index = nl
-                    .link_by_name(&target.interface.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|l| l.header.index);
+                self.refresh_link_index(nl, &target.interface.name).await;
                 if from_file {
                     self.shared.set_manifest_error(None);
                 }
@@ -464,6 +453,16 @@ impl Watcher {
         self.streak = self.streak.saturating_add(1);
         let d = Duration::from_secs(1u64 << self.streak.min(4).saturating_sub(1)).min(RESYNC);
         self.quiet_until = Some(Instant::now() + d);
+    }
+
+    /// Remember the deployment's link index, to filter kernel events.
+    async fn refresh_link_index(&mut self, nl: &Netlink, ifname: &str) {
+        self.link_index = nl
+            .link_by_name(ifname)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.header.index);
     }
 
     /// The manifest of `text`, parsed once per content (a manifest of
@@ -513,12 +512,6 @@ fn log_plan(applied: &crate::reconcile::Applied) {
     {
         tracing::warn!("  {line}");
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(text.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An inotify watch on the directory of one file, reporting events that

@@ -511,7 +511,8 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
         .collect()
 }
 
-fn sha256_hex(text: &str) -> String {
+/// Lowercase hex SHA-256 of `text` (how manifests are identified).
+pub fn sha256_hex(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
