@@ -3,15 +3,40 @@
 //! preshared keys go to separate files (mode 0600) that the manifest names.
 //! Scripts (`PostUp` and friends) are never executed; firewall commands in
 //! them are reported so they can be turned into `firewall:` rules.
+//!
+//! The wg-quick file is untrusted input. It is read with a bound into a
+//! buffer that is zeroized (it holds the private key). Every value that
+//! reaches the manifest goes through the YAML emitter (`serde-saphyr`),
+//! never through string formatting, and the notes written as comments are
+//! first reduced to one printable line ([`one_line`]). The manifest is read
+//! back before and after it is written and must say exactly what import
+//! meant (same keys, same values, no other section), or nothing is left
+//! behind. Output files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`
+//! relative to directory descriptors (`keys/` opened with `O_NOFOLLOW`), so
+//! nothing is written through a symbolic link, and a failed import removes
+//! what it wrote.
 
+use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use netman_proto::keys::{PresharedKey, PrivateKey, PublicKey};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{DoubleQuoted, FlowSeq};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+use crate::manifest::{self, Manifest, ManifestErrors};
+
+/// wg-quick files larger than this are refused (real ones are a few KiB).
+pub const MAX_CONF_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Error)]
 pub enum ImportError {
     #[error("{file}:{line}: {message}")]
     Syntax {
@@ -21,6 +46,41 @@ pub enum ImportError {
     },
     #[error("{file}: {message}")]
     Missing { file: String, message: String },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: String },
+    #[error("{path}: too large (more than {limit} bytes; a wg-quick file is a few kilobytes)")]
+    TooLarge { path: String, limit: usize },
+    #[error("{path}: not UTF-8 text")]
+    NotUtf8 { path: String },
+    #[error("cannot derive a deployment name from {stem:?}; pass --name")]
+    NoName { stem: String },
+    #[error("{name:?} is not a deployment name (1 to 32 of a-z, 0-9 and '-'); pass another --name")]
+    BadName { name: String },
+    #[error("{path} exists; not overwriting (choose another --output-dir or --name)")]
+    Exists { path: String },
+    #[error("{path} is a symbolic link; not writing through it")]
+    Symlink { path: String },
+    #[error("{path} exists and is not a directory")]
+    NotADir { path: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("render the manifest: {0}")]
+    Render(String),
+    #[error(
+        "{path}: the manifest does not read back as what import meant to write ({reason}); nothing written"
+    )]
+    Unfaithful { path: String, reason: String },
 }
 
 /// One imported peer.
@@ -41,8 +101,59 @@ pub struct Imported {
     pub listen_port: Option<u16>,
     pub mtu: Option<u32>,
     pub peers: Vec<ImportedPeer>,
-    /// Things netman does not carry over, one line each, for the user.
+    /// Things netman does not carry over, one line each, for the user
+    /// (reduced to one printable line by [`one_line`]).
     pub notes: Vec<String>,
+}
+
+/// `s` as one printable line: control characters (C0, DEL, C1 such as
+/// NEL), the Unicode line and paragraph separators, byte-order marks,
+/// non-characters and the invisible formatting characters a terminal or
+/// editor would hide or reorder text with (bidi controls, zero-width
+/// characters) are written as `\r`, `\n` or `\u{XXXX}`. Tab stays. The
+/// result cannot end a YAML comment or a terminal line.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if is_hidden(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{fffe}'
+                | '\u{ffff}'
+        )
+}
+
+/// Whether a wg-quick `Endpoint` value can be one: `HOST:PORT` or
+/// `[V6]:PORT` (a zone allowed) is made of these characters only. The
+/// manifest validates the form; this keeps quotes, spaces and line breaks
+/// out.
+fn is_endpoint_text(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 300
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]%".contains(&b))
 }
 
 fn is_firewall_command(cmd: &str) -> bool {
@@ -146,7 +257,12 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                         keepalive: None,
                     });
                 }
-                other => return Err(syntax(line_no, format!("unknown section {other}"))),
+                other => {
+                    return Err(syntax(
+                        line_no,
+                        format!("unknown section {}", one_line(other)),
+                    ));
+                }
             }
             continue;
         }
@@ -194,18 +310,26 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                         } else {
                             "command, not executed"
                         };
-                        notes.push(format!("line {line_no}: {} {what}: {cmd}", raw_key(raw)));
+                        notes.push(one_line(&format!(
+                            "line {line_no}: {} {what}: {cmd}",
+                            raw_key(raw)
+                        )));
                     }
                 }
-                "dns" => notes.push(format!(
+                "dns" => notes.push(one_line(&format!(
                     "line {line_no}: DNS = {value} is not managed by netman; configure the resolver separately"
-                )),
-                "table" => notes.push(format!(
+                ))),
+                "table" => notes.push(one_line(&format!(
                     "line {line_no}: Table = {value} ignored: netman adds routes for allowed IPs to the main table"
-                )),
-                "fwmark" => notes.push(format!("line {line_no}: FwMark = {value} ignored")),
+                ))),
+                "fwmark" => notes.push(one_line(&format!("line {line_no}: FwMark = {value} ignored"))),
                 "saveconfig" => notes.push(format!("line {line_no}: SaveConfig ignored")),
-                other => return Err(syntax(line_no, format!("unknown [Interface] key {other}"))),
+                other => {
+                    return Err(syntax(
+                        line_no,
+                        format!("unknown [Interface] key {}", one_line(other)),
+                    ));
+                }
             },
             Section::Peer => {
                 let Some(d) = draft.as_mut() else {
@@ -222,7 +346,15 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                             syntax(line_no, "PresharedKey is not a valid key".into())
                         })?)
                     }
-                    "endpoint" => d.endpoint = Some(value.to_string()),
+                    "endpoint" => {
+                        if !is_endpoint_text(value) {
+                            return Err(syntax(
+                                line_no,
+                                format!("Endpoint {value:?} is not HOST:PORT"),
+                            ));
+                        }
+                        d.endpoint = Some(value.to_string());
+                    }
                     "allowedips" => {
                         for a in split_list(value) {
                             let net: IpNet = a
@@ -254,7 +386,12 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                             })?);
                         }
                     }
-                    other => return Err(syntax(line_no, format!("unknown [Peer] key {other}"))),
+                    other => {
+                        return Err(syntax(
+                            line_no,
+                            format!("unknown [Peer] key {}", one_line(other)),
+                        ));
+                    }
                 }
             }
         }
@@ -318,65 +455,597 @@ pub fn sanitize_name(s: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// Whether `name` is a deployment name (it becomes file names).
+fn is_deployment_name(name: &str) -> bool {
+    (1..=32).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The manifest import writes, as the YAML emitter sees it: only the
+/// sections import fills in. Reading the written text back into this type
+/// (unknown keys refused at every level) and comparing is how import checks
+/// that the manifest says exactly what it meant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    name: String,
+    interface: DocInterface,
+    peers: Vec<DocPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocInterface {
+    name: String,
+    addresses: FlowSeq<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen_port: Option<u16>,
+    private_key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocPeer {
+    name: String,
+    public_key: DoubleQuoted<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    allowed_ips: FlowSeq<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    persistent_keepalive: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preshared_key_file: Option<String>,
+}
+
 /// The files an import writes: the manifest, the private key, and one
 /// preshared key file per peer that has one (paths relative to the
-/// manifest's directory).
+/// manifest's directory). Not `Debug`: it holds keys.
 pub struct Output {
     pub manifest: String,
     pub private_key_file: String,
     pub private_key: Zeroizing<String>,
     pub psk_files: Vec<(String, Zeroizing<String>)>,
+    /// What `manifest` must read back as.
+    doc: Doc,
 }
 
-/// Render the manifest for deployment `name`, naming key files under
-/// `keys/`.
-pub fn render(imp: &Imported, name: &str, source: &str) -> Output {
+/// Render the manifest for deployment `name` (from the wg-quick file
+/// `source`), naming key files under `keys/`.
+pub fn render(imp: &Imported, name: &str, source: &str) -> Result<Output, ImportError> {
     let key_file = format!("keys/{name}.key");
-    let mut m = String::new();
-    let _ = writeln!(m, "# Imported by `netman import` from {source}.");
-    for n in &imp.notes {
-        let _ = writeln!(m, "# note: {n}");
-    }
-    let _ = writeln!(m, "name: {name}");
-    let _ = writeln!(m, "interface:");
-    let _ = writeln!(m, "  name: {}", imp.interface);
-    let addrs: Vec<String> = imp.addresses.iter().map(ToString::to_string).collect();
-    let _ = writeln!(m, "  addresses: [{}]", addrs.join(", "));
-    if let Some(mtu) = imp.mtu {
-        let _ = writeln!(m, "  mtu: {mtu}");
-    }
-    if let Some(p) = imp.listen_port {
-        let _ = writeln!(m, "  listen_port: {p}");
-    }
-    let _ = writeln!(m, "  private_key_file: {key_file}");
-    let mut psk_files = Vec::new();
-    if imp.peers.is_empty() {
-        let _ = writeln!(m, "peers: []");
-    } else {
-        let _ = writeln!(m, "peers:");
-    }
+    let mut psk_files = Vec::with_capacity(imp.peers.len());
+    let mut peers = Vec::with_capacity(imp.peers.len());
     for p in &imp.peers {
-        let _ = writeln!(m, "  - name: {}", p.name);
-        let _ = writeln!(m, "    public_key: \"{}\"", p.public_key.to_base64());
-        if let Some(e) = &p.endpoint {
-            let _ = writeln!(m, "    endpoint: \"{e}\"");
-        }
-        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
-        let _ = writeln!(m, "    allowed_ips: [{}]", ips.join(", "));
-        if let Some(k) = p.persistent_keepalive {
-            let _ = writeln!(m, "    persistent_keepalive: {k}");
-        }
-        if let Some(psk) = &p.preshared_key {
+        let preshared_key_file = p.preshared_key.as_ref().map(|psk| {
             let f = format!("keys/{name}-{}.psk", p.name);
-            let _ = writeln!(m, "    preshared_key_file: {f}");
-            psk_files.push((f, psk.to_base64()));
-        }
+            psk_files.push((f.clone(), psk.to_base64()));
+            f
+        });
+        peers.push(DocPeer {
+            name: p.name.clone(),
+            public_key: DoubleQuoted(p.public_key.to_base64()),
+            endpoint: p.endpoint.clone(),
+            allowed_ips: FlowSeq(p.allowed_ips.iter().map(ToString::to_string).collect()),
+            persistent_keepalive: p.persistent_keepalive,
+            preshared_key_file,
+        });
     }
-    Output {
+    let doc = Doc {
+        name: name.to_string(),
+        interface: DocInterface {
+            name: imp.interface.clone(),
+            addresses: FlowSeq(imp.addresses.iter().map(ToString::to_string).collect()),
+            mtu: imp.mtu,
+            listen_port: imp.listen_port,
+            private_key_file: key_file.clone(),
+        },
+        peers,
+    };
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "# Imported by `netman import` from {}.",
+        one_line(source)
+    );
+    for n in &imp.notes {
+        let _ = writeln!(m, "# note: {}", one_line(n));
+    }
+    // Single-line scalars only: plain when that is safe, else quoted with
+    // every control character and line break escaped.
+    // Peers indented under `peers:`, as in the README.
+    let options = serde_saphyr::ser_options! {
+        prefer_block_scalars: false,
+        compact_list_indent: false,
+    };
+    serde_saphyr::to_fmt_writer_with_options(&mut m, &doc, options)
+        .map_err(|e| ImportError::Render(one_line(&e.to_string())))?;
+    Ok(Output {
         manifest: m,
         private_key_file: key_file,
         private_key: imp.private_key.to_base64(),
         psk_files,
+        doc,
+    })
+}
+
+/// Read `text` back (as the manifest at `path`) and check it says exactly
+/// what `out` meant: the same keys with the same values and nothing else,
+/// and, when it validates, no section import does not write (forwarding,
+/// firewall, metrics, routes, `watch: false`). Returns the validation.
+fn check_reads_back(
+    out: &Output,
+    text: &str,
+    path: &Path,
+) -> Result<Result<Manifest, ManifestErrors>, ImportError> {
+    let unfaithful = |reason: String| ImportError::Unfaithful {
+        path: path.display().to_string(),
+        reason,
+    };
+    let back: Doc = serde_saphyr::from_str_with_options(text, manifest::parser_options())
+        .map_err(|e| unfaithful(one_line(&e.to_string())))?;
+    if back != out.doc {
+        return Err(unfaithful("it reads back with other values".into()));
+    }
+    let parsed = manifest::parse(text, path);
+    if let Ok(m) = &parsed {
+        let doc = &out.doc;
+        let mut wrong = Vec::new();
+        if m.forwarding {
+            wrong.push("forwarding");
+        }
+        if !m.firewall.is_empty() {
+            wrong.push("firewall");
+        }
+        if m.metrics.is_some() {
+            wrong.push("metrics");
+        }
+        if !m.routes.is_empty() {
+            wrong.push("routes");
+        }
+        if !m.watch {
+            wrong.push("watch");
+        }
+        if m.name != doc.name {
+            wrong.push("name");
+        }
+        if m.interface.name != doc.interface.name
+            || m.interface.listen_port != doc.interface.listen_port
+            || m.interface.addresses.len() != doc.interface.addresses.0.len()
+        {
+            wrong.push("interface");
+        }
+        let same_peers = m.peers.len() == doc.peers.len()
+            && m.peers.iter().zip(&doc.peers).all(|(mp, dp)| {
+                mp.name == dp.name
+                    && mp.public_key.to_base64() == dp.public_key.0
+                    && mp.endpoint.is_some() == dp.endpoint.is_some()
+                    && mp.allowed_ips.len() == dp.allowed_ips.0.len()
+                    && mp.persistent_keepalive == dp.persistent_keepalive
+                    && mp.preshared_key_file.is_some() == dp.preshared_key_file.is_some()
+            });
+        if !same_peers {
+            wrong.push("peers");
+        }
+        if !wrong.is_empty() {
+            return Err(unfaithful(format!("unexpected {}", wrong.join(", "))));
+        }
+    }
+    Ok(parsed)
+}
+
+/// What [`import_file`] wrote.
+pub struct Written {
+    /// `DIR/NAME.yaml`.
+    pub manifest_path: PathBuf,
+    /// `DIR/keys`.
+    pub keys_dir: PathBuf,
+    /// What was not carried over, one printable line each.
+    pub notes: Vec<String>,
+    /// The manifest as validated (written anyway when invalid: exit 2).
+    pub validation: Result<Manifest, ManifestErrors>,
+}
+
+/// Read the wg-quick file at `path`: a regular file of at most
+/// [`MAX_CONF_BYTES`], into a buffer allocated once and zeroized on drop
+/// (the file holds the private key).
+pub fn read_conf(path: &Path) -> Result<Zeroizing<Vec<u8>>, ImportError> {
+    let label = path.display().to_string();
+    let err = |source| ImportError::Read {
+        path: label.clone(),
+        source,
+    };
+    // O_NONBLOCK: a FIFO in place of the file must not hang the open.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(err)?;
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(ImportError::NotAFile { path: label });
+    }
+    let mut buf = Zeroizing::new(vec![0u8; MAX_CONF_BYTES + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    if n > MAX_CONF_BYTES {
+        return Err(ImportError::TooLarge {
+            path: label,
+            limit: MAX_CONF_BYTES,
+        });
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `netman import FILE [--name NAME] [-o DIR]`: read and convert the
+/// wg-quick file, write `DIR/NAME.yaml` and the key files under
+/// `DIR/keys/`, never over an existing file nor through a symbolic link;
+/// on any failure, nothing that was written is left behind.
+pub fn import_file(file: &Path, name: Option<&str>, dir: &Path) -> Result<Written, ImportError> {
+    let buf = read_conf(file)?;
+    let label = one_line(&file.display().to_string());
+    let text = std::str::from_utf8(&buf).map_err(|_| ImportError::NotUtf8 {
+        path: label.clone(),
+    })?;
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("wg0")
+        .to_string();
+    let ifname: String = stem.chars().take(15).collect();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => sanitize_name(&stem).ok_or_else(|| ImportError::NoName { stem: stem.clone() })?,
+    };
+    // The name becomes file names: check it before writing anything.
+    if !is_deployment_name(&name) {
+        return Err(ImportError::BadName { name });
+    }
+    let imp = parse(text, &label, &ifname)?;
+    let out = render(&imp, &name, &label)?;
+    let manifest_name = format!("{name}.yaml");
+    let manifest_path = dir.join(&manifest_name);
+    // Refuse before anything is written if the text is not what we meant.
+    let _ = check_reads_back(&out, &out.manifest, &manifest_path)?;
+
+    // Never overwrite (keys especially), never through a link: all of it
+    // checked before anything is written; the writes below check again.
+    refuse_existing(&manifest_path)?;
+    let keys_path = dir.join("keys");
+    match std::fs::symlink_metadata(&keys_path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(ImportError::Symlink {
+                path: keys_path.display().to_string(),
+            });
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(ImportError::NotADir {
+                path: keys_path.display().to_string(),
+            });
+        }
+        _ => {}
+    }
+    refuse_existing(&dir.join(&out.private_key_file))?;
+    for (f, _) in &out.psk_files {
+        refuse_existing(&dir.join(f))?;
+    }
+
+    let mut w = Writer::open(dir)?;
+    w.open_keys_dir()?;
+    let mut secrets = Vec::with_capacity(1 + out.psk_files.len());
+    secrets.push((&out.private_key_file, &out.private_key));
+    secrets.extend(out.psk_files.iter().map(|(f, k)| (f, k)));
+    for (rel, key) in secrets {
+        let file_name = rel.strip_prefix("keys/").unwrap_or(rel);
+        // One pre-sized buffer: the key and its newline, zeroized on drop.
+        let mut line = Zeroizing::new(Vec::with_capacity(key.len() + 1));
+        line.extend_from_slice(key.as_bytes());
+        line.push(b'\n');
+        w.create(Where::Keys, file_name, 0o600, &line)?;
+    }
+    w.create(Where::Dir, &manifest_name, 0o666, out.manifest.as_bytes())?;
+    // Read back what is now on disk and check it once more.
+    let on_disk = w.read_back(&manifest_name, out.manifest.len())?;
+    let on_disk = std::str::from_utf8(&on_disk)
+        .ok()
+        .filter(|t| *t == out.manifest)
+        .ok_or_else(|| ImportError::Unfaithful {
+            path: manifest_path.display().to_string(),
+            reason: "the file holds other bytes than were written".into(),
+        })?;
+    let validation = check_reads_back(&out, on_disk, &manifest_path)?;
+    w.commit();
+    Ok(Written {
+        manifest_path,
+        keys_dir: keys_path,
+        notes: imp.notes,
+        validation,
+    })
+}
+
+/// Refuse `path` if anything is there, a symbolic link (even dangling)
+/// included.
+fn refuse_existing(path: &Path) -> Result<(), ImportError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(ImportError::Symlink {
+            path: path.display().to_string(),
+        }),
+        Ok(_) => Err(ImportError::Exists {
+            path: path.display().to_string(),
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Which directory a file goes into.
+#[derive(Clone, Copy)]
+enum Where {
+    Dir,
+    Keys,
+}
+
+/// Writes files relative to the output directory's descriptor and removes
+/// everything it created (files, `keys/`, the output directory and its
+/// missing parents) on drop unless committed.
+struct Writer {
+    dir_path: PathBuf,
+    dir: OwnedFd,
+    keys: Option<OwnedFd>,
+    /// Files created, in order.
+    files: Vec<(Where, CString)>,
+    keys_created: bool,
+    /// Directories created for `-o DIR`, outermost first.
+    dirs_created: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl Writer {
+    /// Create `dir` (and missing parents) if needed and open it.
+    fn open(dir: &Path) -> Result<Writer, ImportError> {
+        let mut missing = Vec::new();
+        let mut p = dir;
+        while matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        {
+            missing.push(p.to_path_buf());
+            match p.parent() {
+                Some(q) if !q.as_os_str().is_empty() => p = q,
+                _ => break,
+            }
+        }
+        missing.reverse();
+        let io_err = |action, source| ImportError::Io {
+            action,
+            path: dir.display().to_string(),
+            source,
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            remove_dirs(&missing);
+            return Err(io_err("create", e));
+        }
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map(OwnedFd::from);
+        match fd {
+            Ok(fd) => Ok(Writer {
+                dir_path: dir.to_path_buf(),
+                dir: fd,
+                keys: None,
+                files: Vec::new(),
+                keys_created: false,
+                dirs_created: missing,
+                committed: false,
+            }),
+            Err(e) => {
+                remove_dirs(&missing);
+                Err(io_err("open", e))
+            }
+        }
+    }
+
+    /// Create `keys/` (mode 0700) unless it is there, and open it without
+    /// following a symbolic link.
+    fn open_keys_dir(&mut self) -> Result<(), ImportError> {
+        let path = self.dir_path.join("keys");
+        let label = path.display().to_string();
+        let io_err = |action, source| ImportError::Io {
+            action,
+            path: label.clone(),
+            source,
+        };
+        match at::mkdir(self.dir.as_fd(), c"keys", 0o700) {
+            Ok(()) => self.keys_created = true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(io_err("create", e)),
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        match at::open(self.dir.as_fd(), c"keys", flags, 0) {
+            Ok(fd) => {
+                self.keys = Some(fd);
+                Ok(())
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP)) => {
+                Err(ImportError::Symlink { path: label })
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR)) => {
+                // ENOTDIR for a link too on some kernels: say which.
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        Err(ImportError::Symlink { path: label })
+                    }
+                    _ => Err(ImportError::NotADir { path: label }),
+                }
+            }
+            Err(e) => Err(io_err("open", e)),
+        }
+    }
+
+    fn fd(&self, place: Where) -> Result<BorrowedFd<'_>, ImportError> {
+        match place {
+            Where::Dir => Ok(self.dir.as_fd()),
+            Where::Keys => self
+                .keys
+                .as_ref()
+                .map(AsFd::as_fd)
+                .ok_or_else(|| ImportError::Io {
+                    action: "open",
+                    path: self.dir_path.join("keys").display().to_string(),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                }),
+        }
+    }
+
+    fn path(&self, place: Where, name: &str) -> PathBuf {
+        match place {
+            Where::Dir => self.dir_path.join(name),
+            Where::Keys => self.dir_path.join("keys").join(name),
+        }
+    }
+
+    /// Create the new file `name` (never over anything, never through a
+    /// link), give it exactly `mode` (the umask still applies to 0666), and
+    /// write `bytes` to it.
+    fn create(
+        &mut self,
+        place: Where,
+        name: &str,
+        mode: u32,
+        bytes: &[u8],
+    ) -> Result<(), ImportError> {
+        let path = self.path(place, name);
+        let label = path.display().to_string();
+        let io_err = |action, source| ImportError::Io {
+            action,
+            path: label.clone(),
+            source,
+        };
+        let c_name = CString::new(name)
+            .map_err(|_| io_err("create", io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let fd = match at::open(self.fd(place)?, &c_name, flags, mode) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_symlink() => ImportError::Symlink { path: label },
+                    _ => ImportError::Exists { path: label },
+                });
+            }
+            Err(e) => return Err(io_err("create", e)),
+        };
+        self.files.push((place, c_name));
+        let mut f = File::from(fd);
+        if mode != 0o666 {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| io_err("chmod", e))?;
+        }
+        f.write_all(bytes).map_err(|e| io_err("write", e))?;
+        f.sync_all().map_err(|e| io_err("sync", e))
+    }
+
+    /// Read `name` back (without following a link), at most `len + 1`
+    /// bytes.
+    fn read_back(&self, name: &str, len: usize) -> Result<Vec<u8>, ImportError> {
+        let path = self.path(Where::Dir, name);
+        let io_err = |source| ImportError::Io {
+            action: "read back",
+            path: path.display().to_string(),
+            source,
+        };
+        let c_name =
+            CString::new(name).map_err(|_| io_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let fd = at::open(self.dir.as_fd(), &c_name, flags, 0).map_err(io_err)?;
+        let mut text = Vec::with_capacity(len + 1);
+        File::from(fd)
+            .take(len as u64 + 1)
+            .read_to_end(&mut text)
+            .map_err(io_err)?;
+        Ok(text)
+    }
+
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (place, name) in self.files.iter().rev() {
+            let dir = match place {
+                Where::Dir => Some(self.dir.as_fd()),
+                Where::Keys => self.keys.as_ref().map(AsFd::as_fd),
+            };
+            if let Some(dir) = dir {
+                let _ = at::unlink(dir, name, 0);
+            }
+        }
+        if self.keys_created {
+            self.keys = None;
+            let _ = at::unlink(self.dir.as_fd(), c"keys", libc::AT_REMOVEDIR);
+        }
+        remove_dirs(&self.dirs_created);
+    }
+}
+
+/// Remove directories (only if empty), innermost first.
+fn remove_dirs(outermost_first: &[PathBuf]) {
+    for d in outermost_first.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// The `*at(2)` calls std does not offer, on descriptors (no path is
+/// resolved through a link the caller did not ask for).
+mod at {
+    use super::*;
+
+    fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    pub(super) fn open(
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        flags: libc::c_int,
+        mode: u32,
+    ) -> io::Result<OwnedFd> {
+        // SAFETY: `dir` is an open descriptor, `name` a NUL-terminated
+        // string that outlives the call; the new descriptor is owned here.
+        let fd = check(unsafe {
+            libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+        })?;
+        // SAFETY: `fd` was just returned by openat and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub(super) fn mkdir(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+        // SAFETY: as in `open`; no descriptor is created.
+        check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
+            .map(drop)
+    }
+
+    pub(super) fn unlink(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: as in `mkdir`.
+        check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
     }
 }
 
@@ -511,7 +1180,7 @@ PersistentKeepalive = 15
         for (text, file) in [(SERVER, "wg0.conf"), (CLIENT, "client.conf")] {
             let iface = file.trim_end_matches(".conf");
             let imp = parse(text, file, iface).expect("parse");
-            let out = render(&imp, "site-x", file);
+            let out = render(&imp, "site-x", file).expect("render");
             assert!(
                 !out.manifest
                     .contains("YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=")
@@ -545,6 +1214,145 @@ PersistentKeepalive = 15
                     .public_key(),
                 imp.private_key.public_key()
             );
+        }
+    }
+
+    #[test]
+    fn one_line_escapes_line_breaks_and_hidden_characters() {
+        for (input, want) in [
+            ("plain text: 1, 2 # ok", "plain text: 1, 2 # ok"),
+            ("tab\tstays", "tab\tstays"),
+            ("a\rb", "a\\rb"),
+            ("a\nb", "a\\nb"),
+            ("a\u{85}b", "a\\u{0085}b"),
+            ("a\u{2028}b\u{2029}c", "a\\u{2028}b\\u{2029}c"),
+            ("\u{feff}bom", "\\u{feff}bom"),
+            ("\x1b[2Khidden", "\\u{001b}[2Khidden"),
+            ("\x7f\u{9b}", "\\u{007f}\\u{009b}"),
+            ("rtl\u{202e}txt", "rtl\\u{202e}txt"),
+            ("zero\u{200b}width", "zero\\u{200b}width"),
+            ("Zürich ✓", "Zürich ✓"),
+        ] {
+            let got = one_line(input);
+            assert_eq!(got, want, "{input:?}");
+            assert!(!got.chars().any(|c| c != '\t' && is_hidden(c)), "{got:?}");
+        }
+    }
+
+    /// An `Imported` whose every text field carries YAML after a line break
+    /// (as a caller other than `parse` could build it) still renders into a
+    /// manifest with only the three sections import writes, each value
+    /// read back exactly as given.
+    #[test]
+    fn hostile_values_are_emitted_as_inert_scalars() {
+        for br in ["\r", "\n", "\r\n", "\u{85}", "\u{2028}", "\u{2029}"] {
+            let mut imp = parse(SERVER, "wg0.conf", "wg0").expect("parse");
+            let inject = format!("x\"{br}forwarding: true{br}metrics: {{listen: 0.0.0.0:1}}{br}#");
+            imp.interface = format!("wg0{inject}");
+            imp.notes.push(format!("note{inject}"));
+            imp.notes.push(format!("{br}watch: false"));
+            imp.peers[0].name = format!("laptop{inject}");
+            imp.peers[1].endpoint = Some(format!("branch.example.net:51820{inject}"));
+            let source = format!("wg0.conf{br}routes: [{{to: 0.0.0.0/0}}]{br}#");
+            let out = render(&imp, "site-x", &source).expect("render");
+            let path = std::path::Path::new("/etc/netman/site-x.yaml");
+            let checked = check_reads_back(&out, &out.manifest, path);
+            assert!(
+                checked.is_ok(),
+                "{br:?}: {:?}\n{}",
+                checked.err().map(|e| e.to_string()),
+                out.manifest
+            );
+            for line in out.manifest.lines() {
+                assert!(
+                    !line.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']),
+                    "{br:?}: a line break YAML or a terminal knows in {line:?}"
+                );
+                if line.starts_with('#') {
+                    continue;
+                }
+                let key = line.split(':').next().unwrap_or("");
+                assert!(
+                    key.starts_with(' ') || ["name", "interface", "peers"].contains(&key),
+                    "{br:?}: top-level {key:?} in\n{}",
+                    out.manifest
+                );
+            }
+            let back: Doc = serde_saphyr::from_str(&out.manifest).expect("reads back");
+            assert_eq!(back.interface.name, imp.interface, "{br:?}");
+            assert_eq!(back.peers[0].name, imp.peers[0].name, "{br:?}");
+            assert_eq!(back.peers[1].endpoint, imp.peers[1].endpoint, "{br:?}");
+        }
+    }
+
+    /// The read-back check refuses a text that says more, or otherwise,
+    /// than import meant; comments are all it lets through.
+    #[test]
+    fn a_manifest_that_says_more_than_meant_is_refused() {
+        let imp = parse(SERVER, "wg0.conf", "wg0").expect("parse");
+        let out = render(&imp, "site-x", "wg0.conf").expect("render");
+        let path = std::path::Path::new("/etc/netman/site-x.yaml");
+        assert!(check_reads_back(&out, &out.manifest, path).is_ok());
+        let commented = format!("# forwarding: true\n{}", out.manifest);
+        assert!(check_reads_back(&out, &commented, path).is_ok());
+        for (what, text) in [
+            ("forwarding", format!("forwarding: true\n{}", out.manifest)),
+            ("watch", format!("{}watch: false\n", out.manifest)),
+            (
+                "metrics",
+                format!("{}metrics:\n  listen: 0.0.0.0:9586\n", out.manifest),
+            ),
+            (
+                "a peer setting",
+                out.manifest.replace(
+                    "  - name: laptop\n",
+                    "  - name: laptop\n    persistent_keepalive: 7\n",
+                ),
+            ),
+            (
+                "another endpoint",
+                out.manifest
+                    .replace("branch.example.net:51820", "evil.example.net:51820"),
+            ),
+            ("not YAML", format!("{}\t- [", out.manifest)),
+        ] {
+            assert_ne!(text, out.manifest, "{what}: the test changed nothing");
+            let e = check_reads_back(&out, &text, path)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted\n{text}"));
+            assert!(matches!(e, ImportError::Unfaithful { .. }), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoints_with_quotes_spaces_or_line_breaks_are_refused() {
+        for bad in [
+            "a\"b:51820",
+            "192.0.2.1:51820\"\r    persistent_keepalive: 7",
+            "vpn example net:51820",
+            "vpn.example.net:51820\u{2028}x",
+            "vpn.example.net:51820\u{85}x",
+            "'vpn':1",
+        ] {
+            let text = SERVER.replace("branch.example.net:51820", bad);
+            let e = parse(&text, "wg0.conf", "wg0")
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"))
+                .to_string();
+            assert!(
+                e.starts_with("wg0.conf:20: Endpoint ") && e.ends_with(" is not HOST:PORT"),
+                "{bad:?}: {e}"
+            );
+            assert!(!e.contains(['\r', '\u{85}', '\u{2028}']), "{e:?}");
+        }
+        for good in [
+            "[fe80::1%eth0]:51820",
+            "vpn-1.example_x.net:1",
+            "192.0.2.1:51820",
+        ] {
+            let text = SERVER.replace("branch.example.net:51820", good);
+            let imp = parse(&text, "wg0.conf", "wg0").expect(good);
+            assert_eq!(imp.peers[1].endpoint.as_deref(), Some(good));
         }
     }
 }

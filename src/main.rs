@@ -370,74 +370,20 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// `netman import`: wg-quick file → manifest + key files.
+/// `netman import`: wg-quick file → manifest + key files (written by
+/// `netman::import`); reports what was written and whether it validates.
 fn import(file: &Path, name: Option<&str>, dir: &Path) -> Result<u8> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("wg0")
-        .to_string();
-    let ifname: String = stem.chars().take(15).collect();
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => netman::import::sanitize_name(&stem)
-            .ok_or_else(|| anyhow!("cannot derive a deployment name from {stem:?}; pass --name"))?,
-    };
-    // The name becomes file names: check it before writing anything.
-    if !(1..=32).contains(&name.chars().count())
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        bail!(
-            "{name:?} is not a deployment name (1 to 32 of a-z, 0-9 and '-'); pass another --name"
-        );
-    }
-    let imp = netman::import::parse(&text, &file.display().to_string(), &ifname)?;
-    let out = netman::import::render(&imp, &name, &file.display().to_string());
-    let manifest_path = dir.join(format!("{name}.yaml"));
-    // Never overwrite: keys especially.
-    let mut targets = vec![manifest_path.clone(), dir.join(&out.private_key_file)];
-    targets.extend(out.psk_files.iter().map(|(f, _)| dir.join(f)));
-    if let Some(t) = targets.iter().find(|t| t.exists()) {
-        bail!(
-            "{} exists; not overwriting (choose another --output-dir or --name)",
-            t.display()
-        );
-    }
-    std::fs::create_dir_all(dir.join("keys"))
-        .map_err(|e| anyhow!("create {}: {e}", dir.join("keys").display()))?;
-    let write_secret = |path: &Path, text: &str| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| anyhow!("create {}: {e}", path.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| anyhow!("chmod {}: {e}", path.display()))?;
-        std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())
-            .map_err(|e| anyhow!("write {}: {e}", path.display()))
-    };
-    write_secret(&dir.join(&out.private_key_file), &out.private_key)?;
-    for (f, psk) in &out.psk_files {
-        write_secret(&dir.join(f), psk)?;
-    }
-    std::fs::write(&manifest_path, &out.manifest)
-        .map_err(|e| anyhow!("write {}: {e}", manifest_path.display()))?;
+    let done = netman::import::import_file(file, name, dir)?;
     println!(
         "wrote {} (keys under {})",
-        manifest_path.display(),
-        dir.join("keys").display()
+        done.manifest_path.display(),
+        done.keys_dir.display()
     );
-    for n in &imp.notes {
+    for n in &done.notes {
         report(4, &format!("note: {n}"));
     }
     // The result must validate.
-    match manifest::load(&manifest_path) {
+    match done.validation {
         Ok(_) => Ok(EXIT_OK),
         Err(e) => {
             report_err!("{e}");

@@ -1,0 +1,338 @@
+//! `netman import` against hostile wg-quick files and hostile output
+//! directories: text from the wg-quick file never becomes live manifest
+//! settings (line breaks YAML knows but a terminal hides: CR, NEL, U+2028,
+//! U+2029; quotes in endpoints), the output is never written through a
+//! symbolic link, a refused import leaves nothing behind, and the input is
+//! read with a bound. These run the binary directly: import executes
+//! nothing, so no network namespace (and no root) is needed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{TempDir, netman_bin, netman_genkey, netman_pubkey, run, run_ok};
+
+/// `netman import ARGS...`: (exit code, stdout, stderr).
+fn import(args: &[&str]) -> (i32, String, String) {
+    let out = run(Command::new(netman_bin()).arg("import").args(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Every file or symlink under `dir` (directories are walked, not listed).
+fn walk(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+/// The top-level keys of a YAML mapping, as the manifest parser sees them.
+fn top_level_keys(text: &str) -> BTreeSet<String> {
+    let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("not a mapping: {e}\n{text:?}"));
+    map.into_keys().collect()
+}
+
+/// Characters that end a line for YAML (or hide text on a terminal)
+/// other than `\n`.
+const HIDDEN_BREAKS: [char; 4] = ['\r', '\u{85}', '\u{2028}', '\u{2029}'];
+
+/// A `PostUp` (and DNS, Table, FwMark, a peer's name) carrying YAML after
+/// each kind of line break must import into a manifest where none of it is
+/// live: same sections as any import (`name`, `interface`, `peers`), no
+/// forwarding, firewall, metrics, routes or `watch: false`, peers exactly
+/// as in the file; and the notes printed on stderr carry no raw line break.
+#[test]
+fn import_keeps_line_break_payloads_out_of_the_manifest() {
+    let dir = TempDir::new("imhostile");
+    let k = netman_genkey();
+    let p1 = netman_pubkey(&netman_genkey());
+    let p2 = netman_pubkey(&netman_genkey());
+    for (what, br) in [
+        ("CR", "\r"),
+        ("NEL", "\u{85}"),
+        ("LS", "\u{2028}"),
+        ("PS", "\u{2029}"),
+        ("CR+NEL", "\r\u{85}"),
+    ] {
+        // Top-level keys, each one a section import never writes, spread
+        // over several notes (each key once: a duplicate key would make
+        // the manifest invalid instead of hostile).
+        let post_up = [
+            "echo x",
+            "metrics:",
+            "  listen: 0.0.0.0:9586",
+            "routes:",
+            "  - to: 0.0.0.0/1",
+            "firewall:",
+            "  insert:",
+            "    - family: ip",
+            "      table: filter",
+            "      chain: INPUT",
+            "      rule: accept",
+            "",
+        ]
+        .join(br);
+        let pre_down = format!("iptables -D INPUT -j ACCEPT{br}watch: false{br}");
+        let dns = format!("1.1.1.1{br}forwarding: true{br}#");
+        let comment = format!("1{br}# x");
+        let conf = dir.write(
+            &format!("{what}/wg0.conf"),
+            &format!(
+                "[Interface]\n\
+                 PrivateKey = {k}\n\
+                 Address = 10.6.0.1/24\n\
+                 ListenPort = 51820\n\
+                 PostUp = {post_up}\n\
+                 PreDown = {pre_down}\n\
+                 DNS = {dns}\n\
+                 Table = {comment}\n\
+                 FwMark = {comment}\n\
+                 \n\
+                 # Name = \"a{br}forwarding: true{br}b\"\n\
+                 [Peer]\n\
+                 PublicKey = {p1}\n\
+                 Endpoint = vpn.example.net:51820\n\
+                 AllowedIPs = 10.6.0.2/32\n\
+                 \n\
+                 [Peer]\n\
+                 # Name = c{br}forwarding: true\n\
+                 PublicKey = {p2}\n\
+                 AllowedIPs = 10.6.0.3/32\n"
+            ),
+        );
+        let out_dir = dir.join(format!("{what}/out"));
+        let (code, out, err) = import(&[s(&conf), "-o", s(&out_dir)]);
+        assert_eq!(code, 0, "{what}: stdout {out}\nstderr {err}");
+        let yaml = out_dir.join("wg0.yaml");
+        let text = std::fs::read_to_string(&yaml).expect("read manifest");
+        let keys = top_level_keys(&text);
+        assert_eq!(
+            keys,
+            BTreeSet::from(["name".to_string(), "interface".into(), "peers".into()]),
+            "{what}: payload keys are live in the manifest:\n{text:?}"
+        );
+        run_ok(Command::new(netman_bin()).arg("validate").arg(&yaml));
+        let m = netman::manifest::load(&yaml).expect("manifest loads");
+        assert!(!m.forwarding, "{what}: forwarding is on");
+        assert!(m.watch, "{what}: watch is off");
+        assert!(m.metrics.is_none(), "{what}: metrics listener");
+        assert!(m.routes.is_empty(), "{what}: routes");
+        assert!(m.firewall.is_empty(), "{what}: firewall rules");
+        let names: Vec<&str> = m.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 2, "{what}: {names:?}");
+        assert!(
+            names.iter().all(|n| n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')),
+            "{what}: {names:?}"
+        );
+        assert_eq!(m.interface.listen_port, Some(51820), "{what}");
+        assert!(
+            m.peers
+                .iter()
+                .all(|p| p.persistent_keepalive.is_none() && p.preshared_key_file.is_none()),
+            "{what}"
+        );
+        // Notes still say what was not carried over, on one visible line.
+        assert!(
+            err.lines()
+                .any(|l| l.contains("PostUp command, not executed")),
+            "{what}: {err}"
+        );
+        assert!(
+            !err.contains(HIDDEN_BREAKS),
+            "{what}: a raw line break in what import printed: {err:?}"
+        );
+        for l in text.lines() {
+            assert!(
+                !l.contains(HIDDEN_BREAKS),
+                "{what}: a line break YAML knows inside a manifest line: {l:?}"
+            );
+        }
+    }
+}
+
+/// An `Endpoint` is formatted into the manifest: quotes and line breaks in
+/// it must not end the value. Such an endpoint is no endpoint at all:
+/// import refuses it, naming the line, and writes nothing.
+#[test]
+fn import_refuses_endpoints_that_are_not_host_and_port() {
+    let dir = TempDir::new("imendp");
+    let k = netman_genkey();
+    let p = netman_pubkey(&netman_genkey());
+    let mut problems = Vec::new();
+    for (i, endpoint) in [
+        // Closes the quotes, adds peer settings (a key file of the
+        // attacker's choosing), reopens them.
+        "192.0.2.1:51820\"\r    persistent_keepalive: 7\r    preshared_key_file: \"/etc/hostname",
+        "192.0.2.1:51820\"\u{2028}    persistent_keepalive: 7\u{2028}#",
+        "192.0.2.1:51820\"\u{85}    persistent_keepalive: 7\u{85}#",
+        "a\"b:51820",
+        "vpn.example.net:51820\u{2029}x",
+        "vpn example net:51820",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let conf = dir.write(
+            &format!("{i}/wg0.conf"),
+            &format!(
+                "[Interface]\n\
+                 PrivateKey = {k}\n\
+                 Address = 10.6.0.1/24\n\
+                 \n\
+                 [Peer]\n\
+                 PublicKey = {p}\n\
+                 Endpoint = {endpoint}\n\
+                 AllowedIPs = 10.6.0.2/32\n"
+            ),
+        );
+        let out_dir = dir.join(format!("{i}/out"));
+        let (code, out, err) = import(&[s(&conf), "-o", s(&out_dir)]);
+        let written = walk(&out_dir);
+        if code != 1
+            || !written.is_empty()
+            || !err.contains(&format!("{}:7: Endpoint ", conf.display()))
+        {
+            let text = std::fs::read_to_string(out_dir.join("wg0.yaml")).unwrap_or_default();
+            problems.push(format!(
+                "Endpoint {endpoint:?}: exit {code}, wrote {written:?}\n  stdout: {out}  stderr: {err:?}\n  manifest: {text:?}"
+            ));
+        }
+        assert!(
+            !err.contains(HIDDEN_BREAKS),
+            "a raw line break in the error: {err:?}"
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A wg-quick file with one peer with a preshared key.
+fn conf_with_psk(dir: &TempDir) -> PathBuf {
+    let k = netman_genkey();
+    let p = netman_pubkey(&netman_genkey());
+    dir.write(
+        "wg0.conf",
+        &format!(
+            "[Interface]\n\
+             PrivateKey = {k}\n\
+             Address = 10.6.0.1/24\n\
+             \n\
+             [Peer]\n\
+             PublicKey = {p}\n\
+             PresharedKey = {psk}\n\
+             AllowedIPs = 10.6.0.2/32\n",
+            psk = netman_genkey(),
+        ),
+    )
+}
+
+/// A symbolic link where import writes (the manifest, the `keys/`
+/// directory, a key file), dangling or not: import refuses, writes nothing
+/// through the link and leaves nothing half-written behind.
+#[test]
+fn import_never_writes_through_symlinks_and_leaves_nothing_behind() {
+    let dir = TempDir::new("imlink");
+    let conf = conf_with_psk(&dir);
+    let mut problems = Vec::new();
+    // (what, link inside the output dir, its target, whether the target
+    // is a directory that exists)
+    let cases: [(&str, &str, &str, bool); 6] = [
+        ("dangling manifest link", "wg0.yaml", "victim.yaml", false),
+        ("manifest link to a file", "wg0.yaml", "victim.yaml", true),
+        ("keys dir link", "keys", "victim-dir", true),
+        (
+            "dangling private key link",
+            "keys/wg0.key",
+            "victim.key",
+            false,
+        ),
+        (
+            "dangling psk link",
+            "keys/wg0-peer-1.psk",
+            "victim.psk",
+            false,
+        ),
+        ("dangling keys dir link", "keys", "victim-dir", false),
+    ];
+    for (i, (what, link, target, exists)) in cases.iter().enumerate() {
+        let case = dir.join(format!("case{i}"));
+        let out_dir = case.join("out");
+        std::fs::create_dir_all(out_dir.join("keys")).expect("mkdir");
+        if *link == "keys" {
+            std::fs::remove_dir(out_dir.join("keys")).expect("rmdir");
+        }
+        let target = case.join(target);
+        if *exists {
+            if target.extension().is_some() {
+                std::fs::write(&target, "victim\n").expect("write victim");
+            } else {
+                std::fs::create_dir(&target).expect("mkdir victim");
+            }
+        }
+        symlink(&target, out_dir.join(link)).expect("symlink");
+        let before = walk(&case);
+        let (code, out, err) = import(&[s(&conf), "-o", s(&out_dir)]);
+        let after = walk(&case);
+        let victim = if target.is_dir() {
+            walk(&target).into_iter().collect::<Vec<_>>()
+        } else {
+            std::fs::read_to_string(&target)
+                .ok()
+                .filter(|t| t != "victim\n")
+                .map(|_| vec![target.clone()])
+                .unwrap_or_default()
+        };
+        if code != 1 || after != before || !victim.is_empty() {
+            problems.push(format!(
+                "{what}: exit {code}; new files {:?}; written through the link: {victim:?}\n  stdout: {out}  stderr: {err}",
+                after.difference(&before).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The wg-quick file is read with a bound: a huge file is refused with an
+/// error naming it, and nothing is written.
+#[test]
+fn import_refuses_an_oversized_wg_quick_file() {
+    let dir = TempDir::new("imbig");
+    let k = netman_genkey();
+    let filler = "# padding padding padding padding padding padding padding\n".repeat(40_000);
+    let conf = dir.write(
+        "wg0.conf",
+        &format!("{filler}[Interface]\nPrivateKey = {k}\nAddress = 10.6.0.1/24\n"),
+    );
+    assert!(std::fs::metadata(&conf).expect("stat").len() > 2 * 1024 * 1024);
+    let out_dir = dir.join("out");
+    let (code, out, err) = import(&[s(&conf), "-o", s(&out_dir)]);
+    assert_eq!(code, 1, "stdout {out}\nstderr {err}");
+    assert!(
+        err.contains(&conf.display().to_string()) && err.contains("too large"),
+        "{err}"
+    );
+    assert!(walk(&out_dir).is_empty(), "{:?}", walk(&out_dir));
+}
