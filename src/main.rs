@@ -733,6 +733,22 @@ fn print_status(
         e.pid,
         ago(now, e.started_at)
     );
+    if let Some(w) = &e.watch {
+        // What the watcher could not do, as in `watch` of the JSON form.
+        let lines = |title: &str, text: &Option<String>| {
+            if let Some(t) = text {
+                println!("  {title}:");
+                for l in t.lines() {
+                    println!("    {l}");
+                }
+            }
+        };
+        lines(
+            "manifest error (not applied; the running configuration stays)",
+            &w.manifest_error,
+        );
+        lines("last error", &w.last_error);
+    }
     println!("interface: {}", e.interface);
     println!("  public key: {}", e.public_key);
     println!("  private key: (hidden)");
