@@ -1049,6 +1049,49 @@ fn unconfirmed_apply_is_reverted_and_a_confirmed_one_is_kept() {
     assert!(wait_ping(&b.ns, "10.10.0.1", Duration::from_secs(5)));
 }
 
+/// While an apply waits for `netman confirm`, the watcher applies nothing,
+/// not even a drift repair, and that is no failure (no error logged, no
+/// `last_error`, no failure counted); once confirmed, the drift is
+/// repaired.
+#[test]
+fn drift_while_a_confirmation_is_pending_waits_without_counting_failures() {
+    let s = Site::new("pendd", "site-a");
+    let spec = s.spec().route("192.168.50.0/24");
+    let f = s.write("site-a.yaml", &spec);
+    s.apply(&f, &[]);
+    let g = s.write("g.yaml", &spec.clone().route("192.168.60.0/24"));
+    s.nm().ok(&[
+        "apply",
+        "--confirm-timeout",
+        "60",
+        g.to_str().expect("path"),
+    ]);
+    sleep(Duration::from_millis(300));
+    let f0 = s.counter("failures");
+    s.ns.ip(&["route", "del", "192.168.50.0/24", "dev", "nm0"]);
+    assert!(
+        holds_for(Duration::from_millis(1500), || !s
+            .has_route("192.168.50.0/24")),
+        "drift was repaired while a confirmation is pending"
+    );
+    let w = s.watch();
+    assert_eq!(w["failures"], f0, "{w:#}");
+    assert!(w["last_error"].is_null(), "{w:#}");
+    assert!(
+        !s.log().contains("reconcile failed"),
+        "a pending confirmation was logged as a failure:\n{}",
+        tail(&s.log(), 6)
+    );
+    s.nm().ok(&["confirm", "site-a"]);
+    converge(
+        "the drift repaired after the confirmation",
+        Duration::from_secs(13),
+        || s.has_route("192.168.50.0/24"),
+    );
+    assert!(s.has_route("192.168.60.0/24"));
+    assert_eq!(s.watch()["failures"], f0);
+}
+
 /// The pending revert survives a SIGKILL of the engine; the reverted file
 /// (still on disk, at the watched path) is not applied again by the
 /// watcher, not even by a new engine (`reverted_sha256`).
