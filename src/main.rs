@@ -32,11 +32,17 @@ macro_rules! report_err {
     };
 }
 
-/// Exit codes shared by all commands.
+/// Exit codes: the README's table "Commands and exit codes" is the contract.
 const EXIT_OK: u8 = 0;
-const EXIT_CHANGES: u8 = 1;
+/// The command failed (`apply`: and was reverted). Never used by `diff`.
 const EXIT_FAILED: u8 = 1;
+/// The manifest is invalid.
 const EXIT_INVALID: u8 = 2;
+/// `diff`: the live state differs from the manifest.
+const EXIT_DIFF_CHANGES: u8 = 1;
+/// `diff`: it could not tell (any error, an invalid manifest included), so
+/// a failing `diff` never reads as "changes pending".
+const EXIT_DIFF_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`netman status | head`), like other
@@ -197,7 +203,12 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(if ok { EXIT_OK } else { EXIT_INVALID })
         }
-        Command::Diff { file, output } => diff(&cli.state_dir, file, output),
+        Command::Diff { file, output } => {
+            Ok(diff(&cli.state_dir, file, output).unwrap_or_else(|e| {
+                report_err!("netman: {e}");
+                EXIT_DIFF_ERROR
+            }))
+        }
         Command::Apply {
             file,
             confirm_timeout,
@@ -486,13 +497,13 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     let m = match file {
         Some(f) => match load_manifest(&f, state_dir) {
             Some(m) => m,
-            None => return Ok(EXIT_INVALID),
+            None => return Ok(EXIT_DIFF_ERROR),
         },
         None => match last_applied(&sd) {
             Ok(m) => m,
             Err(e) => {
                 report_err!("netman: {e}");
-                return Ok(EXIT_INVALID);
+                return Ok(EXIT_DIFF_ERROR);
             }
         },
     };
@@ -505,7 +516,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         Ok(p) => p,
         Err(e) => {
             report_err!("netman: {e}");
-            return Ok(EXIT_INVALID);
+            return Ok(EXIT_DIFF_ERROR);
         }
     };
     let engine = match EngineConfig::from_manifest(&m)
@@ -517,7 +528,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         Ok(c) => c,
         Err(e) => {
             report_err!("netman: {e}");
-            return Ok(EXIT_INVALID);
+            return Ok(EXIT_DIFF_ERROR);
         }
     };
     let in_sync = plan.is_empty() && engine.is_empty();
@@ -552,7 +563,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
     }
-    Ok(if in_sync { EXIT_OK } else { EXIT_CHANGES })
+    Ok(if in_sync { EXIT_OK } else { EXIT_DIFF_CHANGES })
 }
 
 fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> {
@@ -668,6 +679,22 @@ fn print_status(
         e.pid,
         ago(now, e.started_at)
     );
+    if let Some(w) = &e.watch {
+        // What the watcher could not do, as in `watch` of the JSON form.
+        let lines = |title: &str, text: &Option<String>| {
+            if let Some(t) = text {
+                println!("  {title}:");
+                for l in t.lines() {
+                    println!("    {l}");
+                }
+            }
+        };
+        lines(
+            "manifest error (not applied; the running configuration stays)",
+            &w.manifest_error,
+        );
+        lines("last error", &w.last_error);
+    }
     println!("interface: {}", e.interface);
     println!("  public key: {}", e.public_key);
     println!("  private key: (hidden)");

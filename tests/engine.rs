@@ -737,6 +737,193 @@ fn live_update_removes_and_adds_peers_without_disturbing_the_others() {
     assert_eq!(a.nm().out(&["diff", &v2]).0, 0);
 }
 
+/// A configuration the running engine must refuse as a whole (site-c
+/// dropped, site-b's allowed IPs changed, and site-c's address given to a
+/// new peer whose public key is a low-order point, which the protocol core
+/// refuses) changes nothing: the same peers, sessions and counters as
+/// before, no new handshake, and a ping through the peer it would have
+/// dropped goes on without loss. Such a key no longer passes manifest
+/// validation, so the configuration is pushed over the control socket, as
+/// `apply` does.
+#[test]
+fn a_configure_that_fails_changes_nothing() {
+    use netman::engine::config::{EngineConfig, PeerSpec};
+    use netman::engine::control::{self, ControlError, Request};
+
+    let p = pair("atom", &[], &[], None);
+    let (a, b) = (&p.a, &p.b);
+    let c = Site::new("atomc", "site-c");
+    veth(
+        &a.ns,
+        "ul1",
+        Some("198.51.100.1/24"),
+        &c.ns,
+        "ul0",
+        Some("198.51.100.2/24"),
+    );
+    let peer_a = |ul: &str| {
+        PeerDef::new(
+            "site-a",
+            &a.key.public,
+            &format!("{ul}:{WG_PORT}"),
+            &["10.10.0.1/32"],
+        )
+    };
+    let mc = c.write(
+        "site-c.yaml",
+        &manifest(
+            "site-c",
+            &["10.10.0.3/24"],
+            &c.key.private_file,
+            &[peer_a("198.51.100.1")],
+        ),
+    );
+    let ma = a.write(
+        "bc.yaml",
+        &manifest(
+            "site-a",
+            &["10.10.0.1/24", "fd10::1/64"],
+            &a.key.private_file,
+            &[
+                PeerDef::new(
+                    "site-b",
+                    &b.key.public,
+                    &format!("192.0.2.2:{WG_PORT}"),
+                    &["10.10.0.2/32", "fd10::2/128"],
+                ),
+                PeerDef::new(
+                    "site-c",
+                    &c.key.public,
+                    &format!("198.51.100.2:{WG_PORT}"),
+                    &["10.10.0.3/32"],
+                ),
+            ],
+        ),
+    );
+    a.apply(&ma);
+    b.apply(&p.mb);
+    c.apply(&mc);
+    ping_ok(&a.ns, "10.10.0.2", 2);
+    ping_ok(&a.ns, "10.10.0.3", 2);
+    let before = a.engine_status();
+    let c_sees_a = c.peer_status("site-a");
+
+    let mut bad: EngineConfig =
+        serde_json::from_value(before["config"].clone()).expect("config in the status");
+    bad.peers.retain(|p| p.name != "site-c");
+    bad.peers[0]
+        .allowed_ips
+        .push("10.99.0.0/24".parse().expect("prefix"));
+    bad.peers.push(PeerSpec {
+        name: "site-x".to_string(),
+        public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        endpoint_spec: Some(format!("198.51.100.2:{WG_PORT}")),
+        endpoint: Some(format!("198.51.100.2:{WG_PORT}").parse().expect("endpoint")),
+        allowed_ips: vec!["10.10.0.3/32".parse().expect("prefix")],
+        persistent_keepalive: None,
+        preshared_key_file: None,
+    });
+    let sock = a.state_dir().join("site-a.sock");
+    let push = |dry_run: bool| {
+        control::request(
+            &sock,
+            &Request::Configure {
+                config: bad.clone(),
+                dry_run,
+            },
+            Duration::from_secs(10),
+        )
+    };
+    // A dry run (what `diff` asks) already names the problem.
+    match push(true) {
+        Err(ControlError::Engine(m)) => assert!(m.contains("low-order point"), "{m}"),
+        other => panic!("a dry run of a configuration with a low-order key: {other:?}"),
+    }
+
+    // A continuous ping to site-c while the engine refuses the change.
+    let mut bg = Bg::spawn(
+        "ping to site-c",
+        a.ns.cmd("timeout").args([
+            "30",
+            "ping",
+            "-n",
+            "-i",
+            "0.05",
+            "-c",
+            "60",
+            "-W",
+            "2",
+            "10.10.0.3",
+        ]),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    match push(false) {
+        Err(ControlError::Engine(m)) => assert!(m.contains("low-order point"), "{m}"),
+        other => panic!("configure with a low-order key: {other:?}"),
+    }
+    assert!(
+        bg.try_status().is_none(),
+        "the ping ended before the configure was refused; the test proves nothing"
+    );
+    let ping_out = bg.finish(Duration::from_secs(30));
+    let stats = parse_ping(&String::from_utf8_lossy(&ping_out.stdout));
+    assert!(
+        stats.transmitted == 60 && stats.received == 60,
+        "the ping to site-c lost packets across the refused configure:\n{}",
+        stats.output
+    );
+
+    let after = a.engine_status();
+    assert_eq!(
+        after["config"], before["config"],
+        "the configuration in force changed"
+    );
+    assert_eq!(after["listen_port"], before["listen_port"]);
+    let peers = |st: &serde_json::Value| -> Vec<serde_json::Value> {
+        st["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| {
+                serde_json::json!([
+                    p["name"],
+                    p["public_key"],
+                    p["endpoint"],
+                    p["allowed_ips"],
+                    p["handshakes"],
+                    p["latest_handshake"],
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(
+        peers(&after),
+        peers(&before),
+        "peers or sessions changed:\n{after:#}"
+    );
+    let sc = a.peer_status("site-c");
+    let before_c = &before["peers"][1];
+    assert!(
+        u64_of(&sc["tx_bytes"], "tx_bytes") >= u64_of(&before_c["tx_bytes"], "tx_bytes") + 60 * 128,
+        "site-c's counters did not go on: {sc:#}"
+    );
+    assert_eq!(
+        c.peer_status("site-a")["handshakes"],
+        c_sees_a["handshakes"],
+        "site-a handshook with site-c again"
+    );
+    ping_ok(&a.ns, "10.10.0.2", 2);
+    ping_ok(&b.ns, "10.10.0.1", 2);
+    ping_ok(&c.ns, "10.10.0.1", 2);
+    assert!(
+        !a.engine_log().contains("engine reconfigured"),
+        "{}",
+        a.engine_log()
+    );
+    // And the engine still takes a good configuration afterwards.
+    assert_eq!(a.nm().out(&["diff", &ma]).0, 0);
+}
+
 // ---------------------------------------------------------------------------
 // 5. Faults
 

@@ -13,6 +13,49 @@ const K2: &str = "mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=";
 const K3: &str = "BBGyNT9AgFCC3V5qbBHWSOUfMse/tITORWaZ43Oq+XE=";
 /// Valid base64, but of 31 bytes.
 const KEY_31: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==";
+/// Every encoding of a low-order Curve25519 point (u-coordinates whose
+/// order divides 8 on the curve or 4 on its twist, their non-canonical
+/// forms u + p, each also with the ignored top bit set): X25519 with any
+/// of them gives all zeros, so no handshake can work.
+const LOW_ORDER_KEYS: [(&str, &str); 14] = [
+    ("0", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ("0, top bit", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA="),
+    ("1", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ("1, top bit", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA="),
+    ("p-1", "7P///////////////////////////////////////38="),
+    (
+        "p-1, top bit",
+        "7P////////////////////////////////////////8=",
+    ),
+    (
+        "order 8 e0eb...",
+        "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
+    ),
+    (
+        "order 8 e0eb..., top bit",
+        "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuIA=",
+    ),
+    (
+        "order 8 5f9c...",
+        "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+    ),
+    (
+        "order 8 5f9c..., top bit",
+        "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEdc=",
+    ),
+    ("p (0)", "7f///////////////////////////////////////38="),
+    (
+        "p (0), top bit",
+        "7f////////////////////////////////////////8=",
+    ),
+    ("p+1 (1)", "7v///////////////////////////////////////38="),
+    (
+        "p+1 (1), top bit",
+        "7v////////////////////////////////////////8=",
+    ),
+];
+/// The diagnostic for a low-order key of the first peer of a `with_head` row.
+const LOW_ORDER_AT_8_17: &str = "site-a.yaml:8:17: peers[0].public_key: a low-order point, not a usable public key (no key exchange with it can succeed)";
 
 /// The manifest path used in messages.
 const FILE: &str = "site-a.yaml";
@@ -326,6 +369,29 @@ fn rejection_cases() -> Vec<Case> {
             "site-a.yaml:8:17: peers[0].public_key: decodes to 31 bytes (expected 32)",
         ),
         case(
+            "low-order public key: zero",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "    allowed_ips: []",
+            ]),
+            LOW_ORDER_AT_8_17,
+        ),
+        case(
+            "low-order public key of the second peer",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    allowed_ips: []",
+                "  - name: site-c",
+                "    public_key: \"X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=\"",
+                "    allowed_ips: []",
+            ]),
+            "site-a.yaml:11:17: peers[1].public_key: a low-order point, not a usable public key (no key exchange with it can succeed)",
+        ),
+        case(
             "persistent_keepalive 0",
             with_head(&[
                 "peers:",
@@ -636,6 +702,37 @@ fn every_rejection_is_reported_exactly_once_with_position_path_and_message() {
         }
     }
     assert!(failures.is_empty(), "\n{failures}");
+}
+
+#[test]
+fn every_low_order_public_key_is_rejected_at_its_position() {
+    let mut failures = String::new();
+    for (what, k) in LOW_ORDER_KEYS {
+        let text = with_head(&[
+            "peers:",
+            "  - name: site-b",
+            &format!("    public_key: \"{k}\""),
+            "    allowed_ips: []",
+        ]);
+        let got = match parse(&text) {
+            Ok(_) => vec!["<parsed successfully>".to_owned()],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        };
+        if got != [LOW_ORDER_AT_8_17] {
+            let _ = writeln!(failures, "low-order key {what} ({k}): got {got:?}");
+        }
+    }
+    assert!(failures.is_empty(), "\n{failures}");
+    // Real keys next to them are fine.
+    for k in [K1, K2, K3] {
+        let text = with_head(&[
+            "peers:",
+            "  - name: site-b",
+            &format!("    public_key: \"{k}\""),
+            "    allowed_ips: []",
+        ]);
+        assert!(parse(&text).is_ok(), "{k} was rejected");
+    }
 }
 
 #[test]
@@ -1148,8 +1245,9 @@ fn large_manifest_parses() {
     let mut text = String::with_capacity(2 << 20);
     text.push_str("name: big\ninterface:\n  name: nm0\n  addresses: [10.0.0.1/8]\n  private_key_file: k\npeers:\n");
     for p in 0..1_000u32 {
+        // Distinct keys, none of them zero (a low-order point).
         let mut keybytes = [0u8; 32];
-        keybytes[..4].copy_from_slice(&p.to_be_bytes());
+        keybytes[..4].copy_from_slice(&(p + 1).to_be_bytes());
         let k = PublicKey(keybytes);
         let _ = writeln!(
             text,

@@ -1992,6 +1992,68 @@ fn control_socket_is_root_only_and_the_engine_refuses_other_users() {
     assert_eq!(s.engine()["public_key"], s.key.public.as_str());
 }
 
+/// The engine reads a control request of at most
+/// `control::MAX_REQUEST_BYTES`: a longer one (here a valid `status`
+/// request padded with blanks, which JSON alone would accept) is refused
+/// with an error answer, without waiting for the rest, and the engine
+/// goes on serving; one just under the limit is answered.
+#[test]
+fn an_oversized_control_request_is_refused_and_the_engine_keeps_serving() {
+    use std::io::BufRead;
+    let cap = netman::engine::control::MAX_REQUEST_BYTES;
+    let s = Site::new("ctlbig", "site-a");
+    let m = s.write(
+        "site-a.yaml",
+        &manifest(
+            "site-a",
+            "nm0",
+            "10.10.0.1/24",
+            WG_PORT,
+            &s.key.private_file,
+            NO_PEERS,
+            "",
+        ),
+    );
+    s.apply(&m);
+    let pid = s.pid_of("site-a");
+    let sock = s.state_dir().join("site-a.sock");
+    // One raw request of `len` bytes (newline included); the answer line.
+    let ask = |len: usize| -> String {
+        let mut line = b"{\"cmd\":\"status\"}".to_vec();
+        line.resize(len - 1, b' ');
+        line.push(b'\n');
+        let conn = UnixStream::connect(&sock)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut w = conn.try_clone().expect("clone");
+        // The engine may answer and close before all of it is written.
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&line);
+        });
+        let mut resp = String::new();
+        let _ = std::io::BufReader::new(&conn).read_line(&mut resp);
+        drop(conn);
+        let _ = writer.join();
+        resp
+    };
+    let resp = ask(cap + 1);
+    assert!(
+        resp.contains("\"result\":\"error\"") && resp.contains("too long"),
+        "a request of {} bytes was not refused: {}",
+        cap + 1,
+        &resp[..resp.len().min(300)]
+    );
+    let resp = ask(cap);
+    assert!(
+        resp.contains("\"result\":\"status\""),
+        "a request of {cap} bytes was not answered: {}",
+        &resp[..resp.len().min(300)]
+    );
+    assert_eq!(s.pid_of("site-a"), pid, "the engine restarted");
+    assert_eq!(s.engine()["public_key"], s.key.public.as_str());
+}
+
 /// The refusal is only useful if the caller gets to read it: every time,
 /// not only when it wins the race against the engine, which answers and
 /// closes the connection without waiting for the request (the caller's

@@ -898,6 +898,69 @@ fn invalid_manifest_is_not_applied_and_the_running_configuration_stays() {
     ping_ok(&a.ns, "10.10.0.2", 3);
 }
 
+/// The text form of `status` shows what `watch` in the JSON shows: the
+/// manifest file's error, every line with its FILE:LINE:COL, and the last
+/// reconcile that failed.
+#[test]
+fn text_status_shows_the_manifest_error_and_the_last_reconcile_error() {
+    let s = Site::new("txtst", "site-a");
+    let spec = s.spec().route("192.168.50.0/24").route("192.168.60.0/24");
+    let f = s.write("site-a.yaml", &spec);
+    s.apply(&f, &[]);
+    let text = || s.nm().ok(&["status", "site-a"]);
+    let t = text();
+    assert!(
+        !t.contains("manifest error") && !t.contains("last error"),
+        "a healthy deployment shows errors:\n{t}"
+    );
+
+    // Two errors in the file, on two lines.
+    let mut bad = spec.clone();
+    bad.peers[0].allowed_ips.push("10.10.0.300/32".into());
+    let bad = bad.route("192.168.70.1/24");
+    write_in_place(&f, &bad.yaml());
+    converge("manifest_error shown", Duration::from_secs(2), || {
+        !s.watch()["manifest_error"].is_null()
+    });
+    let err = s.watch()["manifest_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        has_file_line_col(&err, &f) && err.lines().count() == 2,
+        "{err}"
+    );
+    let t = text();
+    assert!(t.contains("manifest error"), "no manifest error in:\n{t}");
+    for line in err.lines() {
+        assert!(
+            t.lines().any(|l| l.trim() == line.trim()),
+            "the text status lacks the line {line:?} of the manifest error:\n{t}"
+        );
+    }
+
+    // A repair the kernel refuses: the last error shows too.
+    s.ns.ip(&["route", "del", "192.168.60.0/24", "dev", "nm0"]);
+    s.ns.ip(&["route", "add", "blackhole", "192.168.60.0/24"]);
+    converge("last_error shown", Duration::from_secs(3), || {
+        !s.watch()["last_error"].is_null()
+    });
+    let last = s.watch()["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let t = text();
+    assert!(t.contains("last error"), "no last error in:\n{t}");
+    for line in last.lines() {
+        assert!(
+            t.lines().any(|l| l.trim() == line.trim()),
+            "the text status lacks the line {line:?} of the last error:\n{t}"
+        );
+    }
+    // The manifest error stays until the file is fixed.
+    assert!(t.contains("manifest error"), "{t}");
+}
+
 // ---------------------------------------------------------------------------
 // 4. apply --confirm-timeout
 
@@ -984,6 +1047,49 @@ fn unconfirmed_apply_is_reverted_and_a_confirmed_one_is_kept() {
     // Applies are allowed again.
     a.apply(&fa, &[]);
     assert!(wait_ping(&b.ns, "10.10.0.1", Duration::from_secs(5)));
+}
+
+/// While an apply waits for `netman confirm`, the watcher applies nothing,
+/// not even a drift repair, and that is no failure (no error logged, no
+/// `last_error`, no failure counted); once confirmed, the drift is
+/// repaired.
+#[test]
+fn drift_while_a_confirmation_is_pending_waits_without_counting_failures() {
+    let s = Site::new("pendd", "site-a");
+    let spec = s.spec().route("192.168.50.0/24");
+    let f = s.write("site-a.yaml", &spec);
+    s.apply(&f, &[]);
+    let g = s.write("g.yaml", &spec.clone().route("192.168.60.0/24"));
+    s.nm().ok(&[
+        "apply",
+        "--confirm-timeout",
+        "60",
+        g.to_str().expect("path"),
+    ]);
+    sleep(Duration::from_millis(300));
+    let f0 = s.counter("failures");
+    s.ns.ip(&["route", "del", "192.168.50.0/24", "dev", "nm0"]);
+    assert!(
+        holds_for(Duration::from_millis(1500), || !s
+            .has_route("192.168.50.0/24")),
+        "drift was repaired while a confirmation is pending"
+    );
+    let w = s.watch();
+    assert_eq!(w["failures"], f0, "{w:#}");
+    assert!(w["last_error"].is_null(), "{w:#}");
+    assert!(
+        !s.log().contains("reconcile failed"),
+        "a pending confirmation was logged as a failure:\n{}",
+        tail(&s.log(), 6)
+    );
+    s.nm().ok(&["confirm", "site-a"]);
+    converge(
+        "the drift repaired after the confirmation",
+        Duration::from_secs(13),
+        || s.has_route("192.168.50.0/24"),
+    );
+    assert!(s.has_route("192.168.60.0/24"));
+    assert_eq!(s.watch()["failures"], f0);
 }
 
 /// The pending revert survives a SIGKILL of the engine; the reverted file

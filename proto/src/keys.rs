@@ -156,7 +156,64 @@ impl PublicKey {
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)
     }
+    /// Whether this is a point of small order (its order divides 8 on the
+    /// curve or 4 on its twist), in any encoding: X25519 with it gives all
+    /// zeros whatever the private key, so no handshake with it can work,
+    /// and [`Device::add_peer`](crate::Device::add_peer) refuses it. Lets a
+    /// configuration be checked before anything is changed.
+    pub fn is_low_order(&self) -> bool {
+        let mut u = self.0;
+        // X25519 ignores the top bit (RFC 7748, section 5).
+        u[31] &= 0x7f;
+        LOW_ORDER.contains(&u)
+    }
 }
+
+/// The u-coordinates of the points of small order, as X25519 reads them
+/// (little endian, top bit clear), including the non-canonical encodings
+/// below 2^255 (u + p). Every clamped scalar is a multiple of 8 and smaller
+/// than 8 times either large prime order, so a scalar multiple is zero for
+/// exactly these (the same list as libsodium's).
+const LOW_ORDER: [[u8; 32]; 7] = [
+    // 0: order 2
+    [0; 32],
+    // 1: order 4
+    [
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ],
+    // order 8
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    // order 8
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    // p - 1: order 4 on the twist
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // p: 0 again
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // p + 1: 1 again
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
 
 impl PartialEq for PublicKey {
     fn eq(&self, other: &Self) -> bool {
@@ -211,3 +268,94 @@ impl PartialEq for PresharedKey {
     }
 }
 impl Eq for PresharedKey {}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Instant, SystemTime};
+
+    use super::*;
+    use crate::{Device, DeviceError, PeerConfig};
+
+    /// Every encoding of a low-order point: the list, and each with the
+    /// (ignored) top bit set.
+    fn low_order_encodings() -> Vec<[u8; 32]> {
+        let mut v = Vec::new();
+        for u in LOW_ORDER {
+            let mut high = u;
+            high[31] |= 0x80;
+            v.push(u);
+            v.push(high);
+        }
+        v
+    }
+
+    /// What the check stands for: X25519 gives all zeros.
+    fn dh_is_zero(secret: &StaticSecret, u: [u8; 32]) -> bool {
+        !secret
+            .diffie_hellman(&DalekPublic::from(u))
+            .was_contributory()
+    }
+
+    /// Deterministic "random" bytes (xorshift64*).
+    fn bytes(seed: &mut u64) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            *seed ^= *seed >> 12;
+            *seed ^= *seed << 25;
+            *seed ^= *seed >> 27;
+            chunk.copy_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes()[..]);
+        }
+        out
+    }
+
+    #[test]
+    fn every_encoding_of_a_low_order_point_is_recognised() {
+        let encodings = low_order_encodings();
+        assert_eq!(encodings.len(), 14);
+        let secrets = [
+            StaticSecret::from([7u8; 32]),
+            StaticSecret::from([0xa5u8; 32]),
+        ];
+        for u in encodings {
+            assert!(PublicKey::from_bytes(u).is_low_order(), "{u:02x?}");
+            for s in &secrets {
+                assert!(dh_is_zero(s, u), "X25519 with {u:02x?} is not zero");
+            }
+        }
+    }
+
+    #[test]
+    fn is_low_order_agrees_with_x25519_and_the_protocol_core() {
+        let private = PrivateKey::from_seed([1; 32]);
+        let secret = StaticSecret::from(*private.to_bytes());
+        let mut dev = Device::new(private, [2; 32], Instant::now(), SystemTime::now());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut keys: Vec<[u8; 32]> = low_order_encodings();
+        // Next to each low-order point (one bit off), real keys, and
+        // arbitrary bytes.
+        for u in LOW_ORDER {
+            for bit in [8, 100, 254] {
+                let mut n = u;
+                n[bit / 8] ^= 1 << (bit % 8);
+                keys.push(n);
+            }
+        }
+        for i in 2..34u8 {
+            keys.push(PrivateKey::from_seed([i; 32]).public_key().to_bytes());
+            keys.push(bytes(&mut seed));
+        }
+        for u in keys {
+            let k = PublicKey::from_bytes(u);
+            let low = k.is_low_order();
+            assert_eq!(low, dh_is_zero(&secret, u), "{u:02x?}");
+            match dev.add_peer(PeerConfig::new(k)) {
+                Err(DeviceError::InvalidPublicKey(_)) => assert!(low, "refused {u:02x?}"),
+                Ok(id) => {
+                    assert!(!low, "accepted the low-order {u:02x?}");
+                    dev.remove_peer(id).expect("remove");
+                }
+                Err(e) => panic!("{u:02x?}: {e}"),
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! reads key files itself).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,12 @@ use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig};
 use crate::state::StateDir;
+
+/// Longest request line the engine reads, newline included; a longer one
+/// is refused unread. As large as the largest manifest (16 MiB), so any
+/// valid manifest's configuration fits (1,000 peers with 10 allowed IPs
+/// each are about 0.4 MB of JSON).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// Path of the control socket of deployment `name`.
 pub fn socket_path(sd: &StateDir, name: &str) -> PathBuf {
@@ -103,6 +109,17 @@ pub enum ControlError {
     Engine(String),
 }
 
+/// Why a request from a control connection was not taken.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("request too long (more than {MAX_REQUEST_BYTES} bytes)")]
+    TooLong,
+    #[error("not a control request: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("read: {0}")]
+    Io(#[from] io::Error),
+}
+
 /// Send one request to the engine behind `path` and wait for the answer.
 pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let io_err = |source| ControlError::Io {
@@ -128,6 +145,15 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         reason: e.to_string(),
     })?;
     line.push(b'\n');
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(ControlError::Protocol {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the request is {} bytes, more than the engine reads ({MAX_REQUEST_BYTES})",
+                line.len()
+            ),
+        });
+    }
     // An engine that dies with its socket still open resets the connection
     // or closes it without an answer: that is "not running" too.
     let gone = |e: &io::Error| {
@@ -161,12 +187,27 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     Ok(resp)
 }
 
-/// Read one request from a connection.
-pub fn read_request(s: &UnixStream) -> io::Result<Request> {
-    let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Read one request from a connection: one line of at most
+/// [`MAX_REQUEST_BYTES`] (or what comes before the caller shuts its side).
+/// A longer one is refused after reading just past the limit.
+pub fn read_request(s: &UnixStream) -> Result<Request, RequestError> {
+    let limit = u64::try_from(MAX_REQUEST_BYTES).unwrap_or(u64::MAX);
+    let mut reader = BufReader::new(Read::take(s, limit.saturating_add(1)));
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLong);
+    }
+    decode_request(&line)
+}
+
+/// Decode one request line (pure: the fuzzing entry point of the control
+/// protocol). Trailing whitespace, the newline included, is ignored.
+pub fn decode_request(line: &[u8]) -> Result<Request, RequestError> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLong);
+    }
+    Ok(serde_json::from_slice(line)?)
 }
 
 /// Write one response to a connection.
@@ -175,4 +216,97 @@ pub fn write_response(mut s: &UnixStream, resp: &Response) -> io::Result<()> {
         serde_json::to_vec(resp).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     line.push(b'\n');
     s.write_all(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_request_takes_every_request_kind() {
+        for (line, want) in [
+            (&b"{\"cmd\":\"ping\"}\n"[..], "Ping"),
+            (&b"{\"cmd\":\"status\"}"[..], "Status"),
+            (&b"{\"cmd\":\"stop\"}\r\n"[..], "Stop"),
+            (&b" {\"cmd\":\"poke\"}  \n"[..], "Poke"),
+        ] {
+            let r = decode_request(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!(format!("{r:?}"), want);
+        }
+        let cfg = EngineConfig {
+            deployment: "site-a".into(),
+            interface: "nm0".into(),
+            mtu: 1420,
+            listen_port: Some(51820),
+            private_key_file: "/k".into(),
+            peers: Vec::new(),
+            watch: true,
+            metrics: None,
+        };
+        let line = serde_json::to_vec(&Request::Configure {
+            config: cfg.clone(),
+            dry_run: true,
+        })
+        .expect("encode");
+        match decode_request(&line) {
+            Ok(Request::Configure { config, dry_run }) => {
+                assert_eq!(config, cfg);
+                assert!(dry_run);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_request_refuses_bad_input_without_panicking() {
+        let deep = "[".repeat(100_000);
+        let bad: Vec<&[u8]> = vec![
+            &b""[..],
+            &b"\n"[..],
+            &b"{"[..],
+            &b"null"[..],
+            &b"{\"cmd\":\"launch\"}"[..],
+            &b"{\"cmd\":\"configure\"}"[..],
+            &b"{\"cmd\":\"status\"} {\"cmd\":\"stop\"}"[..],
+            &b"\xff\xfe{\"cmd\":\"status\"}"[..],
+            deep.as_bytes(),
+        ];
+        for line in bad {
+            assert!(
+                matches!(decode_request(line), Err(RequestError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(&line[..line.len().min(40)])
+            );
+        }
+        let mut long = b"{\"cmd\":\"status\"}".to_vec();
+        long.resize(MAX_REQUEST_BYTES + 1, b' ');
+        assert!(matches!(decode_request(&long), Err(RequestError::TooLong)));
+        long.truncate(MAX_REQUEST_BYTES);
+        assert!(matches!(decode_request(&long), Ok(Request::Status)));
+    }
+
+    /// Over a real socket pair: a line just past the limit is refused
+    /// after reading only that much; one at the limit is taken.
+    #[test]
+    fn read_request_stops_at_the_limit() {
+        for (len, ok) in [(MAX_REQUEST_BYTES, true), (MAX_REQUEST_BYTES + 1, false)] {
+            let (a, b) = UnixStream::pair().expect("socketpair");
+            let writer = std::thread::spawn(move || {
+                let mut line = b"{\"cmd\":\"ping\"}".to_vec();
+                line.resize(len - 1, b' ');
+                line.push(b'\n');
+                // More after the line: never read.
+                line.extend_from_slice(&[b'x'; 4096]);
+                let _ = (&a).write_all(&line);
+            });
+            let r = read_request(&b);
+            drop(b);
+            let _ = writer.join();
+            if ok {
+                assert!(matches!(r, Ok(Request::Ping)), "{len}: {r:?}");
+            } else {
+                assert!(matches!(r, Err(RequestError::TooLong)), "{len}: {r:?}");
+            }
+        }
+    }
 }

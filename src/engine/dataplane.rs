@@ -557,13 +557,17 @@ impl DataPlane {
     }
 
     /// Reach `new` in place; with `dry_run`, only report the changes.
-    /// Either every change takes effect or none does.
+    /// Either every change takes effect or none does: everything that can
+    /// fail (the keys, the new peer set, a new TUN queue, socket or
+    /// protocol device, adding the new peers) comes before the first change
+    /// to what is running, and a failure undoes what it had done.
     fn configure(
         &mut self,
         new: EngineConfig,
         dry_run: bool,
     ) -> Result<Vec<EngineChange>, EngineError> {
         let new_keys = new.load_keys()?;
+        check_peers(&new, &new_keys)?;
         let changes = diff_configs(&self.config, &self.keys, &new, &new_keys);
         // The device was deleted and re-created (by the watcher, after
         // someone deleted it): attach to the new one.
@@ -595,14 +599,11 @@ impl DataPlane {
             None
         };
         let rekey = self.keys.private != new_keys.private;
-        let mut device = if rekey {
-            Some(new_device(&new_keys, new.mtu)?)
-        } else {
-            None
-        };
-        // Build the new peer set against a scratch copy of the ids.
-        let mut ids = Vec::with_capacity(new.peers.len());
-        if let Some(d) = device.as_mut() {
+        let (device, ids) = if rekey {
+            // A new identity: a new protocol device with every peer, built
+            // aside.
+            let mut d = new_device(&new_keys, new.mtu)?;
+            let mut ids = Vec::with_capacity(new.peers.len());
             for (i, p) in new.peers.iter().enumerate() {
                 ids.push(d.add_peer(peer_config(p, &new_keys, i)).map_err(|e| {
                     EngineError::Peer {
@@ -611,46 +612,13 @@ impl DataPlane {
                     }
                 })?);
             }
+            (Some(d), ids)
         } else {
-            // Remove peers that are gone, update kept ones, add new ones.
-            let keep: Vec<bool> = self
-                .keys
-                .peers
-                .iter()
-                .map(|(pk, _)| new_keys.peers.iter().any(|(n, _)| n == pk))
-                .collect();
-            for (i, id) in self.ids.iter().enumerate() {
-                if !keep.get(i).copied().unwrap_or(false) {
-                    let _ = self.device.remove_peer(*id);
-                }
-            }
-            for (i, p) in new.peers.iter().enumerate() {
-                let pc = peer_config(p, &new_keys, i);
-                let existing = self
-                    .keys
-                    .peers
-                    .iter()
-                    .position(|(pk, _)| *pk == new_keys.peers[i].0)
-                    .and_then(|j| self.ids.get(j).copied());
-                let id = match existing {
-                    Some(id) => {
-                        self.device
-                            .update_peer(id, pc)
-                            .map_err(|e| EngineError::Peer {
-                                peer: p.name.clone(),
-                                reason: e.to_string(),
-                            })?;
-                        id
-                    }
-                    None => self.device.add_peer(pc).map_err(|e| EngineError::Peer {
-                        peer: p.name.clone(),
-                        reason: e.to_string(),
-                    })?,
-                };
-                ids.push(id);
-            }
+            // The last fallible step; nothing fails after it.
+            let ids = self.reconfigure_peers(&new, &new_keys)?;
             self.device.set_mtu(Some(new.mtu as usize));
-        }
+            (None, ids)
+        };
         self.max_segments = max_segments(new.mtu);
         if let Some(d) = device {
             self.device = d;
@@ -671,6 +639,94 @@ impl DataPlane {
         }
         Ok(changes)
     }
+
+    /// Bring the running protocol device's peers to `new` (same private
+    /// key) and return their ids, parallel to `new.peers`. A kept peer
+    /// (same public key) keeps its sessions. Only adding a peer can fail,
+    /// so new peers are added first, without allowed IPs (they take no
+    /// prefix from anyone yet), and removed again when one is refused:
+    /// then nothing has changed. After that nothing fails: gone peers are
+    /// removed, then every peer gets its configuration.
+    fn reconfigure_peers(
+        &mut self,
+        new: &EngineConfig,
+        new_keys: &LoadedKeys,
+    ) -> Result<Vec<PeerId>, EngineError> {
+        let running = |pk: &netman_proto::PublicKey| {
+            self.keys
+                .peers
+                .iter()
+                .position(|(k, _)| k == pk)
+                .and_then(|j| self.ids.get(j).copied())
+                .filter(|id| self.device.peer_config(*id).is_some())
+        };
+        let kept: Vec<Option<PeerId>> = new_keys.peers.iter().map(|(pk, _)| running(pk)).collect();
+        let mut ids = Vec::with_capacity(new.peers.len());
+        let mut added = Vec::new();
+        for (i, p) in new.peers.iter().enumerate() {
+            if let Some(Some(id)) = kept.get(i) {
+                ids.push(*id);
+                continue;
+            }
+            let mut pc = peer_config(p, new_keys, i);
+            pc.allowed_ips.clear();
+            match self.device.add_peer(pc) {
+                Ok(id) => {
+                    ids.push(id);
+                    added.push(id);
+                }
+                Err(e) => {
+                    for id in added {
+                        let _ = self.device.remove_peer(id);
+                    }
+                    return Err(EngineError::Peer {
+                        peer: p.name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        for id in &self.ids {
+            if !kept.contains(&Some(*id)) {
+                let _ = self.device.remove_peer(*id);
+            }
+        }
+        for (i, (p, id)) in new.peers.iter().zip(&ids).enumerate() {
+            // Same public key, a live id: cannot fail.
+            if let Err(e) = self.device.update_peer(*id, peer_config(p, new_keys, i)) {
+                tracing::error!(peer = %p.name, error = %e, "could not update a peer");
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// Refuse a peer set the protocol core would refuse, before anything
+/// changes: a low-order public key (the manifest's validation refuses it
+/// too), the interface's own public key, or one key twice.
+fn check_peers(new: &EngineConfig, keys: &LoadedKeys) -> Result<(), EngineError> {
+    let own = keys.private.public_key();
+    let mut seen: BTreeMap<netman_proto::PublicKey, &str> = BTreeMap::new();
+    for (p, (pk, _)) in new.peers.iter().zip(&keys.peers) {
+        let reason = if pk.is_low_order() {
+            Some(
+                "its public key is a low-order point (no key exchange with it can succeed)"
+                    .to_string(),
+            )
+        } else if *pk == own {
+            Some("its public key is this interface's own public key".to_string())
+        } else {
+            seen.insert(*pk, p.name.as_str())
+                .map(|first| format!("its public key is also peer {first}'s"))
+        };
+        if let Some(reason) = reason {
+            return Err(EngineError::Peer {
+                peer: p.name.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Write inner packets to the TUN device: with offloads, TCP segments and

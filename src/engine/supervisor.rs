@@ -33,10 +33,10 @@ use tokio::io::unix::AsyncFd;
 
 use super::EngineCtx;
 use super::metrics::ReconcileCounters;
-use crate::deploy::{self, EngineStep, Resolved};
+use crate::deploy::{self, DeployError, EngineStep, Resolved};
 use crate::manifest::{self, Manifest};
 use crate::netlink::Netlink;
-use crate::reconcile::{ApplyOptions, now_unix_ms};
+use crate::reconcile::{ApplyOptions, ReconcileError, now_unix_ms};
 use crate::state::StateDir;
 
 /// Debounce after a kernel event (our own changes come as bursts).
@@ -430,11 +430,17 @@ impl Watcher {
                 }
             }
             Err(e) => {
+                // Refused while an apply waits for `netman confirm`: no
+                // failure, the revert or the confirmation comes later.
+                let pending = matches!(
+                    e,
+                    DeployError::Reconcile(ReconcileError::PendingConfirm { .. })
+                );
                 let e = e.to_string();
                 if from_file {
                     self.shared.set_manifest_error(Some(e.clone()));
                 }
-                if e.contains("waiting for `netman confirm") {
+                if pending {
                     return;
                 }
                 self.failed();

@@ -13,7 +13,8 @@
 //! - `interface.private_key_file`, `peers[].preshared_key_file`: non-empty, no NUL;
 //!   relative paths resolve against the manifest's directory.
 //! - `peers[].name`: 1..=63 characters of `[A-Za-z0-9._-]`, unique.
-//! - `peers[].public_key`: padded standard base64 of exactly 32 bytes, unique.
+//! - `peers[].public_key`: padded standard base64 of exactly 32 bytes, unique, not a
+//!   low-order point.
 //! - `peers[].endpoint`: `v4:port`, `"[v6]:port"` or `hostname:port` (RFC 1123 labels,
 //!   at most 253 characters, last label not all-numeric).
 //! - `peers[].allowed_ips`, `routes[].to`: `NETWORK/PREFIX` with no host bits set; an
@@ -311,7 +312,7 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
         let public_key = ctx.check(
             &peer.public_key,
             || format!("peers[{p}].public_key"),
-            |s| PublicKey::from_base64(s).map_err(|e| e.to_string()),
+            |s| public_key(s),
         );
         if let Some(key) = public_key {
             match keys.entry(key) {
@@ -418,6 +419,20 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
         );
     }
     out
+}
+
+/// `peers[].public_key`: 32 bytes of base64, and a key a handshake can
+/// work with (the protocol core refuses a low-order point, which is
+/// nobody's real public key).
+fn public_key(s: &str) -> Result<PublicKey, String> {
+    let key = PublicKey::from_base64(s).map_err(|e| e.to_string())?;
+    if netman_proto::PublicKey::from_bytes(key.0).is_low_order() {
+        return Err(
+            "a low-order point, not a usable public key (no key exchange with it can succeed)"
+                .to_owned(),
+        );
+    }
+    Ok(key)
 }
 
 fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Option<Route>> {
