@@ -27,6 +27,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use netman_proto::DropReason;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -139,13 +140,24 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
             .get_or_create(&l)
             .set(i64::try_from(p.latest_handshake.unwrap_or(0)).unwrap_or(i64::MAX));
     }
-    for (reason, n) in &status.drops {
+    // Every reason of the protocol core is a series from the start, at 0
+    // until it happens (so that `rate()` works before the first drop).
+    let zero = DropReason::ALL
+        .iter()
+        .filter(|r| !status.drops.contains_key(r.as_str()))
+        .map(|r| (r.as_str().to_string(), 0));
+    for (reason, n) in status
+        .drops
+        .iter()
+        .map(|(r, n)| (r.clone(), *n))
+        .chain(zero)
+    {
         drops
             .get_or_create(&DropLabels {
                 deployment: status.deployment.clone(),
-                reason: reason.clone(),
+                reason,
             })
-            .inc_by(*n);
+            .inc_by(n);
     }
     peers
         .get_or_create(&dep())
@@ -492,6 +504,22 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
+    }
+
+    #[test]
+    fn render_has_every_drop_reason_at_zero_for_a_fresh_engine() {
+        let mut st = status();
+        st.drops.clear();
+        st.drops.insert("engine_only".into(), 0);
+        let text = render(&st, &ReconcileCounters::default());
+        for r in DropReason::ALL {
+            let want = format!(
+                "netman_packets_dropped_total{{deployment=\"site-a\",reason=\"{}\"}} 0\n",
+                r.as_str()
+            );
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(text.contains("reason=\"engine_only\"} 0\n"), "{text}");
     }
 
     #[test]
