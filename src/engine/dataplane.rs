@@ -539,7 +539,6 @@ impl DataPlane {
             .device
             .drop_counters()
             .iter()
-            .filter(|(_, n)| *n > 0)
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
         EngineStatus {

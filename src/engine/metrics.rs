@@ -1,13 +1,36 @@
 //! Prometheus/OpenMetrics endpoint of the engine (`metrics.listen` in the
 //! manifest): per-peer transfer and handshakes, drops by reason, and the
 //! reconcile counters, rendered from a status snapshot at every scrape.
+//!
+//! The port may face hostile clients, so HTTP is hyper's (HTTP/1 only) on a
+//! current-thread tokio runtime owned by the endpoint's thread, with every
+//! resource bounded: the request head ([`MAX_HEAD`]), the time to send it
+//! ([`HEAD_TIMEOUT`]) and the whole connection ([`DEADLINE`], one request
+//! per connection), the connections at once ([`MAX_CONNECTIONS`], at most
+//! [`MAX_PER_SOURCE`] from one address); extra connections are closed at
+//! once. Moving or stopping the endpoint only tells its thread: the caller
+//! (configure) never waits for it.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use netman_proto::DropReason;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -117,13 +140,24 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
             .get_or_create(&l)
             .set(i64::try_from(p.latest_handshake.unwrap_or(0)).unwrap_or(i64::MAX));
     }
-    for (reason, n) in &status.drops {
+    // Every reason of the protocol core is a series from the start, at 0
+    // until it happens (so that `rate()` works before the first drop).
+    let zero = DropReason::ALL
+        .iter()
+        .filter(|r| !status.drops.contains_key(r.as_str()))
+        .map(|r| (r.as_str().to_string(), 0));
+    for (reason, n) in status
+        .drops
+        .iter()
+        .map(|(r, n)| (r.clone(), *n))
+        .chain(zero)
+    {
         drops
             .get_or_create(&DropLabels {
                 deployment: status.deployment.clone(),
-                reason: reason.clone(),
+                reason,
             })
-            .inc_by(*n);
+            .inc_by(n);
     }
     peers
         .get_or_create(&dep())
@@ -144,107 +178,266 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     out
 }
 
-/// A running metrics endpoint; stops (and frees its port) when dropped.
-pub struct Server {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+/// Largest request head (request line and headers) accepted; a larger
+/// one is answered 431 and the connection closed.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its whole request head, however it paces it.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may last, request and answer included (one request
+/// per connection: no keep-alive).
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed as soon as accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one address (an IPv6 /64 counts as
+/// one), so that one client cannot take every slot from the scraper.
+pub const MAX_PER_SOURCE: usize = 8;
+/// Read and write buffer of a connection (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
+/// Threads that wait for the data plane's status at once.
+const SNAPSHOT_THREADS: usize = 2;
+
+/// Produces the text of one scrape (`None`: the engine did not answer).
+/// Called on a blocking thread of the endpoint.
+pub type Snapshot = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The metrics endpoint of an engine: a thread (`metrics`) running its own
+/// tokio runtime, serving on the address last asked for. Create it only
+/// after the engine dropped its capabilities: its threads inherit what the
+/// creating thread has. Dropping it stops the endpoint (without waiting).
+pub struct Endpoint {
+    want: watch::Sender<Option<SocketAddr>>,
+    bound: watch::Receiver<Option<SocketAddr>>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wait for the thread (one poll interval, or a scrape in progress)
-        // so that its listening socket is closed when this returns: the
-        // next endpoint may bind the same port (e.g. 127.0.0.1:9586 ->
-        // 0.0.0.0:9586).
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl Endpoint {
+    /// Start the endpoint's thread, serving nothing until [`Endpoint::set`].
+    pub fn start(snapshot: Snapshot) -> io::Result<Endpoint> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(SNAPSHOT_THREADS)
+            .thread_name("metrics")
+            .build()?;
+        let (want, want_rx) = watch::channel(None);
+        let (bound_tx, bound) = watch::channel(None);
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || rt.block_on(manage(want_rx, bound_tx, snapshot)))?;
+        Ok(Endpoint { want, bound })
+    }
+
+    /// Serve on `addr` (moving from the address served so far), or stop
+    /// serving (`None`). Returns at once: the endpoint's thread closes the
+    /// old listener, with its connections, before it binds the new one, so
+    /// 127.0.0.1:9586 -> 0.0.0.0:9586 works. Asking again for the address
+    /// in force retries a bind that failed.
+    pub fn set(&self, addr: Option<SocketAddr>) {
+        self.want.send_replace(addr);
+    }
+
+    /// The address the endpoint listens on now, if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *self.bound.borrow()
     }
 }
 
-/// Serve `GET /metrics` on `addr` in a background thread; `snapshot`
-/// produces the text of one scrape.
-pub fn serve(
-    addr: SocketAddr,
-    snapshot: Arc<dyn Fn() -> Option<String> + Send + Sync>,
-) -> io::Result<Server> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = handle(conn, snapshot.as_ref());
+/// The endpoint's thread: follow `want` until the [`Endpoint`] is dropped.
+async fn manage(
+    mut want: watch::Receiver<Option<SocketAddr>>,
+    bound: watch::Sender<Option<SocketAddr>>,
+    snapshot: Snapshot,
+) {
+    // (requested address, accept loop)
+    let mut current: Option<(SocketAddr, JoinHandle<()>)> = None;
+    loop {
+        let addr = *want.borrow_and_update();
+        if current.as_ref().map(|(a, _)| *a) != addr {
+            if let Some((old, task)) = current.take() {
+                // Aborting drops the listener and every connection of it;
+                // awaiting makes sure the listener is closed before a bind
+                // of the same port.
+                task.abort();
+                let _ = task.await;
+                bound.send_replace(None);
+                tracing::info!(addr = %old, "metrics endpoint stopped");
+            }
+            if let Some(addr) = addr {
+                match listen(addr) {
+                    Ok(listener) => {
+                        bound.send_replace(listener.local_addr().ok());
+                        tracing::info!(%addr, "metrics endpoint listening");
+                        let task = tokio::spawn(accept_loop(listener, snapshot.clone()));
+                        current = Some((addr, task));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let mut p = libc::pollfd {
-                            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd.
-                        unsafe { libc::poll(&mut p, 1, 200) };
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                    Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
                 }
             }
-        })?;
-    Ok(Server {
-        addr: local,
-        stop,
-        thread: Some(thread),
-    })
-}
-
-fn handle(mut conn: TcpStream, snapshot: &dyn Fn() -> Option<String>) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Drain the headers.
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+        }
+        if want.changed().await.is_err() {
             break;
         }
     }
-    let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => match snapshot() {
-            Some(body) => (
-                "200 OK",
+    if let Some((_, task)) = current {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// A listening socket on `addr` with SO_REUSEADDR: connections of a
+/// listener just closed on the same port (TIME_WAIT, or still being torn
+/// down) do not stop the bind.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Connections in progress, in all and by source.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; gives its slot back when dropped (finished,
+/// timed out or aborted).
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    source: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.total = s.total.saturating_sub(1);
+            if let Some(n) = s.by_source.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.by_source.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+/// The address whose connections count together: an IPv4 address (also
+/// IPv4-mapped), or the /64 of an IPv6 address.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+fn admit(slots: &Arc<Mutex<Slots>>, peer: SocketAddr) -> Option<Slot> {
+    let source = source_of(peer.ip());
+    let mut s = slots.lock().ok()?;
+    let n = s.by_source.get(&source).copied().unwrap_or(0);
+    if s.total >= MAX_CONNECTIONS || n >= MAX_PER_SOURCE {
+        return None;
+    }
+    s.total += 1;
+    s.by_source.insert(source, n + 1);
+    Some(Slot {
+        slots: slots.clone(),
+        source,
+    })
+}
+
+/// Accept and serve connections until aborted; aborting also ends every
+/// connection (the [`JoinSet`] aborts its tasks when dropped).
+async fn accept_loop(listener: TcpListener, snapshot: Snapshot) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let mut conns = JoinSet::new();
+    // Clients decide how often these happen: log them once a minute.
+    let mut warned: Option<Instant> = None;
+    let mut warn = |what: &dyn Fn()| {
+        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            what();
+            warned = Some(Instant::now());
+        }
+    };
+    loop {
+        while conns.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((stream, peer)) => match admit(&slots, peer) {
+                Some(slot) => {
+                    conns.spawn(connection(stream, snapshot.clone(), slot));
+                }
+                None => {
+                    warn(
+                        &|| tracing::warn!(%peer, "metrics: too many connections, closing new ones"),
+                    );
+                    drop(stream);
+                }
+            },
+            Err(e) => {
+                // Out of descriptors or the like: do not spin.
+                warn(&|| tracing::warn!(error = %e, "metrics: accept failed"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One request on `stream`, within [`HEAD_TIMEOUT`] and [`DEADLINE`].
+async fn connection(stream: TcpStream, snapshot: Snapshot, _slot: Slot) {
+    let service = service_fn(move |req| respond(req, snapshot.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_BUF)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    // Past the deadline the connection is dropped, and so closed.
+    let _ = tokio::time::timeout(DEADLINE, conn).await;
+}
+
+/// `GET /metrics` (any query) answers the snapshot; anything else 404 or
+/// 405.
+async fn respond(
+    req: Request<Incoming>,
+    snapshot: Snapshot,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, ctype, body) = if req.uri().path() != "/metrics" {
+        (StatusCode::NOT_FOUND, TEXT, "try /metrics\n".to_string())
+    } else if req.method() != Method::GET {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "GET only\n".to_string(),
+        )
+    } else {
+        match tokio::task::spawn_blocking(move || snapshot()).await {
+            Ok(Some(text)) => (
+                StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
+                text,
             ),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
                 "engine not answering\n".to_string(),
             ),
-        },
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
+        }
     };
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    conn.flush()
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]
@@ -252,7 +445,7 @@ mod tests {
     use super::*;
     use crate::engine::config::EngineConfig;
     use crate::engine::control::PeerStatus;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn status() -> EngineStatus {
         EngineStatus {
@@ -314,15 +507,73 @@ mod tests {
     }
 
     #[test]
-    fn http_endpoint_serves_metrics_and_404() {
-        let server = serve(
-            "127.0.0.1:0".parse().expect("addr"),
-            Arc::new(|| Some("hello 1\n# EOF\n".to_string())),
-        )
-        .expect("serve");
-        let addr = server.addr;
+    fn render_has_every_drop_reason_at_zero_for_a_fresh_engine() {
+        let mut st = status();
+        st.drops.clear();
+        st.drops.insert("engine_only".into(), 0);
+        let text = render(&st, &ReconcileCounters::default());
+        for r in DropReason::ALL {
+            let want = format!(
+                "netman_packets_dropped_total{{deployment=\"site-a\",reason=\"{}\"}} 0\n",
+                r.as_str()
+            );
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(text.contains("reason=\"engine_only\"} 0\n"), "{text}");
+    }
+
+    #[test]
+    fn connections_are_capped_in_all_and_per_source() {
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let a: SocketAddr = "192.0.2.1:40000".parse().expect("addr");
+        let mut held: Vec<Slot> = (0..MAX_PER_SOURCE)
+            .map(|_| admit(&slots, a).expect("under the per-source cap"))
+            .collect();
+        assert!(admit(&slots, a).is_none(), "per-source cap");
+        // The same IPv4 address mapped into IPv6 is the same source, and
+        // so is another address of the same IPv6 /64.
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:1".parse().expect("addr");
+        assert!(admit(&slots, mapped).is_none());
+        let v6a: SocketAddr = "[2001:db8:1:2::1]:1".parse().expect("addr");
+        let v6b: SocketAddr = "[2001:db8:1:2:ffff::9]:1".parse().expect("addr");
+        held.extend((0..MAX_PER_SOURCE).map(|_| admit(&slots, v6a).expect("v6")));
+        assert!(admit(&slots, v6b).is_none(), "one /64 is one source");
+        // A slot given back is free again.
+        drop(held.remove(0));
+        held.push(admit(&slots, a).expect("a slot was given back"));
+        assert!(admit(&slots, a).is_none(), "8 from 192.0.2.1 again");
+        // The total cap, over many sources.
+        let mut n = held.len();
+        for i in 0..=255u8 {
+            let s = SocketAddr::from(([198, 51, 100, i], 1));
+            if let Some(slot) = admit(&slots, s) {
+                held.push(slot);
+                n += 1;
+            }
+        }
+        assert_eq!(n, MAX_CONNECTIONS);
+        drop(held);
+        let s = slots.lock().expect("lock");
+        assert_eq!((s.total, s.by_source.len()), (0, 0));
+    }
+
+    #[test]
+    fn http_endpoint_serves_metrics_and_404_and_stops() {
+        let endpoint =
+            Endpoint::start(Arc::new(|| Some("hello 1\n# EOF\n".to_string()))).expect("start");
+        endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let addr = loop {
+            if let Some(a) = endpoint.local_addr() {
+                break a;
+            }
+            assert!(std::time::Instant::now() < deadline, "never listened");
+            thread::sleep(Duration::from_millis(10));
+        };
         let get = |path: &str| {
-            let mut s = TcpStream::connect(addr).expect("connect");
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
             write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
             let mut out = String::new();
             s.read_to_string(&mut out).expect("read");
@@ -330,13 +581,23 @@ mod tests {
         };
         let ok = get("/metrics");
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
-        assert!(ok.ends_with("hello 1\n# EOF\n"), "{ok}");
-        assert!(get("/").starts_with("HTTP/1.1 404"));
-        drop(server);
-        std::thread::sleep(Duration::from_millis(400));
         assert!(
-            TcpStream::connect(addr).is_err(),
-            "still serving after drop"
+            ok.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{ok}"
         );
+        assert!(ok.ends_with("hello 1\n# EOF\n"), "{ok}");
+        assert!(get("/metrics?x=1").starts_with("HTTP/1.1 200 OK"));
+        assert!(get("/").starts_with("HTTP/1.1 404"));
+        endpoint.set(None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still serving after set(None)"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(endpoint.local_addr(), None);
     }
 }

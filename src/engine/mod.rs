@@ -269,7 +269,7 @@ pub struct EngineCtx {
     sd: StateDir,
     name: String,
     shared: Arc<Shared>,
-    metrics: Mutex<Option<metrics::Server>>,
+    metrics: Mutex<Option<metrics::Endpoint>>,
 }
 
 impl EngineCtx {
@@ -312,33 +312,39 @@ impl EngineCtx {
     }
 }
 
-/// Start, move or stop the metrics endpoint to match `want`.
+/// Start, move or stop the metrics endpoint to match `want`. Only tells
+/// the endpoint's thread (started here the first time it is needed, so
+/// after the capabilities were dropped) and returns: configure never waits
+/// for a listener to close or a slow client to go.
 fn update_metrics(
-    slot: &Mutex<Option<metrics::Server>>,
+    slot: &Mutex<Option<metrics::Endpoint>>,
     want: Option<std::net::SocketAddr>,
     control: &Control,
     shared: &Arc<Shared>,
 ) {
     let Ok(mut cur) = slot.lock() else { return };
-    if cur.as_ref().map(|s| s.addr) == want && want.is_some_and(|a| a.port() != 0) {
-        return;
-    }
-    *cur = None;
-    let Some(addr) = want else { return };
-    let control = control.clone();
-    let shared = shared.clone();
-    let snapshot = Arc::new(move || {
-        let (tx, rx) = mpsc::channel();
-        control.send(DpCommand::Status(tx)).ok()?;
-        let status = rx.recv_timeout(CONTROL_TIMEOUT).ok()?;
-        Some(metrics::render(&status, &shared.counters))
-    });
-    match metrics::serve(addr, snapshot) {
-        Ok(server) => {
-            tracing::info!(%addr, "metrics endpoint listening");
-            *cur = Some(server);
+    if cur.is_none() {
+        if want.is_none() {
+            return;
         }
-        Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
+        let control = control.clone();
+        let shared = shared.clone();
+        let snapshot: metrics::Snapshot = Arc::new(move || {
+            let (tx, rx) = mpsc::channel();
+            control.send(DpCommand::Status(tx)).ok()?;
+            let status = rx.recv_timeout(CONTROL_TIMEOUT).ok()?;
+            Some(metrics::render(&status, &shared.counters))
+        });
+        match metrics::Endpoint::start(snapshot) {
+            Ok(endpoint) => *cur = Some(endpoint),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the metrics endpoint");
+                return;
+            }
+        }
+    }
+    if let Some(endpoint) = cur.as_ref() {
+        endpoint.set(want);
     }
 }
 
