@@ -757,8 +757,14 @@ fn print_status(
             println!("  persistent keepalive: every {k} seconds");
         }
     }
-    if !e.drops.is_empty() {
-        let d: Vec<String> = e.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    // Every reason is listed, zeros included; show the ones that happened.
+    let d: Vec<String> = e
+        .drops
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !d.is_empty() {
         println!();
         println!("dropped: {}", d.join(", "));
     }
