@@ -730,7 +730,7 @@ fn print_status(
             println!("  persistent keepalive: every {k} seconds");
         }
     }
-    // Every reason is in the map (zeros too); show those that happened.
+    // Every reason is listed, zeros included; show the ones that happened.
     let d: Vec<String> = e
         .drops
         .iter()

@@ -65,8 +65,13 @@ pub struct EngineStatus {
     /// Unix time the engine started.
     pub started_at: u64,
     pub peers: Vec<PeerStatus>,
-    /// Dropped packets by reason (only non-zero counters).
+    /// Dropped packets by reason: every reason of the protocol core and of
+    /// the data plane's I/O, zeros included.
     pub drops: BTreeMap<String, u64>,
+    /// UDP GSO sends the kernel refused (their datagrams went out one by
+    /// one; GSO is tried again for that destination after a back-off).
+    #[serde(default)]
+    pub udp_gso_refused: u64,
     /// The configuration in force.
     pub config: EngineConfig,
     /// The watcher (manifest file and kernel drift).

@@ -1,15 +1,17 @@
 //! The data plane: one thread, one `poll(2)` loop over the TUN queue, the
 //! UDP sockets, a command eventfd and a signalfd, driving the sans-IO
-//! protocol core. Every wake-up moves a batch: up to `BATCH` packets are
-//! read from the TUN device, encrypted in place and sent with one
-//! `sendmmsg` per socket; up to `BATCH` datagrams are received with one
-//! `recvmmsg`, decrypted in place and written to the TUN device. Nothing is
-//! allocated per packet.
+//! protocol core. Every wake-up moves batches: packets read from the TUN
+//! device (super-packets split into segments, see [`super::tunrx`]) are
+//! encrypted in place and sent with one `sendmmsg` per socket and batch;
+//! datagrams received with one `recvmmsg` are decrypted in place and
+//! written to the TUN device. Nothing is allocated per packet, and every
+//! packet lost on the way is counted by reason (the core's `DropReason`s
+//! and the I/O ones of [`super::drops`]).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, TunResult};
@@ -17,17 +19,24 @@ use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
 use super::control::{EngineStatus, PeerStatus};
-use super::udp::{RecvBatch, TxQueue, UdpSockets};
+use super::drops::{IoDropReason, IoDrops};
+use super::tunrx::TunRx;
+use super::udp::{FlushReport, RecvBatch, TxQueue, UdpSockets};
 use crate::keys::os_random;
 
 /// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
 const RX_MSGS: usize = 32;
-/// Packets gathered from the TUN device per wake-up, and inner packets
-/// handed to one GRO-coalescing TUN write.
+/// Segments encrypted and sent as one batch, and inner packets handed to
+/// one GRO-coalescing TUN write.
 const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Segments read from the TUN device per wake-up before the other
+/// descriptors get their turn (a super-packet is always finished).
+const TUN_BUDGET: usize = 4 * TUN_BATCH;
+/// Behind a packet: room for padding and the AEAD tag.
+const TAILROOM: usize = netman_proto::consts::TUN_TAILROOM;
 /// Room for the largest packet a TUN device can hand us, with the
 /// transport header in front and padding + tag behind.
-const SLOT: usize = HEADROOM + 65535 + netman_proto::consts::TUN_TAILROOM;
+const SLOT: usize = HEADROOM + super::tunrx::MAX_PACKET + TAILROOM;
 /// The transport header is written in front of the inner packet; it is
 /// also room for the virtio-net header of an offloading TUN write.
 const HEADROOM: usize = netman_proto::consts::TUN_HEADROOM;
@@ -70,11 +79,13 @@ pub enum Command {
     Stop,
 }
 
-/// A handle to wake the data plane with a command.
+/// A handle to wake the data plane with a command. It shares the eventfd
+/// with the data plane, so the descriptor stays open as long as either
+/// holds it.
 #[derive(Clone)]
 pub struct Control {
     tx: mpsc::Sender<Command>,
-    wake: RawFd,
+    wake: Arc<OwnedFd>,
 }
 
 impl Control {
@@ -83,8 +94,9 @@ impl Control {
             .send(cmd)
             .map_err(|_| "the data plane has stopped".to_string())?;
         let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to an eventfd.
-        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd that the
+        // shared OwnedFd keeps open.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         Ok(())
     }
 }
@@ -176,13 +188,11 @@ pub struct DataPlane {
     tun_dead: bool,
     udp: UdpSockets,
     started_at: SystemTime,
-    /// Raw TUN read (virtio header + up to 64 KiB super-packet).
-    tun_raw: Vec<u8>,
-    /// Segments of TUN reads, each at `HEADROOM`, encrypted in place.
-    tun_bufs: Vec<Vec<u8>>,
-    tun_sizes: Vec<usize>,
-    /// Most segments one TUN read can split into at this MTU.
-    max_segments: usize,
+    /// TUN reads split into segments (each at `HEADROOM`, encrypted in
+    /// place).
+    tun_rx: TunRx,
+    /// Packets lost to I/O, by reason.
+    drops: IoDrops,
     tx: TxQueue,
     rx: RecvBatch,
     /// Decrypted inner packets (at `HEADROOM`) for the next TUN write.
@@ -190,7 +200,7 @@ pub struct DataPlane {
     gro: tun_rs::GROTable,
     scratch: Vec<u8>,
     cmd_rx: mpsc::Receiver<Command>,
-    wake: OwnedFd,
+    wake: Arc<OwnedFd>,
     signals: Option<OwnedFd>,
 }
 
@@ -224,13 +234,19 @@ impl DataPlane {
             });
         }
         // SAFETY: `wake` is a fresh descriptor we own.
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
         let (tx, cmd_rx) = mpsc::channel();
         let control = Control {
             tx,
-            wake: wake.as_raw_fd(),
+            wake: wake.clone(),
         };
-        let config_mtu = config.mtu;
+        let tun_rx = TunRx::new(
+            TUN_BATCH,
+            config.mtu as usize,
+            HEADROOM,
+            TAILROOM,
+            tun.tcp_gso(),
+        );
         tracing::info!(
             offload = tun.tcp_gso(),
             deployment = %config.deployment,
@@ -250,10 +266,8 @@ impl DataPlane {
                 tun,
                 udp,
                 started_at: SystemTime::now(),
-                tun_raw: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65535],
-                tun_bufs: (0..TUN_BATCH).map(|_| vec![0; SLOT]).collect(),
-                tun_sizes: vec![0; TUN_BATCH],
-                max_segments: max_segments(config_mtu),
+                tun_rx,
+                drops: IoDrops::default(),
                 tx: TxQueue::new(TUN_BATCH, TUN_BATCH * 2048, true),
                 rx: RecvBatch::new(RX_MSGS, 65536),
                 to_tun: (0..TUN_BATCH).map(|_| Vec::with_capacity(SLOT)).collect(),
@@ -347,46 +361,42 @@ impl DataPlane {
         }
     }
 
-    /// Read from the TUN device (splitting offloaded super-packets),
+    /// Read from the TUN device (splitting offloaded super-packets into as
+    /// many batches as they take: nothing is dropped for lack of room),
     /// encrypt in place, and send with GSO-batched `sendmmsg`.
     fn tun_to_udp(&mut self, now: Instant) {
-        for _round in 0..4 {
-            let mut filled = 0;
-            while TUN_BATCH - filled >= self.max_segments {
-                match self.tun.recv_multiple(
-                    &mut self.tun_raw,
-                    &mut self.tun_bufs[filled..],
-                    &mut self.tun_sizes[filled..],
-                    HEADROOM,
-                ) {
-                    Ok(n) => filled += n,
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::WouldBlock {
-                            tracing::debug!(error = %e, "TUN read failed");
+        let DataPlane {
+            tun,
+            tun_rx,
+            device,
+            tx,
+            udp,
+            drops,
+            ..
+        } = self;
+        // A re-attached queue may differ (offloads or not).
+        tun_rx.set_vnet(tun.tcp_gso());
+        let st = tun_rx.drain(
+            TUN_BUDGET,
+            |raw| tun.recv(raw),
+            |slots, sizes| {
+                for (buf, &len) in slots.iter_mut().zip(sizes) {
+                    if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
+                        let data = &buf[..len];
+                        if !tx.push(data, dst) {
+                            note_flush(drops, tx.flush(udp, now));
+                            if !tx.push(data, dst) {
+                                // Larger than the whole queue: cannot be sent.
+                                drops.add(IoDropReason::UdpSendError, 1);
+                            }
                         }
-                        break;
                     }
                 }
-            }
-            if filled == 0 {
-                return;
-            }
-            for i in 0..filled {
-                let len = self.tun_sizes[i];
-                let buf = &mut self.tun_bufs[i];
-                if let TunResult::Send { dst, len } = self.device.handle_tun_packet(buf, len, now) {
-                    let data = &self.tun_bufs[i][..len];
-                    if !self.tx.push(data, dst) {
-                        self.tx.flush(&self.udp);
-                        self.tx.push(data, dst);
-                    }
-                }
-            }
-            self.tx.flush(&self.udp);
-            if TUN_BATCH - filled >= self.max_segments {
-                return; // the device ran dry
-            }
-        }
+                note_flush(drops, tx.flush(udp, now));
+            },
+        );
+        drops.add(IoDropReason::TunReadError, st.read_errors);
+        drops.add(IoDropReason::TunBadPacket, st.bad_packets);
     }
 
     /// Receive datagrams (GRO-coalesced where the kernel can), decrypt in
@@ -424,13 +434,16 @@ impl DataPlane {
                             b.extend_from_slice(&d[offset..offset + len]);
                             k += 1;
                             if k == TUN_BATCH {
-                                write_tun(&self.tun, &mut self.gro, &mut self.to_tun[..k]);
+                                let t = &mut self.to_tun[..k];
+                                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
                                 k = 0;
                             }
                         }
                         NetResult::Reply { dst, len } => {
-                            if let Some(s) = self.udp.for_dst(&dst) {
-                                let _ = s.send_to(&d[..len], &dst.into());
+                            if let Some(s) = self.udp.for_dst(&dst)
+                                && s.send_to(&d[..len], &dst.into()).is_err()
+                            {
+                                self.drops.add(IoDropReason::UdpSendError, 1);
                             }
                         }
                         NetResult::Done | NetResult::Drop(_) => {}
@@ -439,7 +452,8 @@ impl DataPlane {
                 }
             }
             if k > 0 {
-                write_tun(&self.tun, &mut self.gro, &mut self.to_tun[..k]);
+                let t = &mut self.to_tun[..k];
+                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
             }
             // Handshake completions may have released staged packets.
             self.flush_transmits();
@@ -453,10 +467,14 @@ impl DataPlane {
     /// packets released by a new session).
     fn flush_transmits(&mut self) {
         while let Some((dst, len)) = self.device.poll_transmit(&mut self.scratch) {
-            if let Some(s) = self.udp.for_dst(&dst)
-                && let Err(e) = s.send_to(&self.scratch[..len], &dst.into())
-            {
-                tracing::debug!(%dst, error = %e, "UDP send failed");
+            match self.udp.for_dst(&dst) {
+                Some(s) => {
+                    if let Err(e) = s.send_to(&self.scratch[..len], &dst.into()) {
+                        tracing::debug!(%dst, error = %e, "UDP send failed");
+                        self.drops.add(IoDropReason::UdpSendError, 1);
+                    }
+                }
+                None => self.drops.add(IoDropReason::NoIpv6Socket, 1),
             }
         }
     }
@@ -535,12 +553,15 @@ impl DataPlane {
                 preshared_key: spec.preshared_key_file.is_some(),
             });
         }
-        let drops: BTreeMap<String, u64> = self
+        // Every reason, zeros included: the metrics export each from the
+        // start.
+        let mut drops: BTreeMap<String, u64> = self
             .device
             .drop_counters()
             .iter()
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
+        drops.extend(self.drops.iter().map(|(r, n)| (r.as_str().to_string(), n)));
         EngineStatus {
             deployment: self.config.deployment.clone(),
             pid: std::process::id(),
@@ -550,6 +571,7 @@ impl DataPlane {
             started_at: unix_secs(self.started_at),
             peers,
             drops,
+            udp_gso_refused: self.tx.gso_refused(),
             config: self.config.clone(),
             watch: None,
         }
@@ -618,7 +640,6 @@ impl DataPlane {
             self.device.set_mtu(Some(new.mtu as usize));
             (None, ids)
         };
-        self.max_segments = max_segments(new.mtu);
         if let Some(d) = device {
             self.device = d;
         }
@@ -731,18 +752,24 @@ fn check_peers(new: &EngineConfig, keys: &LoadedKeys) -> Result<(), EngineError>
 /// Write inner packets to the TUN device: with offloads, TCP segments and
 /// UDP datagrams of one flow are coalesced into super-packets (GRO, one
 /// write for many packets), anything else is written as it is.
-fn write_tun(tun: &tun_rs::SyncDevice, gro: &mut tun_rs::GROTable, bufs: &mut [Vec<u8>]) {
+fn write_tun(
+    tun: &tun_rs::SyncDevice,
+    gro: &mut tun_rs::GROTable,
+    bufs: &mut [Vec<u8>],
+    drops: &mut IoDrops,
+) {
     if let Err(e) = tun.send_multiple(gro, bufs, HEADROOM) {
         tracing::debug!(error = %e, "TUN write failed");
+        // tun-rs reports one error for the batch, not which of its writes
+        // failed (typically all: the device is down or gone): count them all.
+        drops.add(IoDropReason::TunWriteError, bufs.len());
     }
 }
 
-/// Most segments a TUN super-packet of at most 64 KiB splits into, for a
-/// tunnel MTU (the smallest segment: MTU minus IPv6 and the largest TCP
-/// header).
-fn max_segments(mtu: u32) -> usize {
-    let seg = (mtu as usize).saturating_sub(40 + 60).max(256);
-    65535usize.div_ceil(seg).min(TUN_BATCH)
+/// Count what a send-queue flush could not send.
+fn note_flush(drops: &mut IoDrops, r: FlushReport) {
+    drops.add(IoDropReason::UdpSendError, r.failed);
+    drops.add(IoDropReason::NoIpv6Socket, r.no_socket);
 }
 
 /// The interface index of `name`, if it exists.

@@ -469,6 +469,7 @@ mod tests {
                 preshared_key: false,
             }],
             drops: [("replay".to_string(), 7u64)].into(),
+            udp_gso_refused: 0,
             config: EngineConfig {
                 deployment: "site-a".into(),
                 interface: "nm0".into(),

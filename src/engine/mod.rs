@@ -7,8 +7,10 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod drops;
 pub mod metrics;
 pub mod supervisor;
+pub mod tunrx;
 pub mod udp;
 
 use std::fs;

@@ -3,11 +3,12 @@
 //! `recvmmsg`/`sendmmsg` (one system call for many datagrams).
 
 use std::io;
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 /// Socket buffer size asked for (wireguard-go uses 7 MiB): a small buffer
 /// overflows under bursts and TCP through the tunnel collapses.
@@ -187,16 +188,25 @@ pub struct RecvBatch {
     pub lens: Vec<usize>,
     pub segs: Vec<usize>,
     pub srcs: Vec<SocketAddr>,
-    addrs: Vec<libc::sockaddr_storage>,
+    addrs: Vec<SockAddrStorage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
 }
 
-fn zeroed<T>() -> T {
-    // SAFETY: only used for plain C structs (sockaddr_storage, mmsghdr,
-    // iovec) for which all-zero bytes are a valid value.
-    unsafe { MaybeUninit::<T>::zeroed().assume_init() }
+/// An empty `mmsghdr` (null pointers, zero lengths), to be filled in
+/// before each call.
+fn empty_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is a plain C struct of integers and raw pointers,
+    // for which all-zero bytes (null pointers, zero lengths) are valid.
+    unsafe { mem::zeroed() }
+}
+
+fn empty_iovec() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
 }
 
 impl RecvBatch {
@@ -206,14 +216,9 @@ impl RecvBatch {
             lens: Vec::with_capacity(slots),
             segs: Vec::with_capacity(slots),
             srcs: Vec::with_capacity(slots),
-            addrs: (0..slots).map(|_| zeroed()).collect(),
-            iovs: (0..slots)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            hdrs: (0..slots).map(|_| zeroed()).collect(),
+            addrs: (0..slots).map(|_| SockAddrStorage::zeroed()).collect(),
+            iovs: (0..slots).map(|_| empty_iovec()).collect(),
+            hdrs: (0..slots).map(|_| empty_mmsghdr()).collect(),
             cmsgs: vec![[0u64; CMSG_BUF / 8]; slots],
         }
     }
@@ -232,8 +237,8 @@ impl RecvBatch {
             self.iovs[i].iov_base = unsafe { base.add(i * stride) }.cast();
             self.iovs[i].iov_len = stride;
             let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_name = (&mut self.addrs[i] as *mut SockAddrStorage).cast();
+            h.msg_namelen = self.addrs[i].size_of();
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
@@ -264,8 +269,9 @@ impl RecvBatch {
             let seg = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len).max(1);
             self.lens.push(len);
             self.segs.push(seg);
+            let storage = mem::replace(&mut self.addrs[i], SockAddrStorage::zeroed());
             self.srcs.push(
-                sockaddr_to_std(&self.addrs[i])
+                source_addr(storage, self.hdrs[i].msg_hdr.msg_namelen)
                     .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))),
             );
         }
@@ -303,6 +309,88 @@ struct TxMsg {
     count: usize,
 }
 
+/// First wait before UDP GSO is tried again for a destination whose GSO
+/// send the kernel refused; it doubles with every refusal in a row.
+const GSO_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait before trying again.
+const GSO_RETRY_MAX: Duration = Duration::from_secs(64);
+/// Destinations with a refusal remembered (the one due soonest is
+/// forgotten first).
+const GSO_REFUSALS_KEPT: usize = 64;
+
+struct Refusal {
+    dst: SocketAddr,
+    retry_at: Instant,
+    strikes: u32,
+}
+
+/// Destinations the kernel refused UDP GSO for (an IPsec/xfrm route, a
+/// device or path that cannot segment, no checksums on the socket...),
+/// and when to try GSO for them again. Until then their GSO messages are
+/// sent as single datagrams (in order with the rest of the flush);
+/// everything else keeps GSO.
+#[derive(Default)]
+pub struct GsoBackoff {
+    refusals: Vec<Refusal>,
+}
+
+impl GsoBackoff {
+    /// Whether datagrams to `dst` may be merged into a GSO message at `now`.
+    pub fn allows(&self, dst: &SocketAddr, now: Instant) -> bool {
+        self.refusals
+            .iter()
+            .all(|r| r.dst != *dst || now >= r.retry_at)
+    }
+
+    /// The kernel refused a GSO send to `dst` at `now`. Returns true for a
+    /// destination not refused before (worth a warning).
+    pub fn refused(&mut self, dst: SocketAddr, now: Instant) -> bool {
+        if let Some(r) = self.refusals.iter_mut().find(|r| r.dst == dst) {
+            // Several messages of one flush refused together count once.
+            if now >= r.retry_at {
+                r.strikes = r.strikes.saturating_add(1);
+                r.retry_at = now + retry_after(r.strikes);
+            }
+            return false;
+        }
+        if self.refusals.len() >= GSO_REFUSALS_KEPT
+            && let Some(i) = (0..self.refusals.len()).min_by_key(|i| self.refusals[*i].retry_at)
+        {
+            self.refusals.swap_remove(i);
+        }
+        self.refusals.push(Refusal {
+            dst,
+            retry_at: now + GSO_RETRY_FIRST,
+            strikes: 1,
+        });
+        true
+    }
+
+    /// A GSO send to `dst` went through: forget its refusals.
+    pub fn accepted(&mut self, dst: &SocketAddr) {
+        if !self.refusals.is_empty() {
+            self.refusals.retain(|r| r.dst != *dst);
+        }
+    }
+}
+
+fn retry_after(strikes: u32) -> Duration {
+    let doublings = strikes.saturating_sub(1).min(16);
+    GSO_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(GSO_RETRY_MAX)
+}
+
+/// What one [`TxQueue::flush`] could not send, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Datagrams the kernel refused (unreachable, no buffer space after
+    /// waiting, too large...).
+    pub failed: usize,
+    /// Datagrams for IPv6 destinations without an IPv6 socket.
+    pub no_socket: usize,
+}
+
 /// Datagrams waiting to be sent, packed into one arena. Consecutive
 /// datagrams to the same destination with the same size (the last of a run
 /// may be shorter) become one UDP GSO message: one `sendmmsg` carries many
@@ -311,38 +399,52 @@ pub struct TxQueue {
     arena: Vec<u8>,
     used: usize,
     msgs: Vec<TxMsg>,
-    addrs: Vec<libc::sockaddr_storage>,
+    addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
     /// GSO segment size per header being flushed (0: single datagram).
     segs: Vec<usize>,
+    /// Per header being flushed: a GSO message to a destination in GSO
+    /// back-off, to be sent as single datagrams.
+    split: Vec<bool>,
+    /// Index in `msgs` of each header being flushed.
+    which: Vec<usize>,
     gso: bool,
+    backoff: GsoBackoff,
+    gso_refused: u64,
 }
 
 impl TxQueue {
-    /// A queue for up to `max_msgs` messages and `arena` bytes.
+    /// A queue for up to `max_msgs` messages and `arena` bytes; `gso`:
+    /// merge datagrams into UDP GSO messages.
     pub fn new(max_msgs: usize, arena: usize, gso: bool) -> TxQueue {
+        let unspecified = SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
         TxQueue {
             arena: vec![0; arena],
             used: 0,
             msgs: Vec::with_capacity(max_msgs),
-            addrs: (0..max_msgs).map(|_| zeroed()).collect(),
-            iovs: (0..max_msgs)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            hdrs: (0..max_msgs).map(|_| zeroed()).collect(),
+            addrs: vec![unspecified; max_msgs],
+            iovs: (0..max_msgs).map(|_| empty_iovec()).collect(),
+            hdrs: (0..max_msgs).map(|_| empty_mmsghdr()).collect(),
             cmsgs: vec![[0u64; CMSG_BUF / 8]; max_msgs],
             segs: vec![0; max_msgs],
+            split: vec![false; max_msgs],
+            which: vec![0; max_msgs],
             gso,
+            backoff: GsoBackoff::default(),
+            gso_refused: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.msgs.is_empty()
+    }
+
+    /// GSO sends the kernel refused so far (their datagrams were sent one
+    /// by one).
+    pub fn gso_refused(&self) -> u64 {
+        self.gso_refused
     }
 
     /// Forget everything queued (nothing is sent).
@@ -396,26 +498,40 @@ impl TxQueue {
     }
 
     /// Send everything queued (IPv4 messages on `udp.v4`, IPv6 on
-    /// `udp.v6`). Returns the number of datagrams that could not be sent.
-    pub fn flush(&mut self, udp: &UdpSockets) -> usize {
-        let mut dropped = 0;
+    /// `udp.v6`) at time `now`. Returns what could not be sent.
+    pub fn flush(&mut self, udp: &UdpSockets, now: Instant) -> FlushReport {
+        let mut report = FlushReport::default();
         for v6 in [false, true] {
-            let sock = if v6 { udp.v6.as_ref() } else { Some(&udp.v4) };
+            let Some(sock) = (if v6 { udp.v6.as_ref() } else { Some(&udp.v4) }) else {
+                report.no_socket += self
+                    .msgs
+                    .iter()
+                    .filter(|m| m.dst.is_ipv6())
+                    .map(|m| m.count)
+                    .sum::<usize>();
+                continue;
+            };
             let mut k = 0;
             let base = self.arena.as_mut_ptr();
-            for m in self.msgs.iter().filter(|m| m.dst.is_ipv6() == v6) {
+            for (i, m) in self.msgs.iter().enumerate() {
+                if m.dst.is_ipv6() != v6 {
+                    continue;
+                }
+                self.which[k] = i;
                 self.segs[k] = if m.count > 1 { m.seg } else { 0 };
-                let alen = std_to_sockaddr(&m.dst, &mut self.addrs[k]);
+                self.split[k] = m.count > 1 && !self.backoff.allows(&m.dst, now);
+                self.addrs[k] = SockAddr::from(m.dst);
                 // SAFETY: the message lies inside the arena.
                 self.iovs[k].iov_base = unsafe { base.add(m.start) }.cast();
                 self.iovs[k].iov_len = m.len;
                 let h = &mut self.hdrs[k].msg_hdr;
-                h.msg_name = (&mut self.addrs[k] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = alen;
+                // The kernel only reads the address of a message it sends.
+                h.msg_name = self.addrs[k].as_ptr().cast_mut().cast();
+                h.msg_namelen = self.addrs[k].len();
                 h.msg_iov = &mut self.iovs[k];
                 h.msg_iovlen = 1;
                 h.msg_flags = 0;
-                if m.count > 1 {
+                if m.count > 1 && !self.split[k] {
                     h.msg_control = self.cmsgs[k].as_mut_ptr().cast();
                     h.msg_controllen = set_segment_cmsg(h, m.seg as u16);
                 } else {
@@ -427,22 +543,26 @@ impl TxQueue {
             if k == 0 {
                 continue;
             }
-            match sock {
-                Some(s) => {
-                    dropped += send_all(s, &mut self.hdrs[..k], &self.segs[..k], &mut self.gso)
+            let (msgs, which, backoff) = (&self.msgs, &self.which, &mut self.backoff);
+            let refused = &mut self.gso_refused;
+            let (segs, split) = (&self.segs[..k], &self.split[..k]);
+            report.failed += send_all(sock, &mut self.hdrs[..k], segs, split, |j, ok| {
+                let dst = msgs[which[j]].dst;
+                if ok {
+                    backoff.accepted(&dst);
+                } else {
+                    *refused += 1;
+                    if backoff.refused(dst, now) {
+                        tracing::warn!(
+                            %dst,
+                            "UDP GSO refused; sending to this destination one datagram at a time for a while"
+                        );
+                    }
                 }
-                None => {
-                    dropped += self
-                        .msgs
-                        .iter()
-                        .filter(|m| m.dst.is_ipv6() == v6)
-                        .map(|m| m.count)
-                        .sum::<usize>()
-                }
-            }
+            });
         }
         self.clear();
-        dropped
+        report
     }
 }
 
@@ -467,27 +587,48 @@ fn set_segment_cmsg(h: &mut libc::msghdr, seg: u16) -> usize {
     }
 }
 
-/// `sendmmsg` everything, waiting briefly when the socket buffer is full.
-/// `segs[i]` is the GSO segment size of message `i` (0: not segmented). A
-/// kernel or device that refuses UDP GSO gets that message's datagrams one
-/// by one instead, and `gso` is cleared so that nothing is merged again.
+/// `sendmmsg` everything in order, waiting briefly when the socket buffer
+/// is full. `segs[i]` is the GSO segment size of message `i` (0: not
+/// segmented); with `split[i]` its datagrams are sent one by one.
+/// `gso(i, accepted)` hears of every GSO message the kernel took or
+/// refused; a refused one has its datagrams sent one by one instead.
 /// Returns the number of datagrams that could not be sent.
-fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr], segs: &[usize], gso: &mut bool) -> usize {
+fn send_all(
+    sock: &Socket,
+    hdrs: &mut [libc::mmsghdr],
+    segs: &[usize],
+    split: &[bool],
+    mut gso: impl FnMut(usize, bool),
+) -> usize {
     let n = hdrs.len();
     let mut sent = 0;
     let mut dropped = 0;
     let mut retries = 0;
     while sent < n {
+        if split.get(sent).copied().unwrap_or(false) {
+            dropped += send_split(sock, &hdrs[sent], segs.get(sent).copied().unwrap_or(0));
+            sent += 1;
+            continue;
+        }
+        // Up to the next message to be split.
+        let end = (sent..n)
+            .find(|i| split.get(*i).copied().unwrap_or(false))
+            .unwrap_or(n);
         // SAFETY: headers point at live buffers.
         let rc = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
-                hdrs[sent..].as_mut_ptr(),
-                (n - sent) as libc::c_uint,
+                hdrs[sent..end].as_mut_ptr(),
+                (end - sent) as libc::c_uint,
                 0,
             )
         };
         if rc > 0 {
+            for i in sent..sent + rc as usize {
+                if segs.get(i).is_some_and(|s| *s > 0) {
+                    gso(i, true);
+                }
+            }
             sent += rc as usize;
             continue;
         }
@@ -496,7 +637,13 @@ fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr], segs: &[usize], gso: &mut
         let gso_refused = seg > 0
             && matches!(
                 e.raw_os_error(),
-                Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+                Some(
+                    libc::EIO
+                        | libc::EINVAL
+                        | libc::EOPNOTSUPP
+                        | libc::ENOPROTOOPT
+                        | libc::EMSGSIZE
+                )
             );
         match e.kind() {
             io::ErrorKind::Interrupted => {}
@@ -505,10 +652,8 @@ fn send_all(sock: &Socket, hdrs: &mut [libc::mmsghdr], segs: &[usize], gso: &mut
                 wait_writable(sock.as_raw_fd());
             }
             _ if gso_refused => {
-                if *gso {
-                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                    *gso = false;
-                }
+                tracing::debug!(error = %e, "UDP GSO send refused");
+                gso(sent, false);
                 dropped += send_split(sock, &hdrs[sent], seg);
                 sent += 1;
             }
@@ -530,7 +675,8 @@ fn datagrams_in(h: &libc::mmsghdr, seg: usize) -> usize {
     if seg > 0 { len.div_ceil(seg) } else { 1 }
 }
 
-/// Send the datagrams of one GSO message separately.
+/// Send the datagrams of one GSO message separately (`seg` 0: the message
+/// is one datagram).
 fn send_split(sock: &Socket, h: &libc::mmsghdr, seg: usize) -> usize {
     // SAFETY: the header's iovec and address point at live memory of the
     // queue being flushed.
@@ -540,6 +686,7 @@ fn send_split(sock: &Socket, h: &libc::mmsghdr, seg: usize) -> usize {
             (*h.msg_hdr.msg_iov).iov_len,
         )
     };
+    let seg = if seg == 0 { len.max(1) } else { seg };
     let mut dropped = 0;
     let mut off = 0;
     while off < len {
@@ -574,64 +721,22 @@ fn wait_writable(fd: RawFd) {
     unsafe { libc::poll(&mut p, 1, 10) };
 }
 
-/// Convert a kernel socket address to std.
-pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: family says this is a sockaddr_in.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: family says this is a sockaddr_in6.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            let port = u16::from_be(a.sin6_port);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )),
-            })
-        }
-        _ => None,
+/// The source address the kernel wrote into `storage` (`len` bytes), with
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn source_addr(storage: SockAddrStorage, len: libc::socklen_t) -> Option<SocketAddr> {
+    if len == 0 || len > storage.size_of() {
+        return None;
     }
-}
-
-/// Fill `ss` with `addr`; returns the length to pass to the kernel.
-pub fn std_to_sockaddr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
-            let s =
-                unsafe { &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            s.sin_family = libc::AF_INET as libc::sa_family_t;
-            s.sin_port = a.port().to_be();
-            s.sin_addr = libc::in_addr {
-                s_addr: u32::from(*a.ip()).to_be(),
-            };
-            s.sin_zero = [0; 8];
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let s =
-                unsafe { &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            s.sin6_port = a.port().to_be();
-            s.sin6_flowinfo = a.flowinfo();
-            s.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            s.sin6_scope_id = a.scope_id();
-            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
+    // SAFETY: the kernel initialised `len` bytes of the storage as the
+    // address of its family (a zeroed storage reads as family 0: no
+    // address).
+    let addr = unsafe { SockAddr::new(storage, len) };
+    match addr.as_socket()? {
+        SocketAddr::V6(a) => Some(match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            None => SocketAddr::V6(a),
+        }),
+        v4 => Some(v4),
     }
 }
 
@@ -675,7 +780,7 @@ mod tests {
             for p in &payloads {
                 assert!(q.push(p, dst));
             }
-            assert_eq!(q.flush(&a), 0);
+            assert_eq!(q.flush(&a, Instant::now()), FlushReport::default());
             let got = recv_all(&b.v4, payloads.len());
             let data: Vec<Vec<u8>> = got.iter().map(|(d, _)| d.clone()).collect();
             assert_eq!(data, payloads, "gso={gso} gro={gro}");
@@ -704,9 +809,130 @@ mod tests {
             "192.0.2.1:51820".parse::<SocketAddr>().expect("v4"),
             "[2001:db8::1]:443".parse().expect("v6"),
         ] {
-            let mut ss: libc::sockaddr_storage = zeroed();
-            std_to_sockaddr(&a, &mut ss);
-            assert_eq!(sockaddr_to_std(&ss), Some(a));
+            let sa = SockAddr::from(a);
+            let len = sa.len();
+            assert_eq!(source_addr(sa.as_storage(), len), Some(a));
         }
+        // IPv4-mapped sources read as IPv4; nothing written reads as none.
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:9".parse().expect("mapped");
+        let sa = SockAddr::from(mapped);
+        let len = sa.len();
+        assert_eq!(
+            source_addr(sa.as_storage(), len),
+            Some("192.0.2.7:9".parse().expect("v4"))
+        );
+        let empty = SockAddrStorage::zeroed();
+        let size = empty.size_of();
+        assert_eq!(source_addr(empty, size), None);
+        assert_eq!(source_addr(SockAddrStorage::zeroed(), 0), None);
+    }
+
+    fn loopback_pair() -> (UdpSockets, UdpSockets, SocketAddr) {
+        let a = UdpSockets::bind(0).expect("bind a");
+        let b = UdpSockets::bind(0).expect("bind b");
+        let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, b.port));
+        (a, b, dst)
+    }
+
+    #[test]
+    fn refused_gso_is_tried_again_after_a_back_off() {
+        // SO_NO_CHECK makes the kernel refuse every UDP GSO send on the
+        // socket (EINVAL): the datagrams go out one by one, and GSO is
+        // tried again once the back-off has passed, not never again.
+        let (a, b, dst) = loopback_pair();
+        setsockopt_int(a.v4.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, 1)
+            .expect("SO_NO_CHECK");
+        let mut q = TxQueue::new(64, 1 << 20, true);
+        let t0 = Instant::now();
+        let round = |q: &mut TxQueue, at: Instant| {
+            let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000]).collect();
+            for p in &payloads {
+                assert!(q.push(p, dst));
+            }
+            assert_eq!(q.flush(&a, at), FlushReport::default());
+            let got: Vec<Vec<u8>> = recv_all(&b.v4, payloads.len())
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            assert_eq!(got, payloads, "datagrams lost after a GSO refusal");
+        };
+        round(&mut q, t0);
+        assert_eq!(q.gso_refused(), 1, "GSO was not tried at first");
+        round(&mut q, t0 + Duration::from_millis(500));
+        assert_eq!(q.gso_refused(), 1, "GSO tried again within the back-off");
+        round(&mut q, t0 + Duration::from_millis(1100));
+        assert_eq!(q.gso_refused(), 2, "GSO never tried again");
+        // A second refusal in a row doubles the wait (2 s).
+        round(&mut q, t0 + Duration::from_millis(2600));
+        assert_eq!(q.gso_refused(), 2);
+        round(&mut q, t0 + Duration::from_millis(3200));
+        assert_eq!(q.gso_refused(), 3);
+        // Once the kernel takes GSO again, it stays on.
+        setsockopt_int(a.v4.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, 0)
+            .expect("SO_NO_CHECK off");
+        round(&mut q, t0 + Duration::from_secs(8));
+        assert!(
+            q.backoff.refusals.is_empty(),
+            "an accepted GSO send was not noted"
+        );
+        round(&mut q, t0 + Duration::from_secs(8));
+        assert_eq!(q.gso_refused(), 3);
+    }
+
+    #[test]
+    fn gso_back_off_is_per_destination_and_bounded() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "192.0.2.1:1".parse().expect("a");
+        let b: SocketAddr = "192.0.2.2:1".parse().expect("b");
+        let mut g = GsoBackoff::default();
+        assert!(g.allows(&a, t0) && g.allows(&b, t0));
+        assert!(g.refused(a, t0), "first refusal is news");
+        assert!(!g.allows(&a, t0 + Duration::from_millis(999)));
+        assert!(g.allows(&b, t0), "another destination lost GSO too");
+        // Refusals within the same back-off count once.
+        assert!(!g.refused(a, t0 + Duration::from_millis(10)));
+        assert!(g.allows(&a, t0 + GSO_RETRY_FIRST));
+        // Refused again after the wait: 2 s, then 4 s, ... up to the cap.
+        let mut t = t0 + GSO_RETRY_FIRST;
+        let mut wait = GSO_RETRY_FIRST;
+        for _ in 0..10 {
+            g.refused(a, t);
+            wait = (wait * 2).min(GSO_RETRY_MAX);
+            assert!(!g.allows(&a, t + wait - Duration::from_millis(1)));
+            assert!(g.allows(&a, t + wait));
+            t += wait;
+        }
+        assert_eq!(wait, GSO_RETRY_MAX);
+        g.accepted(&a);
+        assert!(g.allows(&a, t));
+        // Bounded: the table keeps at most GSO_REFUSALS_KEPT destinations.
+        for p in 0..1000u16 {
+            g.refused(SocketAddr::from((Ipv4Addr::LOCALHOST, p)), t0);
+        }
+        assert_eq!(g.refusals.len(), GSO_REFUSALS_KEPT);
+    }
+
+    #[test]
+    fn unsendable_datagrams_are_reported_by_reason() {
+        let (a, _b, dst) = loopback_pair();
+        let mut q = TxQueue::new(8, 1 << 20, true);
+        // Larger than any UDP datagram: the kernel refuses it.
+        assert!(q.push(&vec![7u8; 70000], dst));
+        assert!(q.push(&[1u8; 100], dst));
+        // No IPv6 socket for an IPv6 destination.
+        let v4_only = UdpSockets {
+            v4: a.v4.try_clone().expect("clone"),
+            v6: None,
+            port: a.port,
+        };
+        assert!(q.push(&[2u8; 100], "[::1]:9".parse().expect("v6")));
+        assert!(q.push(&[3u8; 100], "[::1]:9".parse().expect("v6")));
+        assert_eq!(
+            q.flush(&v4_only, Instant::now()),
+            FlushReport {
+                failed: 1,
+                no_socket: 2
+            }
+        );
     }
 }

@@ -1050,3 +1050,204 @@ pub fn golden_cases(
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Move this thread into the network namespace `ns` (only this thread:
+/// `setns` is per thread).
+fn enter_netns(ns: &str) -> Result<(), String> {
+    let path = PathBuf::from("/var/run/netns").join(ns);
+    let f = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    // SAFETY: setns on a namespace fd we hold open; it changes only this
+    // thread's network namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// What one [`tcp_transfer`] moved.
+#[derive(Debug)]
+pub struct TcpTransfer {
+    /// Bytes the client wrote (all of them acknowledged: it waited for the
+    /// server to close after reading everything).
+    pub sent: u64,
+    /// Bytes the server read before the client's end of stream.
+    pub received: u64,
+    /// The bytes read were the bytes written, in order.
+    pub intact: bool,
+    /// Segments the client retransmitted (`tcpi_total_retrans`, what
+    /// iperf3 reports as retransmits).
+    pub retransmits: u32,
+    /// The MSS the client's connection used (`TCP_MAXSEG` after connect).
+    pub mss: u32,
+    pub elapsed: Duration,
+}
+
+impl TcpTransfer {
+    pub fn mbit_per_s(&self) -> f64 {
+        self.received as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-6) / 1e6
+    }
+}
+
+/// Byte `i` of the stream [`tcp_transfer`] sends.
+const PATTERN_PERIOD: usize = 251;
+
+/// One TCP connection from namespace `client` to `addr` (a listener this
+/// starts in namespace `server`), with the client's MSS set to `mss`
+/// (`TCP_MAXSEG`, like `iperf3 -M`): the client writes a known byte pattern
+/// as fast as it can for `duration`, closes its side and waits for the
+/// server, which reads everything (checking every byte) and then closes.
+/// Unlike iperf3, whose receiver stops counting when the test time is up,
+/// this tells whether every byte written arrived. Bounded: every socket
+/// operation times out, and the whole transfer must end within `duration`
+/// plus 60 s.
+pub fn tcp_transfer(
+    client: &NetNs,
+    server: &NetNs,
+    addr: SocketAddr,
+    mss: u32,
+    duration: Duration,
+) -> TcpTransfer {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    const IO_TIMEOUT: Duration = Duration::from_secs(20);
+    let pattern: Arc<Vec<u8>> = Arc::new(
+        (0..PATTERN_PERIOD + 65536)
+            .map(|i| (i % PATTERN_PERIOD) as u8)
+            .collect(),
+    );
+    let deadline = Instant::now() + duration + Duration::from_secs(60);
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let server_ns = server.name.clone();
+    let pat = pattern.clone();
+    let srv = thread::spawn(move || -> Result<(u64, bool), String> {
+        let listener = (|| {
+            enter_netns(&server_ns)?;
+            let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok::<_, String>(l)
+        })();
+        let listener = match listener {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err("no connection arrived".into());
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 65536];
+        let (mut got, mut intact) = (0u64, true);
+        loop {
+            if Instant::now() > deadline {
+                return Err(format!("still reading at the deadline ({got} bytes)"));
+            }
+            let n = s
+                .read(&mut buf)
+                .map_err(|e| format!("read after {got} bytes: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            let at = (got % PATTERN_PERIOD as u64) as usize;
+            intact &= buf[..n] == pat[at..at + n];
+            got += n as u64;
+        }
+        // Closing tells the client that everything arrived.
+        drop(s);
+        Ok((got, intact))
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("TCP receiver in {}: {e}", server.name),
+        Err(_) => panic!("TCP receiver in {} did not start", server.name),
+    }
+
+    let client_ns = client.name.clone();
+    let cli = thread::spawn(move || -> Result<(u64, u32, u32, Duration), String> {
+        enter_netns(&client_ns)?;
+        let domain = socket2::Domain::for_address(addr);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        sock.set_tcp_mss(mss)
+            .map_err(|e| format!("TCP_MAXSEG {mss}: {e}"))?;
+        sock.connect_timeout(&addr.into(), Duration::from_secs(10))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let used_mss = sock.tcp_mss().unwrap_or(0);
+        let mut s: TcpStream = sock.into();
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            let at = (sent % PATTERN_PERIOD as u64) as usize;
+            let n = s
+                .write(&pattern[at..at + 65536])
+                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+            sent += n as u64;
+        }
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        // Wait for the server to have read everything and closed.
+        let mut one = [0u8; 1];
+        match s.read(&mut one) {
+            Ok(0) => {}
+            Ok(_) => return Err("the server sent data".into()),
+            Err(e) => return Err(format!("waiting for the server to close: {e}")),
+        }
+        let elapsed = start.elapsed();
+        // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size
+        // we pass; the kernel fills at most that much.
+        let retrans = unsafe {
+            let mut ti: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut ti as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            if rc != 0 {
+                return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+            }
+            ti.tcpi_total_retrans
+        };
+        Ok((sent, retrans, used_mss, elapsed))
+    });
+    let c = cli.join().expect("TCP sender thread panicked");
+    let r = srv.join().expect("TCP receiver thread panicked");
+    let (sent, retransmits, used_mss, elapsed) =
+        c.unwrap_or_else(|e| panic!("TCP sender in {} -> {addr}: {e}", client.name));
+    let (received, intact) =
+        r.unwrap_or_else(|e| panic!("TCP receiver in {} ({addr}): {e}", server.name));
+    TcpTransfer {
+        sent,
+        received,
+        intact,
+        retransmits,
+        mss: used_mss,
+        elapsed,
+    }
+}
