@@ -125,6 +125,7 @@ mod cookie;
 pub mod crypto;
 mod device;
 pub mod fuzzing;
+pub mod gate;
 mod hash;
 pub mod ip;
 pub mod keys;
@@ -144,6 +145,7 @@ pub use consts::{
     tun_buffer_len,
 };
 pub use device::{Device, DeviceError};
+pub use gate::{GateResult, GatedHandshake, HandshakeGate, is_handshake};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use replay::ReplayFilter;
 pub use wire::WireError;
