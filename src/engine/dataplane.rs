@@ -4,7 +4,9 @@
 //! read from the TUN device, encrypted in place and sent with one
 //! `sendmmsg` per socket; up to `BATCH` datagrams are received with one
 //! `recvmmsg`, decrypted in place and written to the TUN device. Nothing is
-//! allocated per packet.
+//! allocated per packet. Handshake messages are only classified here and
+//! handed to their own queue and worker thread (`handshake.rs`), so a
+//! handshake flood never sits in front of transport data.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,6 +19,7 @@ use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
 use super::control::{EngineStatus, PeerStatus};
+use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
 use super::udp::{RecvBatch, TxQueue, UdpSockets};
 use crate::keys::os_random;
 
@@ -192,6 +195,8 @@ pub struct DataPlane {
     cmd_rx: mpsc::Receiver<Command>,
     wake: OwnedFd,
     signals: Option<OwnedFd>,
+    /// Handshake messages go to their own queue and worker thread.
+    handshakes: Handshakes,
 }
 
 impl DataPlane {
@@ -205,6 +210,12 @@ impl DataPlane {
         let tun = attach_tun(&config.interface)?;
         let udp = bind(config.listen_port)?;
         let mut device = new_device(&keys, config.mtu)?;
+        let handshakes = Identity::new(&keys.private, &udp)
+            .and_then(Handshakes::new)
+            .map_err(|source| EngineError::Io {
+                what: "set up the handshake queue",
+                source,
+            })?;
         let mut ids = Vec::with_capacity(config.peers.len());
         for (i, p) in config.peers.iter().enumerate() {
             let id = device
@@ -262,6 +273,7 @@ impl DataPlane {
                 cmd_rx,
                 wake,
                 signals,
+                handshakes,
             },
             control,
         ))
@@ -277,6 +289,10 @@ impl DataPlane {
 
     /// Run until a stop command or a signal.
     pub fn run(&mut self) -> Result<(), EngineError> {
+        self.handshakes.spawn().map_err(|source| EngineError::Io {
+            what: "start the handshake worker",
+            source,
+        })?;
         loop {
             let now = Instant::now();
             let timeout_ms = match self.device.poll_timeout() {
@@ -298,6 +314,7 @@ impl DataPlane {
                 pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.wake.as_raw_fd()),
                 pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
+                pollfd(self.handshakes.wake_fd()),
             ];
             // SAFETY: valid array of pollfd structures.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -328,6 +345,10 @@ impl DataPlane {
             }
             if ready(0) {
                 self.tun_to_udp(now);
+            }
+            // Behind the transport batches.
+            if ready(5) {
+                self.finish_handshakes(now);
             }
             self.device.handle_timeout(now);
             self.flush_transmits();
@@ -416,6 +437,12 @@ impl DataPlane {
                 while off < len {
                     let dlen = seg.min(len - off);
                     let d = &mut self.rx.slab.slot_mut(i)[off..off + dlen];
+                    if netman_proto::is_handshake(d) {
+                        // To the handshake worker; never in front of transport data.
+                        self.handshakes.stage(src, d);
+                        off += dlen;
+                        continue;
+                    }
                     match self.device.handle_datagram(src, d, dlen, now) {
                         NetResult::ToTun { offset, len, .. } => {
                             let b = &mut self.to_tun[k];
@@ -441,12 +468,32 @@ impl DataPlane {
             if k > 0 {
                 write_tun(&self.tun, &mut self.gro, &mut self.to_tun[..k]);
             }
+            self.handshakes.submit();
             // Handshake completions may have released staged packets.
             self.flush_transmits();
             if got < RX_MSGS {
                 return;
             }
         }
+    }
+
+    /// Finish up to `GATED_PER_ROUND` handshake messages that passed the
+    /// worker (see `handshake.rs`): only authenticated ones cost DH work
+    /// here. More are left for the next iteration, after its transport.
+    fn finish_handshakes(&mut self, now: Instant) {
+        self.handshakes.ack_wake();
+        for _ in 0..GATED_PER_ROUND {
+            let Some(msg) = self.handshakes.next_passed() else {
+                return;
+            };
+            if let NetResult::Reply { dst, len } =
+                self.device.handle_gated(msg, &mut self.scratch, now)
+                && let Some(s) = self.udp.for_dst(&dst)
+            {
+                let _ = s.send_to(&self.scratch[..len], &dst.into());
+            }
+        }
+        self.handshakes.rewake();
     }
 
     /// Send everything the core queued (handshakes, keepalives, staged
@@ -535,13 +582,18 @@ impl DataPlane {
                 preshared_key: spec.preshared_key_file.is_some(),
             });
         }
-        let drops: BTreeMap<String, u64> = self
+        let mut drops: BTreeMap<String, u64> = self
             .device
             .drop_counters()
             .iter()
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
+        for (label, n) in self.handshakes.drop_counts() {
+            if n > 0 {
+                *drops.entry(label.to_string()).or_default() += n;
+            }
+        }
         EngineStatus {
             deployment: self.config.deployment.clone(),
             pid: std::process::id(),
@@ -660,8 +712,15 @@ impl DataPlane {
             self.tun = t;
             self.tun_dead = false;
         }
+        let new_identity = rekey || new_udp.is_some();
         if let Some(u) = new_udp {
             self.udp = u;
+        }
+        if new_identity {
+            match Identity::new(&new_keys.private, &self.udp) {
+                Ok(id) => self.handshakes.replace(id),
+                Err(e) => tracing::warn!(error = %e, "handshake worker keeps its old identity"),
+            }
         }
         self.ids = ids;
         self.keys = new_keys;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod handshake;
 pub mod metrics;
 pub mod supervisor;
 pub mod udp;
