@@ -30,7 +30,10 @@
 //!
 //! The worker runs at a lower priority (nice +10) than the data plane: when
 //! the CPU is short, the flood is what waits (and overflows, counted), not
-//! the tunnel.
+//! the tunnel. It is woken only when it sleeps on an empty queue, and after
+//! a batch it lets the queue fill for half a millisecond: under a flood it
+//! takes its messages, and sends its cookie replies (`sendmmsg`), in
+//! batches instead of costing the data plane a wake-up per message.
 
 use std::collections::VecDeque;
 use std::io;
@@ -40,9 +43,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use netman_proto::consts::MAX_HANDSHAKE_LEN;
+use netman_proto::consts::{COOKIE_REPLY_LEN, MAX_HANDSHAKE_LEN};
 use netman_proto::{DropReason, GateResult, GatedHandshake, HandshakeGate, PrivateKey};
 use socket2::{SockAddr, Socket};
 
@@ -61,6 +64,11 @@ pub const GATED_PER_ROUND: usize = 4;
 const STAGE_BATCH: usize = 256;
 /// The worker's nice value (the data plane's is the process's).
 const WORKER_NICE: libc::c_int = 10;
+/// After a batch that did not fill up, the worker lets the queue fill for
+/// this long before it looks again (instead of being woken for every
+/// message): under a flood it wakes a few thousand times a second at most,
+/// and takes its messages, and sends its cookie replies, in batches.
+const WORKER_PACE: Duration = Duration::from_micros(500);
 
 /// Labels of the drops counted here (the gate's own reasons come from
 /// [`DropReason::as_str`]).
@@ -97,6 +105,8 @@ struct State {
     jobs: VecDeque<Job>,
     update: Option<Identity>,
     stop: bool,
+    /// The worker sleeps on the condition variable (only then is it woken).
+    waiting: bool,
 }
 
 struct Shared {
@@ -149,6 +159,7 @@ impl Handshakes {
                     jobs: VecDeque::with_capacity(QUEUE_SIZE),
                     update: None,
                     stop: false,
+                    waiting: false,
                 }),
                 ready: Condvar::new(),
                 queue_full: AtomicU64::new(0),
@@ -207,7 +218,7 @@ impl Handshakes {
             return;
         }
         let mut dropped = 0u64;
-        {
+        let wake = {
             let mut st = self.shared.lock();
             for job in self.staged.drain(..) {
                 if st.jobs.len() < QUEUE_SIZE {
@@ -216,11 +227,14 @@ impl Handshakes {
                     dropped += 1;
                 }
             }
-        }
+            st.waiting
+        };
         if dropped > 0 {
             self.shared.queue_full.fetch_add(dropped, Ordering::Relaxed);
         }
-        self.shared.ready.notify_one();
+        if wake {
+            self.shared.ready.notify_one();
+        }
     }
 
     /// Take the wake-up: call before draining with [`Self::next_passed`].
@@ -290,12 +304,15 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICE);
     }
     let mut batch: Vec<Job> = Vec::with_capacity(WORKER_BATCH);
+    let mut replies = Replies::default();
     let mut published = vec![0u64; DropReason::ALL.len()];
     loop {
         let depth = {
             let mut st = shared.lock();
             while st.jobs.is_empty() && st.update.is_none() && !st.stop {
+                st.waiting = true;
                 st = shared.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.waiting = false;
             }
             if st.stop {
                 return;
@@ -315,12 +332,8 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
         for mut job in batch.drain(..) {
             match id.gate.process(job.src, &mut job.data, job.len, now) {
                 GateResult::Reply { dst, len } if len <= job.len => {
-                    let sock = match dst {
-                        SocketAddr::V4(_) => Some(&id.v4),
-                        SocketAddr::V6(_) => id.v6.as_ref(),
-                    };
-                    if let (Some(s), Some(reply)) = (sock, job.data.get(..len)) {
-                        let _ = s.send_to(reply, &SockAddr::from(dst));
+                    if let Some(reply) = job.data.get(..len) {
+                        replies.push(dst, reply);
                     }
                 }
                 GateResult::Reply { .. } | GateResult::Drop(_) => {}
@@ -333,6 +346,7 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
                 },
             }
         }
+        replies.send(&id);
         if passed {
             signal(wake);
         }
@@ -348,5 +362,85 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
                 *seen = count;
             }
         }
+        if depth < WORKER_BATCH {
+            thread::sleep(WORKER_PACE);
+        }
+    }
+}
+
+/// Cookie replies of one batch, sent with one `sendmmsg` per socket.
+#[derive(Default)]
+struct Replies {
+    v4: Vec<(SockAddr, [u8; COOKIE_REPLY_LEN])>,
+    v6: Vec<(SockAddr, [u8; COOKIE_REPLY_LEN])>,
+}
+
+impl Replies {
+    fn push(&mut self, dst: SocketAddr, reply: &[u8]) {
+        let mut data = [0u8; COOKIE_REPLY_LEN];
+        let Some(d) = data.get_mut(..reply.len()) else {
+            return; // only cookie replies come here
+        };
+        d.copy_from_slice(reply);
+        let list = if dst.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        list.push((SockAddr::from(dst), data));
+    }
+
+    fn send(&mut self, id: &Identity) {
+        send_all(&id.v4, &self.v4);
+        if let Some(s) = &id.v6 {
+            send_all(s, &self.v6);
+        }
+        self.v4.clear();
+        self.v6.clear();
+    }
+}
+
+/// Best effort: a cookie reply the socket refuses (buffer full) is not retried.
+fn send_all(sock: &Socket, msgs: &[(SockAddr, [u8; COOKIE_REPLY_LEN])]) {
+    if msgs.is_empty() {
+        return;
+    }
+    let mut iovs: Vec<libc::iovec> = msgs
+        .iter()
+        .map(|(_, d)| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = msgs
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|((addr, _), iov)| {
+            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let mut done = 0;
+    while done < hdrs.len() {
+        let rest = &mut hdrs[done..];
+        // SAFETY: every header points at a live address, iovec and buffer
+        // (`msgs`, `iovs`), all outliving the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        done += n as usize;
     }
 }
