@@ -15,18 +15,15 @@ use crate::api::{
     DropCounters, DropReason, Event, NetResult, PeerConfig, PeerId, PeerStats, TunResult,
 };
 use crate::consts::*;
-use crate::cookie::{CookieChecker, CookieError, CookieGenerator};
+use crate::cookie::{CookieError, CookieGenerator};
+use crate::gate::{GateResult, Gated, GatedHandshake, HandshakeGate, handshake_drop};
 use crate::hash::{IndexState, SeededState};
 use crate::ip;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::noise::{self, Handshake, HandshakeError, PeerKeys, Stage};
-use crate::ratelimit::{LoadDetector, RateLimiter};
+use crate::noise::{self, Handshake, InitiationPartial, PeerKeys, Stage};
 use crate::session::{Keypair, Keypairs, SealError};
 use crate::tai64n::Tai64N;
-use crate::wire::{
-    CookieReply, HandshakeInitiation, HandshakeResponse, MessageType, TransportData, WireError,
-    field,
-};
+use crate::wire::{CookieReply, HandshakeResponse, MessageType, TransportData, WireError, field};
 
 /// Errors of peer management calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,9 +133,6 @@ struct Core {
     private_key: PrivateKey,
     public: [u8; 32],
     rng: ChaCha20Rng,
-    checker: CookieChecker,
-    load: LoadDetector,
-    limiter: RateLimiter,
     index: HashMap<u32, u32, IndexState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -510,14 +504,6 @@ fn run_timers(core: &mut Core, peer: &mut Peer, now: Instant) {
     }
 }
 
-fn handshake_drop(e: HandshakeError) -> DropReason {
-    match e {
-        HandshakeError::LowOrderPoint => DropReason::LowOrderPoint,
-        HandshakeError::Decrypt | HandshakeError::Crypto => DropReason::DecryptFailed,
-        HandshakeError::WrongState => DropReason::UnexpectedHandshake,
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Current,
@@ -530,6 +516,9 @@ enum Slot {
 /// See the crate documentation for the calling conventions.
 pub struct Device {
     core: Core,
+    /// mac1/mac2/cookies/load/rate limiting and the first DH of handshake
+    /// messages, when `handle_datagram` takes them inline.
+    gate: HandshakeGate,
     peers: Vec<Option<Peer>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
@@ -549,21 +538,22 @@ impl Device {
     pub fn new(private_key: PrivateKey, seed: [u8; 32], now: Instant, wall: SystemTime) -> Self {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let public = private_key.public_key().to_bytes();
-        let limiter_state = SeededState::new(rng.next_u64(), rng.next_u64());
+        // Two draws, as many as the rate limiter's hasher took before the
+        // gate existed, and cookies come from this RNG as before: the
+        // stream (indices, ephemeral keys, cookie secrets) stays as it was,
+        // and with it the committed fuzz seeds.
+        let mut gate_seed = Zeroizing::new([0u8; 32]);
+        gate_seed[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        gate_seed[8..16].copy_from_slice(&rng.next_u64().to_le_bytes());
+        let gate = HandshakeGate::new(private_key.clone(), *gate_seed);
         let map_state = SeededState::new(rng.next_u64(), rng.next_u64());
         let index_state = IndexState::new(rng.next_u64());
         Self {
+            gate,
             core: Core {
-                checker: CookieChecker::new(&public),
                 private_key,
                 public,
                 rng,
-                load: LoadDetector::new(DEFAULT_UNDER_LOAD_THRESHOLD),
-                limiter: RateLimiter::new(
-                    RATE_LIMIT_PACKETS_PER_SECOND,
-                    RATE_LIMIT_BURST,
-                    limiter_state,
-                ),
                 index: HashMap::with_hasher(index_state),
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
@@ -586,6 +576,7 @@ impl Device {
     /// uses it, to start every input from the same established session.
     pub(crate) fn fork(&self) -> Device {
         Device {
+            gate: self.gate.clone(),
             core: self.core.clone(),
             peers: self.peers.clone(),
             generations: self.generations.clone(),
@@ -615,18 +606,18 @@ impl Device {
     /// Forces the "under load" state (`Some(true)`: every handshake needs a
     /// valid mac2; `Some(false)`: never) or returns to automatic detection (`None`).
     pub fn set_under_load(&mut self, forced: Option<bool>) {
-        self.core.load.forced = forced;
+        self.gate.set_under_load(forced);
     }
 
     /// Handshake messages per second above which the device considers
     /// itself under load (default `DEFAULT_UNDER_LOAD_THRESHOLD`).
     pub fn set_load_threshold(&mut self, per_second: u32) {
-        self.core.load.threshold = per_second;
+        self.gate.set_load_threshold(per_second);
     }
 
     /// Whether the device currently considers itself under load.
     pub fn is_under_load(&self, now: Instant) -> bool {
-        self.core.load.is_under_load(now)
+        self.gate.is_under_load(now)
     }
 
     fn peer(&self, id: PeerId) -> Option<&Peer> {
@@ -986,8 +977,18 @@ impl Device {
         };
         match ty {
             MessageType::TransportData => self.handle_transport(src, buf, len, now),
-            MessageType::HandshakeInitiation => self.handle_initiation(src, buf, len, now),
-            MessageType::HandshakeResponse => self.handle_response(src, buf, len, now),
+            MessageType::HandshakeInitiation | MessageType::HandshakeResponse => {
+                let core = &mut self.core;
+                match self
+                    .gate
+                    .triage
+                    .process(&mut core.drops, &mut core.rng, src, buf, len, now)
+                {
+                    GateResult::Pass(msg) => self.finish_gated(msg, buf, now),
+                    GateResult::Reply { dst, len } => NetResult::Reply { dst, len },
+                    GateResult::Drop(r) => NetResult::Drop(r),
+                }
+            }
             MessageType::CookieReply => self.handle_cookie_reply(buf, len, now),
         }
     }
@@ -1095,86 +1096,35 @@ impl Device {
         }
     }
 
-    /// mac1, load accounting, and under load mac2 / cookie reply / rate
-    /// limiting. `Ok(())` means "process the message".
-    fn check_handshake_macs(
-        &mut self,
-        src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-        mac1_off: usize,
-        sender_index: u32,
-        now: Instant,
-    ) -> Result<(), NetResult> {
-        let core = &mut self.core;
-        let Some(msg) = buf.get(..len) else {
-            return Err(NetResult::Drop(
-                core.drop_packet(DropReason::BufferTooSmall),
-            ));
-        };
-        if !core.checker.check_mac1(msg, mac1_off) {
-            return Err(NetResult::Drop(core.drop_packet(DropReason::BadMac1)));
+    /// Finishes a handshake message that passed a [`HandshakeGate`] (see
+    /// [`crate::gate`]): for an initiation, the peer lookup, timestamp
+    /// decryption, replay and per-peer rate checks, then the response
+    /// (written to `buf[..HANDSHAKE_RESPONSE_LEN]`, `Reply`); for a response,
+    /// the index lookup and its DH (`Done`, staged packets come out of
+    /// `poll_transmit`). Only authenticated messages cost more than a hash
+    /// here. `buf` must hold at least `MAX_HANDSHAKE_LEN` bytes.
+    pub fn handle_gated(&mut self, msg: GatedHandshake, buf: &mut [u8], now: Instant) -> NetResult {
+        self.core.observe(now);
+        self.finish_gated(msg, buf, now)
+    }
+
+    fn finish_gated(&mut self, msg: GatedHandshake, buf: &mut [u8], now: Instant) -> NetResult {
+        let src = msg.src;
+        match msg.msg {
+            Gated::Initiation(partial) => self.handle_initiation(src, partial, buf, now),
+            Gated::Response(bytes) => self.handle_response(src, &bytes, now),
         }
-        if !core.load.on_handshake(now) {
-            return Ok(());
-        }
-        if !core.checker.check_mac2(msg, mac1_off + 16, src, now) {
-            let mut copy = [0u8; MAX_HANDSHAKE_LEN];
-            let Some(dst) = copy.get_mut(..len) else {
-                return Err(NetResult::Drop(core.drop_packet(DropReason::Malformed)));
-            };
-            dst.copy_from_slice(msg);
-            core.drop_packet(DropReason::CookieRequired);
-            let reply = core.checker.create_reply(
-                &copy[..len],
-                mac1_off,
-                sender_index,
-                src,
-                now,
-                &mut core.rng,
-                buf,
-            );
-            return Err(match reply {
-                Some(n) => NetResult::Reply { dst: src, len: n },
-                None => NetResult::Drop(DropReason::CookieRequired),
-            });
-        }
-        if !core.limiter.allow(src.ip(), now) {
-            return Err(NetResult::Drop(core.drop_packet(DropReason::RateLimited)));
-        }
-        Ok(())
     }
 
     fn handle_initiation(
         &mut self,
         src: SocketAddr,
+        mut partial: InitiationPartial,
         buf: &mut [u8],
-        len: usize,
         now: Instant,
     ) -> NetResult {
-        let Some(data) = buf.get(..len) else {
-            return NetResult::Drop(self.core.drop_packet(DropReason::BufferTooSmall));
-        };
-        let mut copy = [0u8; HANDSHAKE_INITIATION_LEN];
-        match HandshakeInitiation::new_checked(data) {
-            Ok(v) => copy.copy_from_slice(v.as_bytes()),
-            Err(_) => return NetResult::Drop(self.core.drop_packet(DropReason::Malformed)),
-        }
-        let view = HandshakeInitiation::new_unchecked(&copy[..]);
-        if let Err(r) =
-            self.check_handshake_macs(src, buf, len, field::INIT_MAC1, view.sender_index(), now)
-        {
-            return r;
-        }
+        let len = HANDSHAKE_INITIATION_LEN;
         let core = &mut self.core;
-        let mut partial = match noise::consume_initiation_static(
-            core.private_key.secret(),
-            &core.public,
-            &view,
-        ) {
-            Ok(p) => p,
-            Err(e) => return NetResult::Drop(core.drop_packet(handshake_drop(e))),
-        };
         let Some(&slot) = self.by_key.get(&partial.remote_static) else {
             return NetResult::Drop(core.drop_packet(DropReason::UnknownPeer));
         };
@@ -1238,24 +1188,11 @@ impl Device {
     fn handle_response(
         &mut self,
         src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
+        bytes: &[u8; HANDSHAKE_RESPONSE_LEN],
         now: Instant,
     ) -> NetResult {
-        let Some(data) = buf.get(..len) else {
-            return NetResult::Drop(self.core.drop_packet(DropReason::BufferTooSmall));
-        };
-        let mut copy = [0u8; HANDSHAKE_RESPONSE_LEN];
-        match HandshakeResponse::new_checked(data) {
-            Ok(v) => copy.copy_from_slice(v.as_bytes()),
-            Err(_) => return NetResult::Drop(self.core.drop_packet(DropReason::Malformed)),
-        }
-        let view = HandshakeResponse::new_unchecked(&copy[..]);
-        if let Err(r) =
-            self.check_handshake_macs(src, buf, len, field::RESP_MAC1, view.sender_index(), now)
-        {
-            return r;
-        }
+        let len = HANDSHAKE_RESPONSE_LEN;
+        let view = HandshakeResponse::new_unchecked(&bytes[..]);
         let core = &mut self.core;
         let receiver = view.receiver_index();
         let Some(&slot) = core.index.get(&receiver) else {

@@ -82,6 +82,15 @@
 //!   second: handshakes without a valid mac2 get a cookie reply, and those
 //!   with one are rate limited per source address (token bucket, 20/s, burst
 //!   5, as wireguard-go). [`Device::set_under_load`] forces the state.
+//! * Handshakes off the hot path: [`Device::handle_datagram`] runs the
+//!   checks above and the first Diffie-Hellman of an initiation inline. A
+//!   caller that wants handshake work away from its transport path
+//!   classifies datagrams with [`is_handshake`], runs a [`HandshakeGate`]
+//!   (built from the same private key; it has its own load detector, rate
+//!   limiter and cookie secret, and [`HandshakeGate::note_backlog`] takes
+//!   the caller's queue depth) on another thread, and hands what passes
+//!   ([`GatedHandshake`]) to [`Device::handle_gated`], which costs a hash
+//!   and an AEAD unless the message is authenticated. See [`gate`].
 //!
 //! ## Buffers
 //!
@@ -125,6 +134,7 @@ mod cookie;
 pub mod crypto;
 mod device;
 pub mod fuzzing;
+pub mod gate;
 mod hash;
 pub mod ip;
 pub mod keys;
@@ -144,6 +154,7 @@ pub use consts::{
     tun_buffer_len,
 };
 pub use device::{Device, DeviceError};
+pub use gate::{GateResult, GatedHandshake, HandshakeGate, is_handshake};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use replay::ReplayFilter;
 pub use wire::WireError;

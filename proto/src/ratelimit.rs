@@ -49,6 +49,15 @@ impl LoadDetector {
         self.is_under_load(now)
     }
 
+    /// Marks the device under load from `now` on (for UNDER_LOAD_AFTER_TIME),
+    /// e.g. because the caller's handshake queue is filling up.
+    pub(crate) fn mark(&mut self, now: Instant) {
+        let until = now + UNDER_LOAD_AFTER_TIME;
+        if self.under_load_until.is_none_or(|u| u < until) {
+            self.under_load_until = Some(until);
+        }
+    }
+
     pub(crate) fn is_under_load(&self, now: Instant) -> bool {
         if let Some(f) = self.forced {
             return f;

@@ -6,7 +6,10 @@
 //! datagrams received with one `recvmmsg` are decrypted in place and
 //! written to the TUN device. Nothing is allocated per packet, and every
 //! packet lost on the way is counted by reason (the core's `DropReason`s
-//! and the I/O ones of [`super::drops`]).
+//! and the I/O ones of [`super::drops`]). Handshake messages are only
+//! classified here and handed to their own queue and worker thread
+//! ([`super::handshake`]), so a handshake flood never sits in front of
+//! transport data.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +23,7 @@ use thiserror::Error;
 use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
 use super::control::{EngineStatus, PeerStatus};
 use super::drops::{IoDropReason, IoDrops};
+use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
 use super::tunrx::TunRx;
 use super::udp::{FlushReport, RecvBatch, TxQueue, UdpSockets};
 use crate::keys::os_random;
@@ -202,6 +206,8 @@ pub struct DataPlane {
     cmd_rx: mpsc::Receiver<Command>,
     wake: Arc<OwnedFd>,
     signals: Option<OwnedFd>,
+    /// Handshake messages go to their own queue and worker thread.
+    handshakes: Handshakes,
 }
 
 impl DataPlane {
@@ -215,6 +221,12 @@ impl DataPlane {
         let tun = attach_tun(&config.interface)?;
         let udp = bind(config.listen_port)?;
         let mut device = new_device(&keys, config.mtu)?;
+        let handshakes = Identity::new(&keys.private, &udp)
+            .and_then(Handshakes::new)
+            .map_err(|source| EngineError::Io {
+                what: "set up the handshake queue",
+                source,
+            })?;
         let mut ids = Vec::with_capacity(config.peers.len());
         for (i, p) in config.peers.iter().enumerate() {
             let id = device
@@ -276,6 +288,7 @@ impl DataPlane {
                 cmd_rx,
                 wake,
                 signals,
+                handshakes,
             },
             control,
         ))
@@ -291,6 +304,10 @@ impl DataPlane {
 
     /// Run until a stop command or a signal.
     pub fn run(&mut self) -> Result<(), EngineError> {
+        self.handshakes.spawn().map_err(|source| EngineError::Io {
+            what: "start the handshake worker",
+            source,
+        })?;
         loop {
             let now = Instant::now();
             let timeout_ms = match self.device.poll_timeout() {
@@ -312,6 +329,7 @@ impl DataPlane {
                 pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.wake.as_raw_fd()),
                 pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
+                pollfd(self.handshakes.wake_fd()),
             ];
             // SAFETY: valid array of pollfd structures.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -342,6 +360,10 @@ impl DataPlane {
             }
             if ready(0) {
                 self.tun_to_udp(now);
+            }
+            // Behind the transport batches.
+            if ready(5) {
+                self.finish_handshakes(now);
             }
             self.device.handle_timeout(now);
             self.flush_transmits();
@@ -426,6 +448,12 @@ impl DataPlane {
                 while off < len {
                     let dlen = seg.min(len - off);
                     let d = &mut self.rx.slab.slot_mut(i)[off..off + dlen];
+                    if netman_proto::is_handshake(d) {
+                        // To the handshake worker; never in front of transport data.
+                        self.handshakes.stage(src, d);
+                        off += dlen;
+                        continue;
+                    }
                     match self.device.handle_datagram(src, d, dlen, now) {
                         NetResult::ToTun { offset, len, .. } => {
                             let b = &mut self.to_tun[k];
@@ -455,12 +483,32 @@ impl DataPlane {
                 let t = &mut self.to_tun[..k];
                 write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
             }
+            self.handshakes.submit();
             // Handshake completions may have released staged packets.
             self.flush_transmits();
             if got < RX_MSGS {
                 return;
             }
         }
+    }
+
+    /// Finish up to `GATED_PER_ROUND` handshake messages that passed the
+    /// worker (see `handshake.rs`): only authenticated ones cost DH work
+    /// here. More are left for the next iteration, after its transport.
+    fn finish_handshakes(&mut self, now: Instant) {
+        self.handshakes.ack_wake();
+        for _ in 0..GATED_PER_ROUND {
+            let Some(msg) = self.handshakes.next_passed() else {
+                return;
+            };
+            if let NetResult::Reply { dst, len } =
+                self.device.handle_gated(msg, &mut self.scratch, now)
+                && let Some(s) = self.udp.for_dst(&dst)
+            {
+                let _ = s.send_to(&self.scratch[..len], &dst.into());
+            }
+        }
+        self.handshakes.rewake();
     }
 
     /// Send everything the core queued (handshakes, keepalives, staged
@@ -562,6 +610,9 @@ impl DataPlane {
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
         drops.extend(self.drops.iter().map(|(r, n)| (r.as_str().to_string(), n)));
+        for (label, n) in self.handshakes.drop_counts() {
+            *drops.entry(label.to_string()).or_default() += n;
+        }
         EngineStatus {
             deployment: self.config.deployment.clone(),
             pid: std::process::id(),
@@ -648,8 +699,15 @@ impl DataPlane {
             self.tun = t;
             self.tun_dead = false;
         }
+        let new_identity = rekey || new_udp.is_some();
         if let Some(u) = new_udp {
             self.udp = u;
+        }
+        if new_identity {
+            match Identity::new(&new_keys.private, &self.udp) {
+                Ok(id) => self.handshakes.replace(id),
+                Err(e) => tracing::warn!(error = %e, "handshake worker keeps its old identity"),
+            }
         }
         self.ids = ids;
         self.keys = new_keys;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod drops;
+pub mod handshake;
 pub mod metrics;
 pub mod supervisor;
 pub mod tunrx;
