@@ -70,6 +70,10 @@ pub struct EngineStatus {
     /// The watcher (manifest file and kernel drift).
     #[serde(default)]
     pub watch: Option<super::supervisor::WatchStatus>,
+    /// How much work the watcher did (kept apart from `watch`, which stays
+    /// still once the watcher has converged).
+    #[serde(default)]
+    pub watch_counters: Option<super::supervisor::WatchCounters>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -553,6 +553,7 @@ impl DataPlane {
             drops,
             config: self.config.clone(),
             watch: None,
+            watch_counters: None,
         }
     }
 

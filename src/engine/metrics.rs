@@ -287,6 +287,7 @@ mod tests {
                 metrics: None,
             },
             watch: None,
+            watch_counters: None,
         }
     }
 

@@ -404,6 +404,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
             match rx.recv_timeout(CONTROL_TIMEOUT) {
                 Ok(mut s) => {
                     s.watch = Some(ctx.shared.status());
+                    s.watch_counters = Some(ctx.shared.counters());
                     Response::Status(Box::new(s))
                 }
                 Err(_) => err("the data plane did not answer".into()),
