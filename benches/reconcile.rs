@@ -1,7 +1,9 @@
 //! Benchmarks of the pure pieces around the data plane and the reconciler:
 //! packing encrypted datagrams into UDP GSO messages (the send path's
 //! batching), planning 10,000 routes against an in-sync and an empty kernel,
-//! and parsing + validating a manifest of 10,000 routes.
+//! and parsing + validating a manifest of 10,000 routes, and one of 10,000
+//! firewall rules (which should cost about the same: rule positions are
+//! found through a line index, not by rescanning the text per rule).
 //!
 //! `cargo bench --bench reconcile -- --warm-up-time 1 --measurement-time 3`
 
@@ -24,6 +26,20 @@ fn manifest_text(routes: usize) -> String {
     );
     for i in 0..routes {
         m.push_str(&format!("  - to: 10.{}.{}.0/24\n", i / 256, i % 256));
+    }
+    m
+}
+
+fn rules_manifest_text(rules: usize) -> String {
+    let mut m = format!(
+        "name: bench\ninterface:\n  name: nm0\n  addresses: [10.255.0.1/24]\n  private_key_file: k\npeers:\n  - name: b\n    public_key: \"{KEY}\"\n    allowed_ips: [10.255.0.2/32]\nfirewall:\n  chains:\n    - name: forward\n      hook: forward\n      rules:\n"
+    );
+    for i in 0..rules {
+        m.push_str(&format!(
+            "        - ip saddr 10.{}.{}.0/24 accept\n",
+            i / 256,
+            i % 256
+        ));
     }
     m
 }
@@ -91,6 +107,11 @@ fn parsing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("parse + validate 10k routes", |b| {
         b.iter(|| manifest::parse(black_box(&text), Path::new("/bench/m.yaml")))
+    });
+    let rules = rules_manifest_text(10_000);
+    g.throughput(Throughput::Bytes(rules.len() as u64));
+    g.bench_function("parse + validate 10k firewall rules", |b| {
+        b.iter(|| manifest::parse(black_box(&rules), Path::new("/bench/m.yaml")))
     });
     g.finish();
 }

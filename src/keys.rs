@@ -1,15 +1,23 @@
 //! Key files: private and preshared keys live in files of mode 0600 in
-//! `wg genkey` format. They are refused if missing, malformed or accessible
-//! by group/other. Errors name the path, never the content.
+//! `wg genkey` format. A key file is opened without following a symlink and
+//! without blocking, and checked on the open descriptor (no check of a path
+//! and then an open of it): a regular file, owned by root or by the user
+//! running netman, with no group or other permission bits. It is read from
+//! that descriptor into a fixed buffer that is zeroized when dropped.
+//! Errors name the path, never the content.
 
-use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use netman_proto::keys::{PresharedKey, PrivateKey};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+use crate::files::{self, ReadError};
+
+/// How much of a key file is read (a key is one line of 44 characters).
+const KEY_FILE_BYTES: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum KeyFileError {
@@ -27,46 +35,92 @@ pub enum KeyFileError {
         "key file {path}: not a key (expected one line of 44 base64 characters, as written by `wg genkey`)"
     )]
     Malformed { path: PathBuf },
-    #[error("key file {path}: not a regular file")]
-    NotAFile { path: PathBuf },
+    #[error("key file {path}: not a regular file ({kind})")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "key file {path}: is a symbolic link; key files are not read through links (name the file itself)"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "key file {path}: owned by uid {uid}; a key file must belong to {owners} (run `chown root {path}`)"
+    )]
+    Owner {
+        path: PathBuf,
+        uid: u32,
+        owners: String,
+    },
 }
 
-/// Read a key file after checking its permissions; the text is zeroized
-/// when dropped.
-fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
-    let err = |source| KeyFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = fs::metadata(path).map_err(err)?;
-    if !meta.is_file() {
+/// The text of a key file: a fixed buffer, zeroized when dropped.
+struct SecretText {
+    buf: Zeroizing<[u8; KEY_FILE_BYTES]>,
+    len: usize,
+}
+
+impl SecretText {
+    fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.buf[..self.len]).ok()
+    }
+}
+
+/// Open a key file and read (at most [`KEY_FILE_BYTES`] of) it after the
+/// checks above, all on one descriptor.
+fn read_secret_file(path: &Path) -> Result<SecretText, KeyFileError> {
+    let p = || path.to_path_buf();
+    let mut f = files::open_read(path, true).map_err(|e| match e {
+        ReadError::Symlink => KeyFileError::Symlink { path: p() },
+        ReadError::Io(source) => KeyFileError::Read { path: p(), source },
+        other => KeyFileError::Read {
+            path: p(),
+            source: io::Error::other(other.to_string()),
+        },
+    })?;
+    let meta = f
+        .metadata()
+        .map_err(|source| KeyFileError::Read { path: p(), source })?;
+    if !meta.file_type().is_file() {
         return Err(KeyFileError::NotAFile {
-            path: path.to_path_buf(),
+            path: p(),
+            kind: files::kind(&meta),
         });
     }
-    let mode = meta.permissions().mode() & 0o7777;
+    if !files::trusted_owner(meta.uid()) {
+        return Err(KeyFileError::Owner {
+            path: p(),
+            uid: meta.uid(),
+            owners: files::trusted_owners(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeyFileError::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(KeyFileError::Permissions { path: p(), mode });
     }
-    let mut f = fs::File::open(path).map_err(err)?;
-    let mut text = Zeroizing::new(String::new());
-    // A key file is tiny; refuse to read more than a few lines.
-    f.by_ref()
-        .take(256)
-        .read_to_string(&mut text)
-        .map_err(|_| KeyFileError::Malformed {
-            path: path.to_path_buf(),
-        })?;
+    let mut text = SecretText {
+        buf: Zeroizing::new([0u8; KEY_FILE_BYTES]),
+        len: 0,
+    };
+    while text.len < KEY_FILE_BYTES {
+        match f.read(&mut text.buf[text.len..]) {
+            Ok(0) => break,
+            Ok(n) => text.len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(KeyFileError::Malformed { path: p() }),
+        }
+    }
     Ok(text)
+}
+
+/// The text of a key file as a string, or `Malformed` (not UTF-8).
+fn key_text<'a>(text: &'a SecretText, path: &Path) -> Result<&'a str, KeyFileError> {
+    text.as_str().ok_or_else(|| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Load a private key file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let text = read_secret_file(path)?;
-    PrivateKey::from_base64(text.trim()).map_err(|_| KeyFileError::Malformed {
+    PrivateKey::from_base64(key_text(&text, path)?.trim()).map_err(|_| KeyFileError::Malformed {
         path: path.to_path_buf(),
     })
 }
@@ -74,7 +128,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyFileError> {
 /// Load a preshared key file.
 pub fn load_preshared_key(path: &Path) -> Result<PresharedKey, KeyFileError> {
     let text = read_secret_file(path)?;
-    PresharedKey::from_base64(text.trim()).map_err(|_| KeyFileError::Malformed {
+    PresharedKey::from_base64(key_text(&text, path)?.trim()).map_err(|_| KeyFileError::Malformed {
         path: path.to_path_buf(),
     })
 }
@@ -107,7 +161,8 @@ pub fn generate_private_key() -> io::Result<PrivateKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::fs;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("netman-keys-{}-{name}", std::process::id()))
@@ -160,6 +215,70 @@ mod tests {
         let e = load_private_key(&p).err().expect("missing").to_string();
         assert!(e.contains("No such file"), "{e}");
         assert!(load_preshared_key(&p).is_err());
+    }
+
+    #[test]
+    fn symlinked_or_foreign_key_files_are_refused() {
+        let secret = "YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=";
+        let real = tmp("real");
+        write(&real, secret, 0o600);
+        assert!(load_private_key(&real).is_ok());
+
+        // A symlink to a good key file is not followed.
+        let link = tmp("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let e = load_private_key(&link).err().expect("symlink").to_string();
+        assert!(e.contains(&link.display().to_string()), "{e}");
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!e.contains(secret), "{e}");
+        assert!(load_preshared_key(&link).is_err());
+        let _ = fs::remove_file(&link);
+
+        // Owned by someone else than root or the user running netman (the
+        // tests run as root: chown to nobody).
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            std::os::unix::fs::chown(&real, Some(65534), None).expect("chown");
+            let e = load_private_key(&real).err().expect("foreign").to_string();
+            assert!(e.contains(&real.display().to_string()), "{e}");
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert!(!e.contains(secret), "{e}");
+            std::os::unix::fs::chown(&real, Some(0), None).expect("chown");
+            assert!(load_private_key(&real).is_ok());
+        }
+
+        // A FIFO is refused without blocking.
+        let fifo = tmp("fifo");
+        let _ = fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load_private_key(&fifo).err().expect("fifo").to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let _ = fs::remove_file(&fifo);
+        let _ = fs::remove_file(&real);
+    }
+
+    #[test]
+    fn a_key_file_with_trailing_lines_still_loads() {
+        // As before: only the first 256 bytes are read, and trimmed.
+        let p = tmp("trailing");
+        let text = format!(
+            "YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=\n{}",
+            "\n".repeat(400)
+        );
+        write(&p, &text, 0o600);
+        assert!(load_private_key(&p).is_ok());
+        write(&p, &format!("{}\n", "A".repeat(300)), 0o600);
+        assert!(load_private_key(&p).is_err());
+        write(
+            &p,
+            "  YNqHbfBQKaGvzefSSJ2ghnXHbpVdvt9mvsbAlOWm30U=\n\n",
+            0o600,
+        );
+        assert!(load_private_key(&p).is_ok());
+        let _ = fs::remove_file(&p);
     }
 
     #[test]

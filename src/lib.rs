@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod deploy;
 pub mod engine;
+pub mod files;
 pub mod firewall;
 pub mod import;
 pub mod keys;

@@ -2,11 +2,18 @@
 //! created (so `down` works without the manifest and after a crash) and the
 //! manifest last applied (so `diff` without a file can report drift), plus a
 //! lock file that serialises applies.
+//!
+//! What is in it decides what netman deletes and which engine it signals, so
+//! it is checked before use: a state dir that is a symlink, is not owned by
+//! root (or the user running netman) or is writable by group or others is
+//! refused. Its files are read without following a symlink and within a size
+//! limit, and written through fresh temp files (`O_CREAT|O_EXCL|O_NOFOLLOW`,
+//! mode 0600) renamed into place.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +21,7 @@ use thiserror::Error;
 
 use std::collections::BTreeMap;
 
+use crate::files;
 use crate::firewall;
 use crate::model::Owned;
 
@@ -21,6 +29,11 @@ use crate::model::Owned;
 pub const DEFAULT_STATE_DIR: &str = "/run/netman";
 
 const STATE_VERSION: u32 = 1;
+
+/// A state file holds up to three manifests (in force, previous, pending
+/// revert) of at most 16 MiB each, JSON-escaped, plus the records of what
+/// netman owns.
+const MAX_STATE_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -32,6 +45,10 @@ pub enum StateError {
     },
     #[error("state file {path}: not a netman state file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("state file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("state dir {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -135,22 +152,92 @@ pub struct StateLock {
     _file: File,
 }
 
+/// The identity of a state file as `stat` sees it: it changes whenever the
+/// file is replaced (every save renames a new file into place) or modified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Refuse a state dir that is a symlink, not a directory, not owned by root
+/// (or the user running netman) or writable by group or others. `Ok(false)`:
+/// it does not exist.
+fn check_dir(path: &Path) -> Result<bool, StateError> {
+    let untrusted = |reason: String| StateError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let shown = path.display();
+    if meta.file_type().is_symlink() {
+        return Err(untrusted(format!(
+            "is a symbolic link; netman does not use a state dir through a link (pass the directory itself with --state-dir, e.g. --state-dir {})",
+            fs::canonicalize(path)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "DIR".to_owned())
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(untrusted(format!(
+            "not a directory ({})",
+            files::kind(&meta)
+        )));
+    }
+    if !files::trusted_owner(meta.uid()) {
+        return Err(untrusted(format!(
+            "owned by uid {}; a state dir must belong to {} (run `chown root {shown}`)",
+            meta.uid(),
+            files::trusted_owners()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "mode {mode:04o} lets group or others write to it; run `chmod go-w {shown}`"
+        )));
+    }
+    Ok(true)
+}
+
 impl StateDir {
-    /// Use `path`, creating it (mode 0700) if needed.
+    /// Use `path`, creating it (mode 0700) if needed; refuse it if it cannot
+    /// be trusted (see the module docs).
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        if !path.exists() {
+        if !check_dir(path)? {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(path)
                 .map_err(io_err(path))?;
+            check_dir(path)?;
         }
         Ok(StateDir {
             path: path.to_path_buf(),
         })
     }
 
-    /// Use `path` for reading only: it need not exist.
+    /// Use `path` for reading only: it need not exist (it is checked, like
+    /// [`StateDir::open`] does, whenever it is used).
     pub fn at(path: &Path) -> Self {
         StateDir {
             path: path.to_path_buf(),
@@ -165,16 +252,30 @@ impl StateDir {
         self.path.join(format!("{name}.json"))
     }
 
+    /// Refuse the directory if it cannot be trusted; `Ok(false)`: it does
+    /// not exist.
+    pub fn check(&self) -> Result<bool, StateError> {
+        check_dir(&self.path)
+    }
+
     /// Take the exclusive lock, waiting for another netman that holds it.
     pub fn lock(&self) -> Result<StateLock, StateError> {
+        self.check()?;
         let p = self.path.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&p)
             .map_err(io_err(&p))?;
+        if !file.metadata().map_err(io_err(&p))?.is_file() {
+            return Err(StateError::File {
+                path: p,
+                reason: "not a regular file".to_owned(),
+            });
+        }
         // SAFETY: flock on a descriptor we own; no memory is shared.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -194,55 +295,70 @@ impl StateDir {
 
     /// The recorded state of deployment `name`, if any.
     pub fn load(&self, name: &str) -> Result<Option<DeploymentState>, StateError> {
+        Ok(self.load_stamped(name)?.map(|(st, _)| st))
+    }
+
+    /// [`StateDir::load`], with the identity of the file read (compare it
+    /// with [`StateDir::stamp`] to know whether the file changed since).
+    pub fn load_stamped(&self, name: &str) -> Result<Option<(DeploymentState, Stamp)>, StateError> {
+        if !self.check()? {
+            return Ok(None);
+        }
         let p = self.file(name);
-        let text = match fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&p)(e)),
-        };
-        let st: DeploymentState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        let file_err = |reason: String| StateError::File {
             path: p.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let mut f = match files::open_read(&p, true) {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(files::ReadError::Io(e)) => return Err(io_err(&p)(e)),
+            Err(e) => return Err(file_err(e.to_string())),
+        };
+        let meta = files::regular(&f).map_err(|e| file_err(e.to_string()))?;
+        let stamp = Stamp::of(&meta);
+        let bytes =
+            files::read_limited(&mut f, MAX_STATE_BYTES).map_err(|e| file_err(e.to_string()))?;
+        let st: DeploymentState =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
         if st.version != STATE_VERSION || st.name != name {
             return Err(StateError::Corrupt {
                 path: p,
                 reason: format!("version {} name {:?}", st.version, st.name),
             });
         }
-        Ok(Some(st))
+        Ok(Some((st, stamp)))
     }
 
-    /// Write the state atomically (temp file, fsync, rename, fsync dir).
+    /// The identity of the state file of `name` now (`None`: there is none).
+    pub fn stamp(&self, name: &str) -> Option<Stamp> {
+        fs::symlink_metadata(self.file(name))
+            .ok()
+            .map(|m| Stamp::of(&m))
+    }
+
+    /// Write the state atomically (a fresh temp file, fsync, rename, fsync
+    /// of the dir).
     pub fn save(&self, st: &DeploymentState) -> Result<(), StateError> {
+        self.check()?;
         let p = self.file(&st.name);
         let tmp = self.path.join(format!(".{}.json.tmp", st.name));
         let data = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(io_err(&tmp))?;
-            f.write_all(&data).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-        }
-        fs::rename(&tmp, &p).map_err(io_err(&p))?;
-        if let Ok(d) = File::open(&self.path) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        files::write_atomic(&p, &tmp, &data, 0o600).map_err(|(path, source)| StateError::Io {
+            path: PathBuf::from(path),
+            source,
+        })
     }
 
     /// Forget deployment `name`.
     pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        self.check()?;
         let p = self.file(name);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -253,6 +369,9 @@ impl StateDir {
 
     /// Names of all recorded deployments, sorted.
     pub fn list(&self) -> Result<Vec<String>, StateError> {
+        if !self.check()? {
+            return Ok(Vec::new());
+        }
         let rd = match fs::read_dir(&self.path) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -277,6 +396,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn save_load_list_remove() {

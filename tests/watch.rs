@@ -1767,3 +1767,113 @@ fn confirm_timeout_covers_a_change_the_watcher_applied_first() {
     assert!(!out.contains("netman confirm"), "{out}");
     assert!(a.state_file()["pending_confirm"].is_null());
 }
+
+// ---------------------------------------------------------------------------
+// 7. The files the watcher reads
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn a_fifo_in_place_of_the_manifest_does_not_stop_the_watcher() {
+    let s = Site::new("fifo", "site-a");
+    let f = s.write("site-a.yaml", &s.spec());
+    s.apply(&f, &[]);
+    // The engine's files in the state dir are for root only.
+    let cfg = s.state_dir().join(format!("{}.engine.json", s.deployment));
+    for p in [s.log_path(), cfg] {
+        assert_eq!(mode_of(&p), 0o600, "{}", p.display());
+    }
+    sleep(Duration::from_millis(300));
+
+    // The manifest replaced (by rename) with a FIFO nobody writes to.
+    let tmp = f.with_file_name(".site-a.yaml.fifo");
+    let c = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    std::fs::rename(&tmp, &f).expect("rename the FIFO over the manifest");
+    converge(
+        "the watcher reports the FIFO",
+        Duration::from_secs(5),
+        || {
+            s.watch()["manifest_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a regular file"))
+        },
+    );
+    let w = s.watch();
+    let e = w["manifest_error"].as_str().unwrap_or_default();
+    assert!(e.contains(&f.display().to_string()), "{w:#}");
+
+    // It still repairs drift.
+    s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
+    converge("deleted route restored", Duration::from_secs(2), || {
+        s.has_route("172.18.0.0/16")
+    });
+
+    // And a regular file in its place again is followed again.
+    std::fs::remove_file(&f).expect("rm fifo");
+    write_by_rename(&f, &s.spec().route("192.168.50.0/24").yaml());
+    converge("the new file applied", Duration::from_secs(5), || {
+        s.has_route("192.168.50.0/24")
+    });
+    converge("the error cleared", Duration::from_secs(2), || {
+        s.watch()["manifest_error"].is_null()
+    });
+}
+
+#[test]
+fn the_watcher_reads_the_state_file_only_when_it_changed() {
+    let s = Site::new("streads", "site-a");
+    let f = s.write("site-a.yaml", &s.spec());
+    s.apply(&f, &[]);
+    sleep(Duration::from_millis(300));
+    let counters = || {
+        let st = s.status();
+        let c = st["engine"]["watch_counters"].clone();
+        let n = |k: &str| {
+            c[k].as_u64()
+                .unwrap_or_else(|| panic!("engine.watch_counters.{k} is not a number: {st:#}"))
+        };
+        (n("events"), n("state_reads"))
+    };
+    let (events0, reads0) = counters();
+
+    // 2,000 routes applied (from another file, so the watcher does not
+    // race the apply for the edit): a netlink event for each.
+    let mut big = s.spec();
+    big.routes = many_routes(0, 2000);
+    let fb = s.write("big.yaml", &big);
+    s.apply(&fb, &[]);
+    converge("the route events seen", Duration::from_secs(10), || {
+        counters().0 >= events0 + 1000
+    });
+    sleep(Duration::from_millis(500));
+    let (events, reads) = counters();
+    let (events, reads) = (events - events0, reads - reads0);
+    eprintln!("{events} netlink events, {reads} state file reads");
+    assert!(
+        reads <= 20,
+        "the watcher read the state file {reads} times for {events} events"
+    );
+    // A change of the state file by someone else is still seen: a pending
+    // confirmation made by the CLI (which pokes) ...
+    let out = s.apply(&f, &["--confirm-timeout", "60"]);
+    assert!(out.contains("netman confirm"), "{out}");
+    s.nm().ok(&["confirm"]);
+    // ... and drift is still repaired from the state in force.
+    s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
+    converge("deleted route restored", Duration::from_secs(2), || {
+        s.has_route("172.18.0.0/16")
+    });
+    assert!(
+        !s.has_route("10.100.0.0/24"),
+        "the big manifest is not in force any more"
+    );
+}

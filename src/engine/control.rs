@@ -22,6 +22,9 @@ use crate::state::StateDir;
 /// valid manifest's configuration fits (1,000 peers with 10 allowed IPs
 /// each are about 0.4 MB of JSON).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// The largest response read from a control socket (a status of 1,000
+/// peers is a few hundred KiB).
+const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
 /// Path of the control socket of deployment `name`.
 pub fn socket_path(sd: &StateDir, name: &str) -> PathBuf {
@@ -77,6 +80,10 @@ pub struct EngineStatus {
     /// The watcher (manifest file and kernel drift).
     #[serde(default)]
     pub watch: Option<super::supervisor::WatchStatus>,
+    /// How much work the watcher did (kept apart from `watch`, which stays
+    /// still once the watcher has converged).
+    #[serde(default)]
+    pub watch_counters: Option<super::supervisor::WatchCounters>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +132,50 @@ pub enum RequestError {
     Io(#[from] io::Error),
 }
 
+/// Who serves a control socket, as the kernel reports it (`SO_PEERCRED`:
+/// the process that called `listen`, not what it says about itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// The credentials of the process at the other end of a Unix socket.
+pub fn peer_cred(s: &UnixStream) -> Option<PeerCred> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live ucred with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(PeerCred {
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+        uid: cred.uid,
+    })
+}
+
 /// Send one request to the engine behind `path` and wait for the answer.
 pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    request_peer(path, req, timeout).map(|(resp, _)| resp)
+}
+
+/// [`request`], also returning who served the socket.
+pub fn request_peer(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<(Response, Option<PeerCred>), ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -143,6 +192,7 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         }
         Err(e) => return Err(io_err(e)),
     };
+    let cred = peer_cred(&s);
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Protocol {
@@ -174,7 +224,8 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
             io_err(e)
         });
     }
-    let mut reader = BufReader::new(s);
+    // Bounded: whatever serves the socket does not get to fill our memory.
+    let mut reader = BufReader::new(io::Read::take(s, MAX_RESPONSE_BYTES));
     let mut resp = String::new();
     match reader.read_line(&mut resp) {
         Ok(0) => return Err(ControlError::NotRunning(path.to_path_buf())),
@@ -189,7 +240,7 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
     if let Response::Error { message } = resp {
         return Err(ControlError::Engine(message));
     }
-    Ok(resp)
+    Ok((resp, cred))
 }
 
 /// Read one request from a connection: one line of at most

@@ -625,6 +625,7 @@ impl DataPlane {
             udp_gso_refused: self.tx.gso_refused(),
             config: self.config.clone(),
             watch: None,
+            watch_counters: None,
         }
     }
 

@@ -481,6 +481,7 @@ mod tests {
                 metrics: None,
             },
             watch: None,
+            watch_counters: None,
         }
     }
 

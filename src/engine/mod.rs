@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::files;
 use crate::state::StateDir;
 use config::{EngineChange, EngineConfig};
 use control::{ControlError, Request, Response};
@@ -52,6 +53,8 @@ pub enum ServeError {
     StartFailed { name: String, reason: String },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("engine for deployment {name}: {reason}")]
+    Signal { name: String, reason: String },
 }
 
 /// `<state-dir>/<name>.engine.json`: the engine configuration in force (or
@@ -65,29 +68,37 @@ pub fn log_path(sd: &StateDir, name: &str) -> PathBuf {
     sd.path().join(format!("{name}.log"))
 }
 
+/// The largest engine config read back (1,000 peers take about 1 MiB).
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// Record `cfg` in `<state-dir>/<name>.engine.json` (mode 0600, through a
+/// fresh temp file, never through a symlink).
 pub fn write_config(sd: &StateDir, cfg: &EngineConfig) -> Result<(), ServeError> {
     let path = config_path(sd, &cfg.deployment);
     let err = |reason: String| ServeError::ConfigFile {
         path: path.clone(),
         reason,
     };
+    sd.check().map_err(|e| err(e.to_string()))?;
     let data = serde_json::to_vec_pretty(cfg).map_err(|e| err(e.to_string()))?;
     let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, data).map_err(|e| err(e.to_string()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
-    fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+    // The control thread and the watcher both record configs: one at a
+    // time through the one temp file.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _one = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    files::write_atomic(&path, &tmp, &data, 0o600).map_err(|(p, e)| err(format!("{p}: {e}")))
 }
 
+/// The engine config recorded for `name` (not read through a symlink).
 pub fn read_config(sd: &StateDir, name: &str) -> Result<EngineConfig, ServeError> {
     let path = config_path(sd, name);
-    let text = fs::read_to_string(&path).map_err(|e| ServeError::ConfigFile {
+    let err = |reason: String| ServeError::ConfigFile {
         path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| ServeError::ConfigFile {
-        path,
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    sd.check().map_err(|e| err(e.to_string()))?;
+    let bytes = files::read_file(&path, true, MAX_CONFIG_BYTES).map_err(|e| err(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
 }
 
 /// Ask the engine of `name` something.
@@ -245,24 +256,7 @@ fn unprivileged_port_start() -> u32 {
 
 /// The uid of the process at the other end of a Unix socket.
 fn peer_uid(conn: &std::os::unix::net::UnixStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live ucred with its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
+    control::peer_cred(conn).map(|c| c.uid)
 }
 
 /// The engine of this process as the control socket and the watcher see
@@ -423,6 +417,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
             match rx.recv_timeout(CONTROL_TIMEOUT) {
                 Ok(mut s) => {
                     s.watch = Some(ctx.shared.status());
+                    s.watch_counters = Some(ctx.shared.counters());
                     Response::Status(Box::new(s))
                 }
                 Err(_) => err("the data plane did not answer".into()),
@@ -445,11 +440,8 @@ pub fn spawn_detached(sd: &StateDir, cfg: &EngineConfig) -> Result<u32, ServeErr
         name: name.clone(),
         reason,
     };
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| fail(format!("open log {}: {e}", log.display())))?;
+    let out =
+        files::open_log(&log).map_err(|e| fail(format!("open log {}: {e}", log.display())))?;
     let err_out = out
         .try_clone()
         .map_err(|e| fail(format!("open log {}: {e}", log.display())))?;
@@ -498,10 +490,22 @@ pub fn spawn_detached(sd: &StateDir, cfg: &EngineConfig) -> Result<u32, ServeErr
     }
 }
 
+/// The last line the engine logged after offset `from` (reading at most
+/// the last 64 KiB of the log, never through a symlink).
 fn log_tail(path: &Path, from: u64) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let start = usize::try_from(from).unwrap_or(0).min(text.len());
-    let tail = text.get(start..).unwrap_or("").trim();
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 << 10;
+    let read = || -> Option<String> {
+        let mut f = files::open_read(path, true).ok()?;
+        let len = files::regular(&f).ok()?.len();
+        let start = from.max(len.saturating_sub(TAIL)).min(len);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut buf = Vec::new();
+        f.take(TAIL).read_to_end(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = read().unwrap_or_default();
+    let tail = text.trim();
     if tail.is_empty() {
         format!("see {}", path.display())
     } else {
@@ -510,23 +514,123 @@ fn log_tail(path: &Path, from: u64) -> String {
 }
 
 /// Stop the engine of `name` (if running) and wait for it to exit.
+///
+/// The process signalled is the one the kernel says serves the control
+/// socket (`SO_PEERCRED`), never the pid the engine reports, and only if it
+/// runs as root (or as the user running netman).
 pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
-    let Some(pid) = running_pid(sd, name) else {
-        let _ = fs::remove_file(control::socket_path(sd, name));
-        return Ok(false);
+    let sock = control::socket_path(sd, name);
+    let (reported, cred) = match control::request_peer(&sock, &Request::Ping, CONTROL_TIMEOUT) {
+        Ok((Response::Pong { pid, .. }, cred)) => (pid, cred),
+        _ => {
+            let _ = fs::remove_file(&sock);
+            return Ok(false);
+        }
     };
+    let refuse = |reason: String| ServeError::Signal {
+        name: name.to_string(),
+        reason,
+    };
+    let Some(cred) = cred else {
+        return Err(refuse(format!(
+            "cannot tell which process serves {}; not signalling anything",
+            sock.display()
+        )));
+    };
+    if !files::trusted_owner(cred.uid) {
+        return Err(refuse(format!(
+            "its control socket {} is served by pid {} of uid {}, not by {}; not signalling it",
+            sock.display(),
+            cred.pid,
+            cred.uid,
+            files::trusted_owners()
+        )));
+    }
+    if cred.pid == 0 || cred.pid == std::process::id() {
+        return Err(refuse(format!(
+            "its control socket {} is served by {}; not signalling it",
+            sock.display(),
+            if cred.pid == 0 {
+                "a process outside this pid namespace".to_owned()
+            } else {
+                "this very process".to_owned()
+            }
+        )));
+    }
+    if reported != cred.pid {
+        tracing::warn!(
+            deployment = %name,
+            reported,
+            serving = cred.pid,
+            "the engine reports another pid than the process serving its socket; stopping the latter"
+        );
+    }
+    let pid = cred.pid;
+    // A pidfd pins the process: a pid reused after it exits is never hit.
+    let pidfd = Pidfd::open(pid);
     let _ = request(sd, name, &Request::Stop);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if !pid_alive(pid) {
+        let gone = match &pidfd {
+            Some(fd) => fd.exited(),
+            None => !pid_alive(pid),
+        };
+        if gone {
             return Ok(true);
         }
         thread::sleep(Duration::from_millis(10));
     }
-    // SAFETY: kill with a pid the engine reported.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    let _ = fs::remove_file(control::socket_path(sd, name));
+    match &pidfd {
+        Some(fd) => fd.kill(),
+        // SAFETY: kill with the pid the kernel reported for the socket.
+        None => unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        },
+    }
+    let _ = fs::remove_file(&sock);
     Ok(true)
+}
+
+/// A pidfd (`pidfd_open(2)`): a handle on one process that a recycled pid
+/// cannot alias.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    fn open(pid: u32) -> Option<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Some(Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Whether the process has exited (a zombie counts as exited).
+    fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one live pollfd, without waiting.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        rc > 0
+    }
+
+    fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a live pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use crate::deploy::{self, DeployError, EngineStep, Resolved};
 use crate::manifest::{self, Manifest};
 use crate::netlink::Netlink;
 use crate::reconcile::{ApplyOptions, ReconcileError, now_unix_ms};
-use crate::state::StateDir;
+use crate::state::{DeploymentState, Stamp, StateDir};
 
 /// Debounce after a kernel event (our own changes come as bursts).
 const KERNEL_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -59,6 +59,17 @@ pub struct WatchStatus {
     pub failures: u64,
 }
 
+/// How much work the watcher did (`status --output json`:
+/// `engine.watch_counters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchCounters {
+    /// rtnetlink messages the watcher received.
+    pub events: u64,
+    /// Times the watcher read (and parsed) the state file: only when it
+    /// changed, after a poke, a resync or a reconcile of its own.
+    pub state_reads: u64,
+}
+
 /// State shared between the watcher, the control socket and metrics.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -66,6 +77,9 @@ pub struct Shared {
     /// Wakes the watcher to re-read the state file.
     pub wake: tokio::sync::Notify,
     pub counters: ReconcileCounters,
+    /// See [`WatchCounters`].
+    pub events: AtomicU64,
+    pub state_reads: AtomicU64,
     errors: Mutex<(Option<String>, Option<String>)>,
 }
 
@@ -80,6 +94,13 @@ impl Shared {
             applies: self.counters.applies.load(Ordering::Relaxed),
             drift_repairs: self.counters.drift_repairs.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn counters(&self) -> WatchCounters {
+        WatchCounters {
+            events: self.events.load(Ordering::Relaxed),
+            state_reads: self.state_reads.load(Ordering::Relaxed),
         }
     }
 
@@ -118,6 +139,7 @@ pub fn spawn(
             };
             rt.block_on(async move {
                 let mut w = Watcher {
+                    state: StateCache::new(sd.clone(), name.clone()),
                     sd,
                     name,
                     engine,
@@ -127,6 +149,7 @@ pub fn spawn(
                     inotify: None,
                     link_index: None,
                     memo: None,
+                    read_error: None,
                     streak: 0,
                     quiet_until: None,
                 };
@@ -151,6 +174,10 @@ struct Watcher {
     link_index: Option<u32>,
     /// The last manifest parsed, by SHA-256.
     memo: Option<(String, Manifest)>,
+    /// The state file as last read.
+    state: StateCache,
+    /// Why the manifest file could not be read last time (logged once).
+    read_error: Option<String>,
     /// Failed reconciles in a row, and until when kernel events and the
     /// pending deadline do not start another (the failed apply's own
     /// revert sends kernel events).
@@ -199,6 +226,7 @@ impl Watcher {
             tokio::select! {
                 ev = events.next() => {
                     let Some((msg, _)) = ev else { break Ok(()) };
+                    self.shared.events.fetch_add(1, Ordering::Relaxed);
                     if watching && self.relevant(&msg.payload) {
                         let mut at = Instant::now() + KERNEL_DEBOUNCE;
                         if let Some(q) = self.quiet_until {
@@ -220,6 +248,8 @@ impl Watcher {
                     }
                 }
                 _ = self.shared.wake.notified() => {
+                    // Whoever poked has just changed the state file.
+                    self.state.invalidate();
                     schedule(&mut due, Instant::now(), Trigger::Poke);
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -237,6 +267,7 @@ impl Watcher {
                         }
                     if next_resync <= now {
                         next_resync = now + RESYNC;
+                        self.state.invalidate();
                         if watching {
                             self.reconcile(&nl, Trigger::Resync).await;
                         }
@@ -249,11 +280,15 @@ impl Watcher {
     }
 
     /// When the pending confirmation (if any) is due.
-    fn pending_deadline(&self) -> Option<Instant> {
-        let st = self.sd.load(&self.name).ok()??;
-        let p = st.pending_confirm?;
+    fn pending_deadline(&mut self) -> Option<Instant> {
+        let deadline_ms = self
+            .state
+            .get(&self.shared.state_reads)?
+            .pending_confirm
+            .as_ref()?
+            .deadline_ms;
         let now_ms = now_unix_ms();
-        Some(Instant::now() + Duration::from_millis(p.deadline_ms.saturating_sub(now_ms)))
+        Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
     }
 
     /// Whether a kernel event may concern this deployment.
@@ -282,6 +317,13 @@ impl Watcher {
     /// One reconcile: resolve a due confirmation, or apply the manifest to
     /// follow (the file if it changed and is valid, else the one in force).
     async fn reconcile(&mut self, nl: &Netlink, trigger: Trigger) {
+        self.reconcile_inner(nl, trigger).await;
+        // What it did changed the state file (a rename may even reuse the
+        // inode of the file read before, within one timestamp tick).
+        self.state.invalidate();
+    }
+
+    async fn reconcile_inner(&mut self, nl: &Netlink, trigger: Trigger) {
         let engine = self.engine.clone();
         let step = EngineStep::InProcess(&engine);
         match deploy::resolve_pending(nl, &self.sd, &self.name, step, false).await {
@@ -321,13 +363,16 @@ impl Watcher {
             // settled above).
             return;
         }
-        let Ok(Some(st)) = self.sd.load(&self.name) else {
+        // Settling a pending confirmation may have changed it just now.
+        self.state.invalidate();
+        let Some(st) = self.state.get(&self.shared.state_reads) else {
             return; // gone (down in progress)
         };
-        let Some(in_force) = st.manifest else {
+        let Some(in_force) = st.manifest.clone() else {
             return;
         };
         let pending = st.pending_confirm.is_some();
+        let reverted_sha256 = st.reverted_sha256.clone();
         if self.watched.as_deref() != Some(in_force.path.as_path()) {
             self.watch_file(&in_force.path);
         }
@@ -341,13 +386,14 @@ impl Watcher {
         let mut target: Manifest = current;
         let mut from_file = false;
         if self.shared.watch.load(Ordering::Relaxed) {
-            match std::fs::read_to_string(&in_force.path) {
+            match manifest::read_text(&in_force.path) {
                 Ok(text) => {
+                    self.read_error = None;
                     let hash = manifest::sha256_hex(&text);
                     let changed = self.last_file_hash.as_deref() != Some(hash.as_str());
                     self.last_file_hash = Some(hash.clone());
                     let known = hash == in_force.sha256
-                        || st.reverted_sha256.as_deref() == Some(hash.as_str());
+                        || reverted_sha256.as_deref() == Some(hash.as_str());
                     if known {
                         if changed {
                             self.shared.set_manifest_error(None);
@@ -384,10 +430,25 @@ impl Watcher {
                         }
                     }
                 }
-                Err(e) => {
+                Err(e) if e.is_not_found() => {
                     if trigger == Trigger::File {
                         tracing::warn!(path = %in_force.path.display(), error = %e, "cannot read the manifest file");
                     }
+                }
+                Err(e) => {
+                    // Not a regular file (a FIFO, a device ...) or too
+                    // large: refused without reading it; the running
+                    // configuration stays. Once it is a file again, it is
+                    // read as a change.
+                    let e = manifest::read_error(&in_force.path, &e).to_string();
+                    self.last_file_hash = None;
+                    if self.read_error.as_deref() != Some(e.as_str()) {
+                        tracing::error!(
+                            "the manifest file cannot be read; the running configuration stays:\n{e}"
+                        );
+                        self.read_error = Some(e.clone());
+                    }
+                    self.shared.set_manifest_error(Some(e));
                 }
             }
         }
@@ -494,6 +555,60 @@ impl Watcher {
                 None
             }
         };
+    }
+}
+
+/// The deployment's state file as last read: read (and parsed) again only
+/// when it changed since (its inode, size or times: every save renames a
+/// new file into place) or after [`StateCache::invalidate`] (a poke, a
+/// resync, a reconcile of the watcher's own), not for every kernel event.
+struct StateCache {
+    sd: StateDir,
+    name: String,
+    /// The file's identity when last read (`None`: there was none) and the
+    /// state then (`None`: none, or unreadable).
+    loaded: Option<(Option<Stamp>, Option<DeploymentState>)>,
+    stale: bool,
+}
+
+impl StateCache {
+    fn new(sd: StateDir, name: String) -> StateCache {
+        StateCache {
+            sd,
+            name,
+            loaded: None,
+            stale: true,
+        }
+    }
+
+    /// Read the file again at the next [`StateCache::get`].
+    fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// The recorded state (one `stat`; a read counted in `reads` only when
+    /// the file changed or the cache was invalidated).
+    fn get(&mut self, reads: &AtomicU64) -> Option<&DeploymentState> {
+        let now = self.sd.stamp(&self.name);
+        let fresh = !self.stale && matches!(&self.loaded, Some((seen, _)) if *seen == now);
+        if !fresh {
+            self.stale = false;
+            self.loaded = Some(match now {
+                None => (None, None),
+                Some(_) => {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    match self.sd.load_stamped(&self.name) {
+                        Ok(Some((st, stamp))) => (Some(stamp), Some(st)),
+                        Ok(None) => (None, None),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the state file");
+                            (now, None)
+                        }
+                    }
+                }
+            });
+        }
+        self.loaded.as_ref().and_then(|(_, st)| st.as_ref())
     }
 }
 
@@ -608,4 +723,59 @@ async fn inotify_event(i: Option<&Inotify>) -> io::Result<bool> {
     let hit = i.drain();
     guard.clear_ready();
     hit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_read_again_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("netman-state-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sd = StateDir::open(&dir).expect("state dir");
+        let reads = AtomicU64::new(0);
+        let n = || reads.load(Ordering::Relaxed);
+        let mut cache = StateCache::new(sd.clone(), "site-a".to_owned());
+
+        // No state file: nothing to read, however often asked.
+        for _ in 0..100 {
+            assert!(cache.get(&reads).is_none());
+        }
+        assert_eq!(n(), 0);
+
+        let mut st = DeploymentState::new("site-a");
+        sd.save(&st).expect("save");
+        assert_eq!(cache.get(&reads), Some(&st));
+        // 10,000 kernel events: one read in all.
+        for _ in 0..10_000 {
+            assert!(cache.get(&reads).is_some());
+        }
+        assert_eq!(n(), 1);
+
+        // Saved by someone else (a rename of a new file into place).
+        st.applied_at = Some(42);
+        sd.save(&st).expect("save");
+        assert_eq!(cache.get(&reads).and_then(|s| s.applied_at), Some(42));
+        assert_eq!(n(), 2);
+
+        // A poke reads it again even if nothing seems to have changed.
+        cache.invalidate();
+        assert!(cache.get(&reads).is_some());
+        assert_eq!(n(), 3);
+
+        // Changed in place into something unreadable: read once, not per
+        // event.
+        std::fs::write(dir.join("site-a.json"), "{not json").expect("write");
+        for _ in 0..100 {
+            assert!(cache.get(&reads).is_none());
+        }
+        assert_eq!(n(), 4);
+
+        // Removed.
+        sd.remove("site-a").expect("remove");
+        assert!(cache.get(&reads).is_none());
+        assert_eq!(n(), 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -247,10 +247,9 @@ fn pos(ctx: &Ctx<'_>, location: Location, path: &str, text: Option<&str>) -> Pos
     let Some(text) = text else {
         return out;
     };
-    let Some(source_line) = ctx.text.lines().nth(line.saturating_sub(1)) else {
+    let Some(rest) = ctx.rest_of_line(location, line, column) else {
         return out;
     };
-    let rest: String = source_line.chars().skip(column.saturating_sub(1)).collect();
     if rest.starts_with(text) {
         out.verbatim = true;
     } else if (rest.starts_with('"') || rest.starts_with('\'')) && rest[1..].starts_with(text) {

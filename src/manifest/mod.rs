@@ -57,9 +57,13 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Location;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::files;
 
 pub use error::{ManifestError, ManifestErrors};
 
@@ -437,19 +441,44 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestErrors> {
     validate::validate(raw, source, &base_dir, &file)
 }
 
+/// Read the manifest file at `path` (a symlink to it is fine): opened
+/// without blocking (a FIFO cannot hang it), `fstat`ed, and read only if it
+/// is a regular file of at most [`MAX_MANIFEST_BYTES`], and then at most one
+/// byte more than that.
+pub fn read_text(path: &Path) -> Result<String, files::ReadError> {
+    let bytes = files::read_file(path, false, MAX_MANIFEST_BYTES as u64)?;
+    String::from_utf8(bytes).map_err(|_| {
+        files::ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
+/// The diagnostic for a manifest file that [`read_text`] refused:
+/// `FILE:1:1: cannot read: REASON` or `FILE:1:1: manifest is too large ...`.
+pub fn read_error(path: &Path, e: &files::ReadError) -> ManifestErrors {
+    let message = match e {
+        files::ReadError::TooLarge { size, limit } => {
+            format!("manifest is too large ({size} bytes; at most {limit})")
+        }
+        other => format!("cannot read: {other}"),
+    };
+    ManifestErrors::single(ManifestError::new(
+        &path.display().to_string(),
+        Location::UNKNOWN,
+        "",
+        message,
+    ))
+}
+
 /// Read and parse the manifest at `path`.
 ///
-/// An unreadable file yields the single error `FILE:1:1: cannot read: <os reason>`.
+/// An unreadable file yields the single error `FILE:1:1: cannot read: <os reason>`
+/// (`not a regular file (a FIFO)` and the like for what is not a file).
 pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
-        Err(e) => Err(ManifestErrors::single(ManifestError::new(
-            &path.display().to_string(),
-            Location::UNKNOWN,
-            "",
-            format!("cannot read: {e}"),
-        ))),
-    }
+    let text = read_text(path).map_err(|e| read_error(path, &e))?;
+    parse(&text, path)
 }
 
 /// Parser options: strict about tags, generous enough for 10,000 routes or
@@ -527,7 +556,18 @@ pub fn json_schema() -> serde_json::Value {
 }
 
 /// Version of the parse cache format; bump when validation changes meaning.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
+
+/// The cache's secret key (32 random bytes, mode 0600) in the cache dir.
+const CACHE_KEY_FILE: &str = "key";
+
+/// A cache entry holds the manifest text and its parsed form.
+const MAX_CACHE_ENTRY_BYTES: u64 = 8 * limits::MAX_BYTES as u64 + (1 << 20);
+
+/// How many entries the cache keeps.
+const CACHE_ENTRIES: usize = 16;
+
+type CacheMac = Hmac<Sha256>;
 
 #[derive(Serialize, Deserialize)]
 struct CacheEntry {
@@ -552,43 +592,172 @@ fn binary_identity() -> String {
 /// parsed again. Parsing a YAML manifest of 10,000 routes costs tens of
 /// milliseconds; reading the cached result a few. The cache is an
 /// optimisation only: any problem with it means a normal parse.
+///
+/// An entry cannot let a manifest skip validation: each is authenticated
+/// (HMAC-SHA256) with a secret key kept in the cache dir (`key`, mode 0600,
+/// made on first use), and one whose authenticator does not verify, planted
+/// or stale, is ignored. The cache dir must be a real directory owned by
+/// root (or the user running netman) and not writable by group or others.
 pub fn load_cached(path: &Path, cache_dir: &Path) -> Result<Manifest, ManifestErrors> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(_) => return load(path),
-    };
+    let text = read_text(path).map_err(|e| read_error(path, &e))?;
     let sha = sha256_hex(&text);
-    let entry_path = cache_dir.join(format!("{sha}.json"));
     let given = path.display().to_string();
     let binary = binary_identity();
-    if let Ok(bytes) = std::fs::read(&entry_path)
-        && let Ok(e) = serde_json::from_slice::<CacheEntry>(&bytes)
-        && e.format == CACHE_FORMAT
+    let key = cache_key(cache_dir);
+    if let Some(key) = &key
+        && let Some(m) = cache_get(cache_dir, key, &sha, &given, &binary, path, &text)
+    {
+        return Ok(m);
+    }
+    let m = parse(&text, path)?;
+    let Some(key) = key else {
+        return Ok(m);
+    };
+    if binary.is_empty() {
+        return Ok(m);
+    }
+    let entry = CacheEntry {
+        format: CACHE_FORMAT,
+        binary,
+        given,
+        manifest: m,
+    };
+    cache_put(cache_dir, &key, &sha, &entry);
+    Ok(entry.manifest)
+}
+
+/// Whether `dir` may hold cache entries: a directory (not a symlink) owned
+/// by root or the user running netman, not writable by group or others.
+fn cache_dir_ok(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => m.is_dir() && files::trusted_owner(m.uid()) && m.mode() & 0o022 == 0,
+        Err(_) => false,
+    }
+}
+
+/// The cache's secret key, made on first use; `None` (no caching) if the
+/// cache dir or the key file cannot be trusted.
+fn cache_key(dir: &Path) -> Option<Zeroizing<[u8; 32]>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::fs::symlink_metadata(dir).is_err() {
+        // Not there yet: create it (only it: its parent is the state dir).
+        std::fs::DirBuilder::new().mode(0o700).create(dir).ok()?;
+    }
+    if !cache_dir_ok(dir) {
+        tracing::debug!(dir = %dir.display(), "parse cache dir not trusted; not caching");
+        return None;
+    }
+    let path = dir.join(CACHE_KEY_FILE);
+    for _ in 0..2 {
+        match files::open_read(&path, true) {
+            Ok(mut f) => {
+                let meta = files::regular(&f).ok()?;
+                if !files::trusted_owner(meta.uid()) || meta.mode() & 0o077 != 0 || meta.len() != 32
+                {
+                    tracing::debug!(path = %path.display(), "parse cache key not trusted; not caching");
+                    return None;
+                }
+                let mut key = Zeroizing::new([0u8; 32]);
+                std::io::Read::read_exact(&mut f, &mut key[..]).ok()?;
+                return Some(key);
+            }
+            Err(e) if e.is_not_found() => {
+                // Made complete under a temp name, then linked into place:
+                // a concurrent netman sees the whole key or none.
+                let key = crate::keys::os_random().ok()?;
+                let tmp = dir.join(format!(".{CACHE_KEY_FILE}.{}.tmp", std::process::id()));
+                let written = files::create_new(&tmp, 0o600).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, &key[..])?;
+                    f.sync_all()
+                });
+                let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => return Some(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(_) => return None,
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+fn cache_tag(key: &[u8; 32], body: &[u8]) -> Option<CacheMac> {
+    let mut mac = CacheMac::new_from_slice(key).ok()?;
+    mac.update(body);
+    Some(mac)
+}
+
+/// The cached manifest for text `sha`, if an authentic entry matches.
+#[allow(clippy::too_many_arguments)]
+fn cache_get(
+    dir: &Path,
+    key: &[u8; 32],
+    sha: &str,
+    given: &str,
+    binary: &str,
+    path: &Path,
+    text: &str,
+) -> Option<Manifest> {
+    let bytes = files::read_file(
+        &dir.join(format!("{sha}.json")),
+        true,
+        MAX_CACHE_ENTRY_BYTES,
+    )
+    .ok()?;
+    // `<64 hex digits of HMAC-SHA256(key, json)>\n<json>`
+    let newline = bytes.iter().position(|&b| b == b'\n')?;
+    let (tag_hex, body) = (&bytes[..newline], &bytes[newline + 1..]);
+    let tag = hex_decode(tag_hex)?;
+    cache_tag(key, body)?.verify_slice(&tag).ok()?;
+    let e: CacheEntry = serde_json::from_slice(body).ok()?;
+    (e.format == CACHE_FORMAT
         && e.binary == binary
         && e.given == given
         && e.manifest.source.path == absolute(path)
-        && e.manifest.source.text == text
-    {
-        return Ok(e.manifest);
+        && e.manifest.source.text == text)
+        .then_some(e.manifest)
+}
+
+/// Record `entry` (best effort), then prune the cache.
+fn cache_put(dir: &Path, key: &[u8; 32], sha: &str, entry: &CacheEntry) {
+    let Ok(body) = serde_json::to_vec(entry) else {
+        return;
+    };
+    let Some(mac) = cache_tag(key, &body) else {
+        return;
+    };
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut data = Vec::with_capacity(tag.len() + 1 + body.len());
+    data.extend_from_slice(tag.as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(&body);
+    let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+    if let Err((p, e)) = files::write_atomic(&dir.join(format!("{sha}.json")), &tmp, &data, 0o600) {
+        tracing::debug!(path = %p, error = %e, "cannot write a parse cache entry");
+        let _ = std::fs::remove_file(&tmp);
     }
-    let m = parse(&text, path)?;
-    if !binary.is_empty() && std::fs::create_dir_all(cache_dir).is_ok() {
-        let entry = CacheEntry {
-            format: CACHE_FORMAT,
-            binary,
-            given,
-            manifest: m,
-        };
-        if let Ok(data) = serde_json::to_vec(&entry) {
-            let tmp = cache_dir.join(format!(".{sha}.{}.tmp", std::process::id()));
-            if std::fs::write(&tmp, data).is_ok() {
-                let _ = std::fs::rename(&tmp, &entry_path);
-            }
-        }
-        prune_cache(cache_dir, 16);
-        return Ok(entry.manifest);
+    prune_cache(dir, CACHE_ENTRIES);
+}
+
+fn hex_decode(hex: &[u8]) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
     }
-    Ok(m)
+    hex.chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(s, 16).ok()
+        })
+        .collect()
 }
 
 /// Keep the `keep` most recently written cache entries.
@@ -607,5 +776,100 @@ fn prune_cache(dir: &Path, keep: usize) {
     entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, p) in entries.into_iter().skip(keep) {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "name: cache\ninterface:\n  name: nm0\n  addresses: [10.255.0.1/24]\n  private_key_file: k\n";
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netman-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777
+    }
+
+    #[test]
+    fn a_planted_cache_entry_does_not_bypass_validation() {
+        let dir = tmpdir("planted");
+        let path = dir.join("m.yaml");
+        std::fs::write(&path, TEXT).expect("write");
+        let cache = dir.join("cache");
+        let m = load_cached(&path, &cache).expect("valid");
+        assert_eq!(m.interface.mtu, DEFAULT_MTU);
+
+        // An entry for this text whose manifest would never validate.
+        let mut bad = m.clone();
+        bad.interface.mtu = 1;
+        let entry = serde_json::json!({
+            "format": 1,
+            "binary": binary_identity(),
+            "given": path.display().to_string(),
+            "manifest": bad,
+        });
+        let json = serde_json::to_string(&entry).expect("json");
+        let mut current = entry.clone();
+        current["format"] = serde_json::json!(CACHE_FORMAT);
+        let current = serde_json::to_string(&current).expect("json");
+        let entry_path = cache.join(format!("{}.json", sha256_hex(TEXT)));
+        let planted = [
+            json,
+            current.clone(),
+            format!("{}\n{current}", "0".repeat(64)),
+            format!("{}\n{current}", "zz".repeat(32)),
+            format!("\n{current}"),
+        ];
+        for p in planted {
+            std::fs::write(&entry_path, &p).expect("plant");
+            let m = load_cached(&path, &cache).expect("valid");
+            assert_eq!(m.interface.mtu, DEFAULT_MTU, "planted entry used: {p:.80}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn authentic_entries_are_used_and_the_cache_is_root_only() {
+        let dir = tmpdir("authentic");
+        let path = dir.join("m.yaml");
+        std::fs::write(&path, TEXT).expect("write");
+        let cache = dir.join("cache");
+        let m = load_cached(&path, &cache).expect("valid");
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&cache.join(CACHE_KEY_FILE)), 0o600);
+        let entry_path = cache.join(format!("{}.json", sha256_hex(TEXT)));
+        assert_eq!(mode(&entry_path), 0o600);
+        let key = cache_key(&cache).expect("key");
+        let sha = sha256_hex(TEXT);
+        let given = path.display().to_string();
+        let binary = binary_identity();
+        assert_eq!(
+            cache_get(&cache, &key, &sha, &given, &binary, &path, TEXT),
+            Some(m.clone())
+        );
+        // Another key (say, a cache copied from elsewhere) verifies nothing.
+        assert_eq!(
+            cache_get(&cache, &[7u8; 32], &sha, &given, &binary, &path, TEXT),
+            None
+        );
+        // A key file open to others, or a symlinked one, disables the cache.
+        use std::os::unix::fs::PermissionsExt;
+        let kf = cache.join(CACHE_KEY_FILE);
+        std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(cache_key(&cache).is_none());
+        std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(cache_key(&cache).is_some());
+        // A cache dir writable by others is not used.
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(cache_key(&cache).is_none());
+        assert_eq!(load_cached(&path, &cache).expect("valid"), m);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -23,6 +23,7 @@
 //! - `routes[].metric`: 0..=4294967295.
 //! - `forwarding`: a boolean. `firewall`: see `firewall.rs`.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
@@ -48,11 +49,61 @@ pub(super) struct Ctx<'a> {
     pub(super) file: &'a str,
     /// The manifest text (to locate values exactly).
     pub(super) text: &'a str,
+    /// Byte offsets of the starts of the lines of `text`, computed once on
+    /// first use (finding a line by scanning the text for each of 100,000
+    /// firewall rules made validation quadratic).
+    line_starts: OnceCell<Vec<usize>>,
     base_dir: &'a Path,
     errors: Vec<ManifestError>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The rest of source line `line` (1-based, as `str::lines` counts and
+    /// cuts them) from 1-based character column `column` on. `location`'s
+    /// byte offset, when the parser gives one on that line, locates the
+    /// column without counting characters.
+    pub(super) fn rest_of_line(
+        &self,
+        location: Location,
+        line: usize,
+        column: usize,
+    ) -> Option<&'a str> {
+        let text = self.text;
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let k = line.saturating_sub(1);
+        let start = *starts.get(k)?;
+        if start >= text.len() {
+            return None;
+        }
+        let source_line = match starts.get(k + 1) {
+            // Ends with a newline: cut it, and a carriage return before it.
+            Some(&next) => {
+                let l = &text[start..next - 1];
+                l.strip_suffix('\r').unwrap_or(l)
+            }
+            None => &text[start..],
+        };
+        let end = start + source_line.len();
+        if let Some(off) = location.span().byte_offset()
+            && let Ok(off) = usize::try_from(off)
+            && (start..=end).contains(&off)
+            && text.is_char_boundary(off)
+        {
+            return Some(&text[off..end]);
+        }
+        let skip = column.saturating_sub(1);
+        Some(
+            source_line
+                .char_indices()
+                .nth(skip)
+                .map_or("", |(i, _)| &source_line[i..]),
+        )
+    }
+
     pub(super) fn error(
         &mut self,
         location: Location,
@@ -106,6 +157,7 @@ pub(crate) fn validate(
     let mut ctx = Ctx {
         file,
         text: &source.text,
+        line_starts: OnceCell::new(),
         base_dir,
         errors: Vec::new(),
     };
@@ -728,4 +780,94 @@ fn hostname(host: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How positions were found before the line index: the line by
+    /// scanning the text, the column by counting characters.
+    fn reference(text: &str, line: usize, column: usize) -> Option<String> {
+        let l = text.lines().nth(line.saturating_sub(1))?;
+        Some(l.chars().skip(column.saturating_sub(1)).collect())
+    }
+
+    fn ctx(text: &str) -> Ctx<'_> {
+        Ctx {
+            file: "m.yaml",
+            text,
+            line_starts: OnceCell::new(),
+            base_dir: Path::new("/"),
+            errors: Vec::new(),
+        }
+    }
+
+    const HEAD: &str =
+        "name: a\ninterface:\n  name: nm0\n  addresses: [10.0.0.1/24]\n  private_key_file: k\n";
+
+    #[test]
+    fn rest_of_line_matches_the_old_scan_for_every_rule() {
+        let bodies = [
+            "firewall:\n  chains:\n    - name: f\n      hook: forward\n      rules:\n        - accept\n        - \"iifname \\\"nm0\\\" accept\"\n        - 'drop'\n",
+            "firewall:\n  chains:\n    - {name: f, hook: forward, rules: [accept, \"ü accept\", 'é drop', ip saddr 10.0.0.0/8 drop]}\n",
+            "firewall:\r\n  chains:\r\n    - name: f\r\n      hook: forward\r\n      rules:\r\n        - accept\r\n        - \"x\\ty\"\r\n",
+            "firewall:\n  chains:\n    - name: f\n      hook: forward\n      rules:\n        - &r meta mark 1 accept\n        - *r\n        - >\n          folded\n          rule\n",
+            "# ünïcödé comment\nfirewall: {chains: [{name: f, hook: forward, rules: [\"ä\", \"ö\", accept]}], insert: [{family: ip, table: filter, chain: X, rule: \"ß accept\"}]}",
+        ];
+        for body in bodies {
+            let text = format!("{HEAD}{body}");
+            let raw =
+                super::super::raw_parse(&text, "m.yaml").unwrap_or_else(|e| panic!("{e}: {text}"));
+            let fw = raw.firewall.expect("firewall").value;
+            let mut locations = Vec::new();
+            for chain in &fw.chains.expect("chains").value {
+                for rule in &chain.value.rules.as_ref().expect("rules").value {
+                    locations.push(rule.referenced);
+                }
+            }
+            if let Some(ins) = &fw.insert {
+                locations.extend(ins.value.iter().map(|i| i.value.rule.referenced));
+            }
+            assert!(!locations.is_empty());
+            let c = ctx(&text);
+            for loc in locations {
+                let (line, column) = super::super::error::line_col(loc);
+                let want = reference(&text, line, column);
+                assert_eq!(
+                    c.rest_of_line(loc, line, column).map(str::to_owned),
+                    want,
+                    "{line}:{column} in {text:?}"
+                );
+                // Without the parser's byte offset too.
+                assert_eq!(
+                    c.rest_of_line(Location::UNKNOWN, line, column)
+                        .map(str::to_owned),
+                    want,
+                    "{line}:{column} in {text:?}"
+                );
+            }
+        }
+        // Every line and column of awkward text, without byte offsets.
+        for text in [
+            "",
+            "a",
+            "a\n",
+            "a\n\n",
+            "ä\r\nb\rc\n\nd\r",
+            "x\u{feff}y\nzz",
+        ] {
+            let c = ctx(text);
+            for line in 0..6 {
+                for column in 0..6 {
+                    assert_eq!(
+                        c.rest_of_line(Location::UNKNOWN, line, column)
+                            .map(str::to_owned),
+                        reference(text, line, column),
+                        "{line}:{column} in {text:?}"
+                    );
+                }
+            }
+        }
+    }
 }
