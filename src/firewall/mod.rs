@@ -1,10 +1,16 @@
 //! nftables rules and IP forwarding, reconciled like the links.
 //!
 //! The shape is the same as for links: [`Desired`] (from the manifest) ×
-//! [`Observed`] (read from nft and /proc/sys by [`nft::observe`]) ×
+//! [`Observed`] (read from nft and /proc/sys by [`observe`]) ×
 //! [`Record`] (from the state file) → [`plan()`] (pure) → [`script()`] (pure:
 //! one nft script, applied in one atomic transaction) → [`execute`] →
 //! verify → [`revert`] on failure.
+//!
+//! The pure steps have a file each: `diff.rs` (the plan), `script.rs` (nft
+//! text, and nft's errors mapped back to the manifest), `record.rs` (what
+//! the state file keeps after an apply or a revert). `nft.rs` and
+//! `sysctl.rs` are the thin executors; this file holds the model and the
+//! steps that do I/O.
 //!
 //! - **netman's table** `table inet netman_<name>` holds the manifest's base
 //!   chains. It is rebuilt as a whole in one transaction whenever anything
@@ -24,8 +30,10 @@
 //! A manifest without `firewall` and `forwarding`, and no recorded state,
 //! never runs nft nor touches /proc/sys.
 
+mod diff;
 pub mod nft;
-mod plan;
+mod record;
+mod script;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,9 +45,9 @@ use thiserror::Error;
 
 use crate::manifest::{Manifest, Pos};
 
-pub use plan::{
-    Script, TableOp, map_nft_errors, plan, record_after, remap_record, revert_script, script,
-};
+pub use diff::{TableOp, plan};
+pub use record::{record_after, remap_record};
+pub use script::{Script, map_nft_errors, revert_script, script};
 
 /// The family of netman's own table.
 pub const TABLE_FAMILY: &str = "inet";
@@ -560,4 +568,33 @@ pub fn revert(
             .map(|t| remap_record(t, snapshot.table.as_ref(), restored.as_ref())),
         chains: p.chains.clone(),
     }))
+}
+
+/// Observed values shared by the unit tests of the submodules.
+#[cfg(test)]
+mod fixtures {
+    use super::{ObservedChain, ObservedRule, ObservedTable};
+
+    pub fn rule(handle: u64, text: &str, comment: Option<&str>) -> ObservedRule {
+        ObservedRule {
+            handle,
+            expr: serde_json::json!([{ "stand-in": text }]),
+            comment: comment.map(str::to_owned),
+            text: text.into(),
+        }
+    }
+
+    pub fn table(handles: &[u64]) -> ObservedTable {
+        ObservedTable {
+            chains: vec![ObservedChain {
+                name: "forward".into(),
+                attrs: None,
+                rules: handles
+                    .iter()
+                    .map(|h| rule(*h, &format!("rule {h}"), None))
+                    .collect(),
+            }],
+            listing: "table inet netman_a { # handle 1\n}\n".into(),
+        }
+    }
 }

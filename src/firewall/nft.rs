@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::plan::{Script, map_nft_errors};
+use super::script::{Script, map_nft_errors};
 use super::{
     ChainAttrs, ChainRef, FirewallError, ObservedChain, ObservedRule, ObservedTable,
     ObservedTarget, TargetState,
