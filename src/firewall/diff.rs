@@ -4,11 +4,142 @@
 //! text.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
 
 use super::{
-    ChainRecord, ChainRef, Change, Desired, DesiredChain, FirewallError, Observed, ObservedRule,
-    ObservedTable, Plan, Record, SysctlSet, TableRecord, TargetState, comment_prefix, table_name,
+    ChainAttrs, ChainRecord, ChainRef, Desired, DesiredChain, DesiredInsert, FirewallError,
+    Observed, ObservedRule, ObservedTable, Record, TABLE_FAMILY, TableRecord, TargetState,
+    comment_prefix, table_name,
 };
+
+/// One change, as shown by `diff` and `apply`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Change {
+    AddTable {
+        table: String,
+    },
+    DeleteTable {
+        table: String,
+    },
+    AddChain {
+        chain: String,
+        attrs: ChainAttrs,
+    },
+    DeleteChain {
+        chain: String,
+        attrs: Option<ChainAttrs>,
+    },
+    SetChain {
+        chain: String,
+        from: Option<ChainAttrs>,
+        to: ChainAttrs,
+    },
+    AddRule {
+        chain: String,
+        rule: String,
+    },
+    DeleteRule {
+        chain: String,
+        rule: String,
+    },
+    /// A rule inserted into a chain netman does not own.
+    InsertRule {
+        target: ChainRef,
+        rule: String,
+    },
+    /// One of netman's inserted rules removed (by handle).
+    RemoveRule {
+        target: ChainRef,
+        rule: String,
+        handle: u64,
+    },
+    Sysctl {
+        key: String,
+        from: String,
+        to: String,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::AddTable { table } => write!(f, "+ table {TABLE_FAMILY} {table}"),
+            Change::DeleteTable { table } => write!(f, "- table {TABLE_FAMILY} {table}"),
+            Change::AddChain { chain, attrs } => write!(f, "+ chain {chain} ({attrs})"),
+            Change::DeleteChain { chain, attrs } => match attrs {
+                Some(a) => write!(f, "- chain {chain} ({a})"),
+                None => write!(f, "- chain {chain}"),
+            },
+            Change::SetChain { chain, from, to } => match from {
+                None => write!(f, "~ chain {chain} (regular chain -> {to})"),
+                Some(from) => {
+                    let mut parts = Vec::new();
+                    if from.kind != to.kind {
+                        parts.push(format!("type {} -> {}", from.kind, to.kind));
+                    }
+                    if from.hook != to.hook {
+                        parts.push(format!("hook {} -> {}", from.hook, to.hook));
+                    }
+                    if from.priority != to.priority {
+                        parts.push(format!("priority {} -> {}", from.priority, to.priority));
+                    }
+                    if from.policy != to.policy {
+                        parts.push(format!("policy {} -> {}", from.policy, to.policy));
+                    }
+                    write!(f, "~ chain {chain} {}", parts.join(", "))
+                }
+            },
+            Change::AddRule { chain, rule } => write!(f, "+ rule {chain}: {rule}"),
+            Change::DeleteRule { chain, rule } => write!(f, "- rule {chain}: {rule}"),
+            Change::InsertRule { target, rule } => write!(f, "+ rule {target}: {rule}"),
+            Change::RemoveRule { target, rule, .. } => write!(f, "- rule {target}: {rule}"),
+            Change::Sysctl { key, from, to } => write!(f, "~ sysctl {key} {from} -> {to}"),
+        }
+    }
+}
+
+/// A sysctl write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SysctlSet {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// What to do: the changes to show, and the operations behind them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    pub table: TableOp,
+    /// netman's inserted rules to delete, by handle.
+    pub delete: Vec<(ChainRef, u64)>,
+    /// Rules to insert, in manifest order.
+    pub insert: Vec<DesiredInsert>,
+    pub sysctls: Vec<SysctlSet>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Whether carrying it out writes to nftables.
+    pub fn touches_nft(&self) -> bool {
+        self.table != TableOp::Keep || !self.delete.is_empty() || !self.insert.is_empty()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.changes {
+            writeln!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
 
 /// What happens to netman's table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

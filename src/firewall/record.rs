@@ -3,7 +3,44 @@
 //! plan can tell netman's rules from any other), and the chains netman
 //! inserted into; adjusted after a revert re-creates the table.
 
-use super::{ChainRecord, Desired, Observed, ObservedTable, Record, RuleRecord, TableRecord};
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ChainRef, Desired, Observed, ObservedTable};
+
+/// What netman applied, kept in the state file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// netman's table as last applied: every rule's manifest text with the
+    /// handle and expr the kernel gave it.
+    #[serde(default)]
+    pub table: Option<TableRecord>,
+    /// The chains netman's inserted rules may be in (a superset while an
+    /// apply is in progress), so `down` finds them without the manifest.
+    #[serde(default)]
+    pub chains: BTreeSet<ChainRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub chains: Vec<ChainRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    pub name: String,
+    pub rules: Vec<RuleRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRecord {
+    /// The rule as written in the manifest.
+    pub text: String,
+    /// Handle and expr of the kernel's rule (handle 0: gone).
+    pub handle: u64,
+    pub expr: serde_json::Value,
+}
 
 /// The record of a successful apply: each desired rule of netman's table
 /// paired, by position, with the kernel's rule in `observed` (listed right
