@@ -70,6 +70,7 @@ pub struct ChainRef {
     pub chain: String,
 }
 
+/// `FAMILY TABLE CHAIN`, as nft commands name a chain (the scripts use it).
 impl fmt::Display for ChainRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.family, self.table, self.chain)

@@ -46,27 +46,62 @@ impl Script {
         s
     }
 
+    /// `prefix`, the manifest value `text` (written at `pos`), `suffix`.
+    fn push_value(&mut self, prefix: &str, text: &str, suffix: &str, pos: Option<&Pos>) {
+        let origin = pos.map(|pos| Origin {
+            pos: pos.clone(),
+            prefix: prefix.chars().count(),
+        });
+        self.push(format!("{prefix}{text}{suffix}"), origin);
+    }
+
+    /// Remove table `t` (`FAMILY NAME`). `add` first: the delete cannot
+    /// fail on a table gone meanwhile.
+    fn drop_table(&mut self, t: &str) {
+        self.push(format!("add table {t}"), None);
+        self.push(format!("delete table {t}"), None);
+    }
+
+    fn delete_rule(&mut self, chain: &ChainRef, handle: u64) {
+        self.push(format!("delete rule {chain} handle {handle}"), None);
+    }
+
+    /// Insert `rule` (written at `pos`) at the top of `chain`, with
+    /// `comment` if there is one.
+    fn insert_rule(
+        &mut self,
+        chain: &ChainRef,
+        rule: &str,
+        comment: Option<&str>,
+        pos: Option<&Pos>,
+    ) {
+        let comment = comment
+            .map(|c| format!(" comment \"{c}\""))
+            .unwrap_or_default();
+        self.push_value(&format!("insert rule {chain} "), rule, &comment, pos);
+    }
+
     /// The manifest origin of 1-based line `line`.
     fn origin(&self, line: usize) -> Option<&Origin> {
         self.origins.get(line.checked_sub(1)?)?.as_ref()
     }
 }
 
+/// `FAMILY NAME` of netman's table.
+fn own_table(deployment: &str) -> String {
+    format!("{TABLE_FAMILY} {}", table_name(deployment))
+}
+
 /// The nft script that carries out `plan` for `deployment`: the table
 /// rebuild (or removal), deletions and insertions, in one transaction.
 pub fn script(deployment: &str, desired: &Desired, plan: &Plan) -> Script {
-    let t = format!("{TABLE_FAMILY} {}", table_name(deployment));
+    let t = own_table(deployment);
     let mut s = Script::default();
     match plan.table {
         TableOp::Keep => {}
-        TableOp::Delete => {
-            // `add` first: the delete cannot fail on a table gone meanwhile.
-            s.push(format!("add table {t}"), None);
-            s.push(format!("delete table {t}"), None);
-        }
+        TableOp::Delete => s.drop_table(&t),
         TableOp::Rebuild => {
-            s.push(format!("add table {t}"), None);
-            s.push(format!("delete table {t}"), None);
+            s.drop_table(&t);
             s.push(format!("add table {t}"), None);
             for c in &desired.chains {
                 let a = &c.attrs;
@@ -77,40 +112,22 @@ pub fn script(deployment: &str, desired: &Desired, plan: &Plan) -> Script {
                     ),
                     c.pos.clone().map(|pos| Origin { pos, prefix: 0 }),
                 );
+                let prefix = format!("add rule {t} {} ", c.name);
                 for r in &c.rules {
-                    let prefix = format!("add rule {t} {} ", c.name);
-                    let origin = r.pos.clone().map(|pos| Origin {
-                        pos,
-                        prefix: prefix.chars().count(),
-                    });
-                    s.push(format!("{prefix}{}", r.text), origin);
+                    s.push_value(&prefix, &r.text, "", r.pos.as_ref());
                 }
             }
         }
     }
     for (c, handle) in &plan.delete {
-        s.push(
-            format!(
-                "delete rule {} {} {} handle {handle}",
-                c.family, c.table, c.chain
-            ),
-            None,
-        );
+        s.delete_rule(c, *handle);
     }
     // Each insert goes to the top of its chain: insert in reverse so the
     // manifest's first rule ends up first.
     let comment = comment_prefix(deployment);
     for d in plan.insert.iter().rev() {
-        let c = &d.chain;
-        let prefix = format!("insert rule {} {} {} ", c.family, c.table, c.chain);
-        let origin = d.pos.clone().map(|pos| Origin {
-            pos,
-            prefix: prefix.chars().count(),
-        });
-        s.push(
-            format!("{prefix}{} comment \"{comment}{}\"", d.rule, d.hash),
-            origin,
-        );
+        let comment = format!("{comment}{}", d.hash);
+        s.insert_rule(&d.chain, &d.rule, Some(&comment), d.pos.as_ref());
     }
     s
 }
@@ -133,18 +150,14 @@ fn same_table(a: &ObservedTable, b: &ObservedTable) -> bool {
 /// snapshot's listing (or removed), netman's inserted rules re-inserted or
 /// deleted. Foreign rules are not in either and stay untouched.
 pub fn revert_script(deployment: &str, snapshot: &Observed, now: &Observed) -> Script {
-    let t = format!("{TABLE_FAMILY} {}", table_name(deployment));
+    let t = own_table(deployment);
     let mut s = Script::default();
     match (&snapshot.table, &now.table) {
         (None, None) => {}
-        (None, Some(_)) => {
-            s.push(format!("add table {t}"), None);
-            s.push(format!("delete table {t}"), None);
-        }
+        (None, Some(_)) => s.drop_table(&t),
         (Some(snap), now_table) => {
             if !now_table.as_ref().is_some_and(|n| same_table(snap, n)) {
-                s.push(format!("add table {t}"), None);
-                s.push(format!("delete table {t}"), None);
+                s.drop_table(&t);
                 for line in snap.listing.lines() {
                     s.push(line.to_owned(), None);
                 }
@@ -178,33 +191,14 @@ pub fn revert_script(deployment: &str, snapshot: &Observed, now: &Observed) -> S
         for r in &after {
             match budget.get_mut(&r.comment) {
                 Some(n) if *n > 0 => *n -= 1,
-                _ => s.push(
-                    format!(
-                        "delete rule {} {} {} handle {}",
-                        c.family, c.table, c.chain, r.handle
-                    ),
-                    None,
-                ),
+                _ => s.delete_rule(c, r.handle),
             }
         }
         let mut have = count(&after);
         for r in before.iter().rev() {
             match have.get_mut(&r.comment) {
                 Some(n) if *n > 0 => *n -= 1,
-                _ => {
-                    let comment = r
-                        .comment
-                        .as_ref()
-                        .map(|c| format!(" comment \"{c}\""))
-                        .unwrap_or_default();
-                    s.push(
-                        format!(
-                            "insert rule {} {} {} {}{comment}",
-                            c.family, c.table, c.chain, r.text
-                        ),
-                        None,
-                    );
-                }
+                _ => s.insert_rule(c, &r.text, r.comment.as_deref(), None),
             }
         }
     }
