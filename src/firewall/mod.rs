@@ -103,7 +103,10 @@ impl fmt::Display for ChainAttrs {
 /// What the manifest asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// Base chains of netman's table (none: no table).
+    /// Base chains of netman's table (none: no table). Rules netman adds
+    /// on its own account belong here too, with `pos: None`: the diff, the
+    /// script and the record then treat them as they treat the manifest's,
+    /// and nft's errors on them quote netman's command.
     pub chains: Vec<DesiredChain>,
     pub inserts: Vec<DesiredInsert>,
     pub forwarding: bool,
