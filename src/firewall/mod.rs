@@ -1,10 +1,16 @@
 //! nftables rules and IP forwarding, reconciled like the links.
 //!
 //! The shape is the same as for links: [`Desired`] (from the manifest) ×
-//! [`Observed`] (read from nft and /proc/sys by [`nft::observe`]) ×
+//! [`Observed`] (read from nft and /proc/sys by [`observe`]) ×
 //! [`Record`] (from the state file) → [`plan()`] (pure) → [`script()`] (pure:
 //! one nft script, applied in one atomic transaction) → [`execute`] →
 //! verify → [`revert`] on failure.
+//!
+//! The pure steps have a file each: `diff.rs` (the plan), `script.rs` (nft
+//! text, and nft's errors mapped back to the manifest), `record.rs` (what
+//! the state file keeps after an apply or a revert). `nft.rs` and
+//! `sysctl.rs` are the thin executors; this file holds the model and the
+//! steps that do I/O.
 //!
 //! - **netman's table** `table inet netman_<name>` holds the manifest's base
 //!   chains. It is rebuilt as a whole in one transaction whenever anything
@@ -24,8 +30,10 @@
 //! A manifest without `firewall` and `forwarding`, and no recorded state,
 //! never runs nft nor touches /proc/sys.
 
+mod diff;
 pub mod nft;
-mod plan;
+mod record;
+mod script;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,9 +45,9 @@ use thiserror::Error;
 
 use crate::manifest::{Manifest, Pos};
 
-pub use plan::{
-    Script, TableOp, map_nft_errors, plan, record_after, remap_record, revert_script, script,
-};
+pub use diff::{Change, Plan, SysctlSet, TableOp, plan};
+pub use record::{ChainRecord, Record, RuleRecord, TableRecord, record_after, remap_record};
+pub use script::{Script, map_nft_errors, revert_script, script};
 
 /// The family of netman's own table.
 pub const TABLE_FAMILY: &str = "inet";
@@ -62,6 +70,7 @@ pub struct ChainRef {
     pub chain: String,
 }
 
+/// `FAMILY TABLE CHAIN`, as nft commands name a chain (the scripts use it).
 impl fmt::Display for ChainRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.family, self.table, self.chain)
@@ -94,7 +103,10 @@ impl fmt::Display for ChainAttrs {
 /// What the manifest asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// Base chains of netman's table (none: no table).
+    /// Base chains of netman's table (none: no table). Rules netman adds
+    /// on its own account belong here too, with `pos: None`: the diff, the
+    /// script and the record then treat them as they treat the manifest's,
+    /// and nft's errors on them quote netman's command.
     pub chains: Vec<DesiredChain>,
     pub inserts: Vec<DesiredInsert>,
     pub forwarding: bool,
@@ -272,172 +284,6 @@ pub struct ObservedTarget {
 }
 
 // ---------------------------------------------------------------------------
-// Recorded state (in the deployment's state file)
-
-/// What netman applied, kept in the state file.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// netman's table as last applied: every rule's manifest text with the
-    /// handle and expr the kernel gave it.
-    #[serde(default)]
-    pub table: Option<TableRecord>,
-    /// The chains netman's inserted rules may be in (a superset while an
-    /// apply is in progress), so `down` finds them without the manifest.
-    #[serde(default)]
-    pub chains: BTreeSet<ChainRef>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableRecord {
-    pub chains: Vec<ChainRecord>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainRecord {
-    pub name: String,
-    pub rules: Vec<RuleRecord>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRecord {
-    /// The rule as written in the manifest.
-    pub text: String,
-    /// Handle and expr of the kernel's rule (handle 0: gone).
-    pub handle: u64,
-    pub expr: serde_json::Value,
-}
-
-// ---------------------------------------------------------------------------
-// Plan
-
-/// One change, as shown by `diff` and `apply`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Change {
-    AddTable {
-        table: String,
-    },
-    DeleteTable {
-        table: String,
-    },
-    AddChain {
-        chain: String,
-        attrs: ChainAttrs,
-    },
-    DeleteChain {
-        chain: String,
-        attrs: Option<ChainAttrs>,
-    },
-    SetChain {
-        chain: String,
-        from: Option<ChainAttrs>,
-        to: ChainAttrs,
-    },
-    AddRule {
-        chain: String,
-        rule: String,
-    },
-    DeleteRule {
-        chain: String,
-        rule: String,
-    },
-    /// A rule inserted into a chain netman does not own.
-    InsertRule {
-        target: ChainRef,
-        rule: String,
-    },
-    /// One of netman's inserted rules removed (by handle).
-    RemoveRule {
-        target: ChainRef,
-        rule: String,
-        handle: u64,
-    },
-    Sysctl {
-        key: String,
-        from: String,
-        to: String,
-    },
-}
-
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Change::AddTable { table } => write!(f, "+ table {TABLE_FAMILY} {table}"),
-            Change::DeleteTable { table } => write!(f, "- table {TABLE_FAMILY} {table}"),
-            Change::AddChain { chain, attrs } => write!(f, "+ chain {chain} ({attrs})"),
-            Change::DeleteChain { chain, attrs } => match attrs {
-                Some(a) => write!(f, "- chain {chain} ({a})"),
-                None => write!(f, "- chain {chain}"),
-            },
-            Change::SetChain { chain, from, to } => match from {
-                None => write!(f, "~ chain {chain} (regular chain -> {to})"),
-                Some(from) => {
-                    let mut parts = Vec::new();
-                    if from.kind != to.kind {
-                        parts.push(format!("type {} -> {}", from.kind, to.kind));
-                    }
-                    if from.hook != to.hook {
-                        parts.push(format!("hook {} -> {}", from.hook, to.hook));
-                    }
-                    if from.priority != to.priority {
-                        parts.push(format!("priority {} -> {}", from.priority, to.priority));
-                    }
-                    if from.policy != to.policy {
-                        parts.push(format!("policy {} -> {}", from.policy, to.policy));
-                    }
-                    write!(f, "~ chain {chain} {}", parts.join(", "))
-                }
-            },
-            Change::AddRule { chain, rule } => write!(f, "+ rule {chain}: {rule}"),
-            Change::DeleteRule { chain, rule } => write!(f, "- rule {chain}: {rule}"),
-            Change::InsertRule { target, rule } => write!(f, "+ rule {target}: {rule}"),
-            Change::RemoveRule { target, rule, .. } => write!(f, "- rule {target}: {rule}"),
-            Change::Sysctl { key, from, to } => write!(f, "~ sysctl {key} {from} -> {to}"),
-        }
-    }
-}
-
-/// A sysctl write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SysctlSet {
-    pub key: String,
-    pub from: String,
-    pub to: String,
-}
-
-/// What to do: the changes to show, and the operations behind them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub changes: Vec<Change>,
-    pub table: TableOp,
-    /// netman's inserted rules to delete, by handle.
-    pub delete: Vec<(ChainRef, u64)>,
-    /// Rules to insert, in manifest order.
-    pub insert: Vec<DesiredInsert>,
-    pub sysctls: Vec<SysctlSet>,
-}
-
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
-    /// Whether carrying it out writes to nftables.
-    pub fn touches_nft(&self) -> bool {
-        self.table != TableOp::Keep || !self.delete.is_empty() || !self.insert.is_empty()
-    }
-}
-
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.changes {
-            writeln!(f, "{c}")?;
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Errors
 
 #[derive(Debug, Error)]
@@ -560,4 +406,33 @@ pub fn revert(
             .map(|t| remap_record(t, snapshot.table.as_ref(), restored.as_ref())),
         chains: p.chains.clone(),
     }))
+}
+
+/// Observed values shared by the unit tests of the submodules.
+#[cfg(test)]
+mod fixtures {
+    use super::{ObservedChain, ObservedRule, ObservedTable};
+
+    pub fn rule(handle: u64, text: &str, comment: Option<&str>) -> ObservedRule {
+        ObservedRule {
+            handle,
+            expr: serde_json::json!([{ "stand-in": text }]),
+            comment: comment.map(str::to_owned),
+            text: text.into(),
+        }
+    }
+
+    pub fn table(handles: &[u64]) -> ObservedTable {
+        ObservedTable {
+            chains: vec![ObservedChain {
+                name: "forward".into(),
+                attrs: None,
+                rules: handles
+                    .iter()
+                    .map(|h| rule(*h, &format!("rule {h}"), None))
+                    .collect(),
+            }],
+            listing: "table inet netman_a { # handle 1\n}\n".into(),
+        }
+    }
 }

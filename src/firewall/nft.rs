@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::plan::{Script, map_nft_errors};
+use super::script::{Script, map_nft_errors};
 use super::{
     ChainAttrs, ChainRef, FirewallError, ObservedChain, ObservedRule, ObservedTable,
     ObservedTarget, TargetState,
@@ -79,6 +79,35 @@ fn failure(args: &[&str], stderr: &str) -> FirewallError {
 
 fn not_found(stderr: &str) -> bool {
     stderr.contains("No such file or directory")
+}
+
+/// `FORMAT -s list OBJECT...`: `-j` for JSON, `-a` for text with handles.
+fn list_args<'a>(format: &'a str, object: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![format, "-s", "list"];
+    args.extend_from_slice(object);
+    args
+}
+
+/// The output of the listing `args`.
+fn list(args: &[&str]) -> Result<String, FirewallError> {
+    let out = run(args, None)?;
+    if !out.ok {
+        return Err(failure(args, &out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// The output of the listing `args`, or `None` if what it lists does not
+/// exist.
+fn list_existing(args: &[&str]) -> Result<Option<String>, FirewallError> {
+    let out = run(args, None)?;
+    if out.ok {
+        Ok(Some(out.stdout))
+    } else if not_found(&out.stderr) {
+        Ok(None)
+    } else {
+        Err(failure(args, &out.stderr))
+    }
 }
 
 /// Run `script` as one transaction (`check`: only have it checked).
@@ -230,21 +259,14 @@ fn observed_rule(r: JsonRule, texts: &HashMap<(String, u64), String>) -> Observe
 /// `table FAMILY NAME` with its chains and rules; `None` if it does not
 /// exist.
 pub fn list_table(family: &str, name: &str) -> Result<Option<ObservedTable>, FirewallError> {
-    let args = ["-j", "-s", "list", "table", family, name];
-    let out = run(&args, None)?;
-    if !out.ok {
-        if not_found(&out.stderr) {
-            return Ok(None);
-        }
-        return Err(failure(&args, &out.stderr));
-    }
-    let parsed = parse(&args, &out.stdout)?;
-    let text_args = ["-a", "-s", "list", "table", family, name];
-    let text = run(&text_args, None)?;
-    if !text.ok {
-        return Err(failure(&text_args, &text.stderr));
-    }
-    let texts = rule_texts(&text.stdout);
+    let object = ["table", family, name];
+    let args = list_args("-j", &object);
+    let Some(json) = list_existing(&args)? else {
+        return Ok(None);
+    };
+    let parsed = parse(&args, &json)?;
+    let listing = list(&list_args("-a", &object))?;
+    let texts = rule_texts(&listing);
     let mut chains: Vec<ObservedChain> = parsed
         .chains
         .iter()
@@ -263,19 +285,12 @@ pub fn list_table(family: &str, name: &str) -> Result<Option<ObservedTable>, Fir
             c.rules.push(observed_rule(r, &texts));
         }
     }
-    Ok(Some(ObservedTable {
-        chains,
-        listing: text.stdout,
-    }))
+    Ok(Some(ObservedTable { chains, listing }))
 }
 
 fn table_exists(family: &str, table: &str) -> Result<bool, FirewallError> {
     let args = ["-j", "list", "tables", family];
-    let out = run(&args, None)?;
-    if !out.ok {
-        return Err(failure(&args, &out.stderr));
-    }
-    Ok(parse(&args, &out.stdout)?
+    Ok(parse(&args, &list(&args)?)?
         .tables
         .iter()
         .any(|t| t.family == family && t.name == table))
@@ -284,32 +299,21 @@ fn table_exists(family: &str, table: &str) -> Result<bool, FirewallError> {
 /// A chain netman inserts into: whether it exists, and the rules in it
 /// whose comment starts with `prefix` (netman's).
 pub fn list_target(chain: &ChainRef, prefix: &str) -> Result<ObservedTarget, FirewallError> {
-    let args = [
-        "-j",
-        "-s",
-        "list",
-        "chain",
-        &chain.family,
-        &chain.table,
-        &chain.chain,
-    ];
-    let out = run(&args, None)?;
-    if !out.ok {
-        if not_found(&out.stderr) {
-            let state = if table_exists(&chain.family, &chain.table)? {
-                TargetState::NoChain
-            } else {
-                TargetState::NoTable
-            };
-            return Ok(ObservedTarget {
-                chain: chain.clone(),
-                state,
-                ours: Vec::new(),
-            });
-        }
-        return Err(failure(&args, &out.stderr));
-    }
-    let parsed = parse(&args, &out.stdout)?;
+    let object = ["chain", &chain.family, &chain.table, &chain.chain];
+    let args = list_args("-j", &object);
+    let Some(json) = list_existing(&args)? else {
+        let state = if table_exists(&chain.family, &chain.table)? {
+            TargetState::NoChain
+        } else {
+            TargetState::NoTable
+        };
+        return Ok(ObservedTarget {
+            chain: chain.clone(),
+            state,
+            ours: Vec::new(),
+        });
+    };
+    let parsed = parse(&args, &json)?;
     let ours: Vec<JsonRule> = parsed
         .rules
         .into_iter()
@@ -323,20 +327,7 @@ pub fn list_target(chain: &ChainRef, prefix: &str) -> Result<ObservedTarget, Fir
     let texts = if ours.is_empty() {
         HashMap::new()
     } else {
-        let text_args = [
-            "-a",
-            "-s",
-            "list",
-            "chain",
-            &chain.family,
-            &chain.table,
-            &chain.chain,
-        ];
-        let text = run(&text_args, None)?;
-        if !text.ok {
-            return Err(failure(&text_args, &text.stderr));
-        }
-        rule_texts(&text.stdout)
+        rule_texts(&list(&list_args("-a", &object))?)
     };
     Ok(ObservedTarget {
         chain: chain.clone(),
