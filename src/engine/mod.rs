@@ -85,7 +85,9 @@ pub fn write_config(sd: &StateDir, cfg: &EngineConfig) -> Result<(), ServeError>
     // The control thread and the watcher both record configs: one at a
     // time through the one temp file.
     static WRITING: Mutex<()> = Mutex::new(());
-    let _one = WRITING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = WRITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     files::write_atomic(&path, &tmp, &data, 0o600).map_err(|(p, e)| err(format!("{p}: {e}")))
 }
 
