@@ -10,6 +10,8 @@ pub mod cli;
 pub mod deploy;
 pub mod engine;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod firewall;
 pub mod import;
 pub mod keys;
