@@ -1678,6 +1678,64 @@ fn imported_hub_forwards_and_masquerades_like_wg_quick() {
     }
 }
 
+/// The manifests import writes for the golden wg-quick hubs
+/// (`tests/golden/import/`) pass nft's own check: `netman diff` in a fresh
+/// namespace hands the exact transaction it would run to `nft --check`,
+/// and plans every imported rule.
+#[test]
+fn imported_golden_hub_manifests_pass_nft_check() {
+    require_tool("nft", "the Debian package nftables");
+    let ns = NetNs::new("imnft");
+    let dir = TempDir::new("imnft");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    let mut rules_planned = 0;
+    for case in &cases {
+        let name = case
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("case name");
+        let conf = dir.write(
+            &format!("{name}/wg0.conf"),
+            &std::fs::read_to_string(case.join("wg0.conf")).expect("read wg0.conf"),
+        );
+        let out_dir = dir.join(format!("{name}/out"));
+        let (code, out, err) = import(
+            &ns,
+            &[
+                conf.to_str().expect("utf-8"),
+                "-o",
+                out_dir.to_str().expect("utf-8"),
+            ],
+        );
+        assert_eq!(code, 0, "import {name}: {out}{err}");
+        let yaml = out_dir.join("wg0.yaml");
+        let m = netman::manifest::load(&yaml).expect("imported manifest loads");
+        let nm = Netman::new(&ns, dir.join(format!("{name}/state")));
+        let (code, plan, err) = nm.out(&["diff", yaml.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "diff {name}: changes expected\n{plan}{err}");
+        for c in &m.firewall.chains {
+            for r in &c.rules {
+                let line = format!("+ rule {}: {}", c.name, r.text);
+                assert!(has_line(&plan, &line), "{name}: no {line:?} in\n{plan}");
+                rules_planned += 1;
+            }
+        }
+        if m.forwarding {
+            assert!(
+                plan.contains("sysctl net.ipv4.ip_forward"),
+                "{name}: forwarding not planned\n{plan}"
+            );
+        }
+    }
+    assert!(rules_planned >= 10, "only {rules_planned} rules planned");
+}
+
 // ---------------------------------------------------------------------------
 // 3. Metrics
 
