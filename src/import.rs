@@ -1,20 +1,27 @@
 //! `netman import`: turn a wg-quick configuration (`wg0.conf`) into a
 //! manifest. Keys are never written into the manifest: the private key and
 //! preshared keys go to separate files (mode 0600) that the manifest names.
-//! Scripts (`PostUp` and friends) are never executed; firewall commands in
-//! them are reported so they can be turned into `firewall:` rules.
+//! Scripts (`PostUp` and friends) are never executed. The forwarding and
+//! NAT commands of a hub (`iptables -A FORWARD -i %i -j ACCEPT`, `-t nat
+//! -A POSTROUTING -o eth0 -j MASQUERADE`, the forwarding sysctls, and the
+//! `PostDown` lines that undo them) are recognised from a closed set of
+//! forms, parsed into typed rules ([`scripts`]), and written as
+//! `forwarding: true` and rules of `firewall.chains`, each with a comment
+//! naming its source line; every other command is reported as a note.
 //!
 //! The wg-quick file is untrusted input. It is read with a bound into a
 //! buffer that is zeroized (it holds the private key). Every value that
 //! reaches the manifest goes through the YAML emitter (`serde-saphyr`),
 //! never through string formatting, and the notes written as comments are
-//! first reduced to one printable line ([`one_line`]). The manifest is read
-//! back before and after it is written and must say exactly what import
-//! meant (same keys, same values, no other section), or nothing is left
-//! behind. Output files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`
-//! relative to directory descriptors (`keys/` opened with `O_NOFOLLOW`), so
-//! nothing is written through a symbolic link, and a failed import removes
-//! what it wrote.
+//! first reduced to one printable line ([`one_line`]), as are the rules'
+//! comments. A rule's text is made from its typed, validated fields (never
+//! from the file's text) and then emitted as a scalar like any other value.
+//! The manifest is read back before and after it is written and must say
+//! exactly what import meant (same keys, same values, the same rules with
+//! the same comments, no other section), or nothing is left behind. Output
+//! files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` relative to directory
+//! descriptors (`keys/` opened with `O_NOFOLLOW`), so nothing is written
+//! through a symbolic link, and a failed import removes what it wrote.
 
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
@@ -27,11 +34,15 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use netman_proto::keys::{PresharedKey, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
-use serde_saphyr::{DoubleQuoted, FlowSeq};
+use serde_saphyr::{Commented, DoubleQuoted, FlowSeq};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::manifest::{self, Manifest, ManifestErrors};
+use crate::manifest::{self, ChainType, Hook, Manifest, ManifestErrors, Policy};
+
+pub mod scripts;
+
+use scripts::{Chain, ImportedRule, Script};
 
 /// wg-quick files larger than this are refused (real ones are a few KiB).
 pub const MAX_CONF_BYTES: usize = 1024 * 1024;
@@ -101,7 +112,14 @@ pub struct Imported {
     pub listen_port: Option<u16>,
     pub mtu: Option<u32>,
     pub peers: Vec<ImportedPeer>,
-    /// Things netman does not carry over, one line each, for the user
+    /// A forwarding sysctl or FORWARD rules in the scripts:
+    /// `forwarding: true`.
+    pub forwarding: bool,
+    /// The recognised rules of the scripts, `forward` chain first, each in
+    /// order.
+    pub firewall: Vec<ImportedRule>,
+    /// What import did with the scripts and what netman does not carry
+    /// over, one line each, in the order of the file's lines, for the user
     /// (reduced to one printable line by [`one_line`]).
     pub notes: Vec<String>,
 }
@@ -156,15 +174,6 @@ fn is_endpoint_text(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._:[]%".contains(&b))
 }
 
-fn is_firewall_command(cmd: &str) -> bool {
-    let first = cmd.split_whitespace().next().unwrap_or("");
-    let base = first.rsplit('/').next().unwrap_or(first);
-    matches!(
-        base,
-        "iptables" | "ip6tables" | "iptables-nft" | "ip6tables-nft" | "iptables-legacy" | "nft"
-    )
-}
-
 /// Parse wg-quick `text` (from `file`, whose stem names the interface).
 pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, ImportError> {
     let syntax = |line: usize, message: String| ImportError::Syntax {
@@ -182,7 +191,9 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
     let mut addresses = Vec::new();
     let mut listen_port = None;
     let mut mtu = None;
-    let mut notes = Vec::new();
+    // Each note with the line it is about.
+    let mut notes: Vec<(usize, String)> = Vec::new();
+    let mut scripts: Vec<Script<'_>> = Vec::new();
     let mut peers: Vec<ImportedPeer> = Vec::new();
     let mut pending_name: Option<String> = None;
 
@@ -304,26 +315,29 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                     )
                 }
                 "postup" | "postdown" | "preup" | "predown" => {
-                    for cmd in value.split(';').map(str::trim).filter(|c| !c.is_empty()) {
-                        let what = if is_firewall_command(cmd) {
-                            "firewall command, not executed; declare it under `firewall:`"
-                        } else {
-                            "command, not executed"
-                        };
-                        notes.push(one_line(&format!(
-                            "line {line_no}: {} {what}: {cmd}",
-                            raw_key(raw)
-                        )));
-                    }
+                    // Recognised (never run) once the whole file is read:
+                    // a down script's undo may come before its up script.
+                    let key = raw_key(raw);
+                    scripts.extend(
+                        value
+                            .split(';')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(|cmd| Script {
+                                line: line_no,
+                                key,
+                                cmd,
+                            }),
+                    );
                 }
-                "dns" => notes.push(one_line(&format!(
+                "dns" => notes.push((line_no, format!(
                     "line {line_no}: DNS = {value} is not managed by netman; configure the resolver separately"
                 ))),
-                "table" => notes.push(one_line(&format!(
+                "table" => notes.push((line_no, format!(
                     "line {line_no}: Table = {value} ignored: netman adds routes for allowed IPs to the main table"
                 ))),
-                "fwmark" => notes.push(one_line(&format!("line {line_no}: FwMark = {value} ignored"))),
-                "saveconfig" => notes.push(format!("line {line_no}: SaveConfig ignored")),
+                "fwmark" => notes.push((line_no, format!("line {line_no}: FwMark = {value} ignored"))),
+                "saveconfig" => notes.push((line_no, format!("line {line_no}: SaveConfig ignored"))),
                 other => {
                     return Err(syntax(
                         line_no,
@@ -365,14 +379,14 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                                 })?;
                             let trunc = net.trunc();
                             if trunc != net {
-                                notes.push(format!(
+                                notes.push((line_no, format!(
                                     "line {line_no}: AllowedIPs {net} has host bits set; imported as {trunc}"
-                                ));
+                                )));
                             }
                             if trunc.prefix_len() == 0 {
-                                notes.push(format!(
+                                notes.push((line_no, format!(
                                     "line {line_no}: AllowedIPs {trunc} routes everything through the tunnel; netman adds it to the main table (wg-quick uses policy routing); check it does not collide with your default route"
-                                ));
+                                )));
                             }
                             d.allowed_ips.push(trunc);
                         }
@@ -417,6 +431,10 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
             seen.insert(p.name.clone());
         }
     }
+    let fw = scripts::translate(&scripts, interface);
+    notes.extend(fw.notes);
+    // In the order of the file (stable: a line's notes keep theirs).
+    notes.sort_by_key(|(line, _)| *line);
     Ok(Imported {
         interface: interface.to_string(),
         private_key,
@@ -424,7 +442,9 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
         listen_port,
         mtu,
         peers,
-        notes,
+        forwarding: fw.forwarding,
+        firewall: fw.rules,
+        notes: notes.into_iter().map(|(_, n)| one_line(&n)).collect(),
     })
 }
 
@@ -473,6 +493,31 @@ struct Doc {
     name: String,
     interface: DocInterface,
     peers: Vec<DocPeer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forwarding: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firewall: Option<DocFirewall>,
+}
+
+/// `firewall:` as import writes it: chains of netman's table only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocFirewall {
+    chains: Vec<DocChain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocChain {
+    name: String,
+    hook: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<String>,
+    /// Each rule with the comment naming its source line (read back too:
+    /// a comment that moved or changed is a difference).
+    rules: Vec<Commented<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,6 +589,8 @@ pub fn render(imp: &Imported, name: &str, source: &str) -> Result<Output, Import
             private_key_file: key_file.clone(),
         },
         peers,
+        forwarding: imp.forwarding.then_some(true),
+        firewall: doc_firewall(&imp.firewall),
     };
     let mut m = String::new();
     let _ = writeln!(
@@ -556,10 +603,12 @@ pub fn render(imp: &Imported, name: &str, source: &str) -> Result<Output, Import
     }
     // Single-line scalars only: plain when that is safe, else quoted with
     // every control character and line break escaped.
-    // Peers indented under `peers:`, as in the README.
+    // Peers indented under `peers:`, as in the README; a rule's comment on
+    // its line.
     let options = serde_saphyr::ser_options! {
         prefer_block_scalars: false,
         compact_list_indent: false,
+        comment_position: serde_saphyr::CommentPosition::Inline,
     };
     serde_saphyr::to_fmt_writer_with_options(&mut m, &doc, options)
         .map_err(|e| ImportError::Render(one_line(&e.to_string())))?;
@@ -572,10 +621,75 @@ pub fn render(imp: &Imported, name: &str, source: &str) -> Result<Output, Import
     })
 }
 
+/// The chains of netman's table the imported rules go into: `forward`
+/// (filter, policy accept, as the chain iptables added them to kept the
+/// host's policy) and `postrouting` (nat), only those with rules. Each rule
+/// carries the comment `from line N: KEY COMMAND`, reduced to one line.
+fn doc_firewall(rules: &[ImportedRule]) -> Option<DocFirewall> {
+    let of = |chain: Chain| -> Vec<Commented<String>> {
+        rules
+            .iter()
+            .filter(|r| r.rule.chain == chain)
+            .map(|r| {
+                Commented(
+                    r.rule.nft(),
+                    one_line(&format!("from line {}: {}", r.line, r.source)),
+                )
+            })
+            .collect()
+    };
+    let mut chains = Vec::new();
+    let forward = of(Chain::Forward);
+    if !forward.is_empty() {
+        chains.push(DocChain {
+            name: "forward".into(),
+            hook: Hook::Forward.as_str().into(),
+            kind: None,
+            policy: Some(Policy::Accept.as_str().into()),
+            rules: forward,
+        });
+    }
+    let postrouting = of(Chain::Postrouting);
+    if !postrouting.is_empty() {
+        chains.push(DocChain {
+            name: "postrouting".into(),
+            hook: Hook::Postrouting.as_str().into(),
+            kind: Some(ChainType::Nat.as_str().into()),
+            policy: None,
+            rules: postrouting,
+        });
+    }
+    (!chains.is_empty()).then_some(DocFirewall { chains })
+}
+
+/// Whether the validated `firewall` is exactly the chains of `doc` (with
+/// the defaults the manifest gives what import leaves out) and inserts
+/// nothing.
+fn same_firewall(m: &manifest::Firewall, doc: Option<&DocFirewall>) -> bool {
+    let chains = doc.map(|f| f.chains.as_slice()).unwrap_or_default();
+    m.insert.is_empty()
+        && m.chains.len() == chains.len()
+        && m.chains.iter().zip(chains).all(|(mc, dc)| {
+            let kind = dc.kind.as_deref().unwrap_or(ChainType::Filter.as_str());
+            mc.name == dc.name
+                && mc.hook.as_str() == dc.hook
+                && mc.kind.as_str() == kind
+                && mc.priority == mc.kind.default_priority(mc.hook)
+                && mc.policy.as_str() == dc.policy.as_deref().unwrap_or(Policy::Accept.as_str())
+                && mc.rules.len() == dc.rules.len()
+                && mc
+                    .rules
+                    .iter()
+                    .zip(&dc.rules)
+                    .all(|(mr, dr)| mr.text == dr.0)
+        })
+}
+
 /// Read `text` back (as the manifest at `path`) and check it says exactly
-/// what `out` meant: the same keys with the same values and nothing else,
-/// and, when it validates, no section import does not write (forwarding,
-/// firewall, metrics, routes, `watch: false`). Returns the validation.
+/// what `out` meant: the same keys with the same values (the rules' comments
+/// included) and nothing else, and, when it validates, `forwarding` and
+/// `firewall` exactly as meant and no section import does not write
+/// (metrics, routes, `watch: false`). Returns the validation.
 fn check_reads_back(
     out: &Output,
     text: &str,
@@ -594,10 +708,10 @@ fn check_reads_back(
     if let Ok(m) = &parsed {
         let doc = &out.doc;
         let mut wrong = Vec::new();
-        if m.forwarding {
+        if m.forwarding != doc.forwarding.unwrap_or(false) {
             wrong.push("forwarding");
         }
-        if !m.firewall.is_empty() {
+        if !same_firewall(&m.firewall, doc.firewall.as_ref()) {
             wrong.push("firewall");
         }
         if m.metrics.is_some() {
@@ -1110,17 +1224,44 @@ PersistentKeepalive = 15
         );
         assert_eq!(imp.peers[1].allowed_ips[1].to_string(), "192.168.20.0/24");
         assert_eq!(imp.peers[1].persistent_keepalive, Some(25));
-        let fw: Vec<&String> = imp
-            .notes
+        // The hub's forwarding and NAT are carried over, their undo is
+        // understood, the rest is a note.
+        assert!(imp.forwarding);
+        let rules: Vec<(usize, String)> = imp
+            .firewall
             .iter()
-            .filter(|n| n.contains("firewall command"))
+            .map(|r| (r.line, r.rule.nft()))
             .collect();
-        assert_eq!(fw.len(), 3, "{:?}", imp.notes);
+        assert_eq!(
+            rules,
+            vec![
+                (8, r#"meta nfproto ipv4 iifname "wg0" accept"#.to_string()),
+                (
+                    8,
+                    r#"meta nfproto ipv4 oifname "eth0" masquerade"#.to_string()
+                ),
+            ]
+        );
+        assert!(
+            !imp.notes.iter().any(|n| n.contains("firewall command")),
+            "{:#?}",
+            imp.notes
+        );
+        assert!(imp.notes.iter().any(|n| n
+            == "line 9: PostDown iptables -D FORWARD -i %i -j ACCEPT: not executed; understood as the undo of line 8 (netman deletes its table at `down`)"));
         assert!(
             imp.notes
                 .iter()
-                .any(|n| n.contains("command, not executed: echo up"))
+                .any(|n| n == "line 8: PostUp command, not executed: echo up")
         );
+        // In the order of the file.
+        let lines: Vec<usize> = imp
+            .notes
+            .iter()
+            .filter_map(|n| n.strip_prefix("line ")?.split(':').next()?.parse().ok())
+            .collect();
+        assert_eq!(lines.len(), imp.notes.len(), "{:#?}", imp.notes);
+        assert!(lines.is_sorted(), "{lines:?}");
         assert!(imp.notes.iter().any(|n| n.contains("host bits set")));
         assert!(imp.notes.iter().any(|n| n.contains("SaveConfig")));
     }
@@ -1239,49 +1380,83 @@ PersistentKeepalive = 15
         }
     }
 
+    /// SERVER without its scripts: import means no `forwarding` or
+    /// `firewall`.
+    fn server_without_scripts() -> String {
+        SERVER
+            .lines()
+            .filter(|l| !l.starts_with("PostUp") && !l.starts_with("PostDown"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     /// An `Imported` whose every text field carries YAML after a line break
     /// (as a caller other than `parse` could build it) still renders into a
-    /// manifest with only the three sections import writes, each value
-    /// read back exactly as given.
+    /// manifest with only the sections import writes (the three it always
+    /// writes, and `forwarding` and `firewall` when the scripts meant them),
+    /// each value read back exactly as given.
     #[test]
     fn hostile_values_are_emitted_as_inert_scalars() {
-        for br in ["\r", "\n", "\r\n", "\u{85}", "\u{2028}", "\u{2029}"] {
-            let mut imp = parse(SERVER, "wg0.conf", "wg0").expect("parse");
-            let inject = format!("x\"{br}forwarding: true{br}metrics: {{listen: 0.0.0.0:1}}{br}#");
-            imp.interface = format!("wg0{inject}");
-            imp.notes.push(format!("note{inject}"));
-            imp.notes.push(format!("{br}watch: false"));
-            imp.peers[0].name = format!("laptop{inject}");
-            imp.peers[1].endpoint = Some(format!("branch.example.net:51820{inject}"));
-            let source = format!("wg0.conf{br}routes: [{{to: 0.0.0.0/0}}]{br}#");
-            let out = render(&imp, "site-x", &source).expect("render");
-            let path = std::path::Path::new("/etc/netman/site-x.yaml");
-            let checked = check_reads_back(&out, &out.manifest, path);
-            assert!(
-                checked.is_ok(),
-                "{br:?}: {:?}\n{}",
-                checked.err().map(|e| e.to_string()),
-                out.manifest
-            );
-            for line in out.manifest.lines() {
-                assert!(
-                    !line.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']),
-                    "{br:?}: a line break YAML or a terminal knows in {line:?}"
-                );
-                if line.starts_with('#') {
-                    continue;
+        let no_scripts = server_without_scripts();
+        for (conf, sections) in [
+            (no_scripts.as_str(), &["name", "interface", "peers"][..]),
+            (
+                SERVER,
+                &["name", "interface", "peers", "forwarding", "firewall"][..],
+            ),
+        ] {
+            for br in ["\r", "\n", "\r\n", "\u{85}", "\u{2028}", "\u{2029}"] {
+                let mut imp = parse(conf, "wg0.conf", "wg0").expect("parse");
+                let inject =
+                    format!("x\"{br}forwarding: true{br}metrics: {{listen: 0.0.0.0:1}}{br}#");
+                imp.interface = format!("wg0{inject}");
+                imp.notes.push(format!("note{inject}"));
+                imp.notes.push(format!("{br}watch: false"));
+                imp.peers[0].name = format!("laptop{inject}");
+                imp.peers[1].endpoint = Some(format!("branch.example.net:51820{inject}"));
+                for r in &mut imp.firewall {
+                    r.source = format!("PostUp {inject}{br}    - drop{br}  insert: []");
                 }
-                let key = line.split(':').next().unwrap_or("");
+                let source = format!("wg0.conf{br}routes: [{{to: 0.0.0.0/0}}]{br}#");
+                let out = render(&imp, "site-x", &source).expect("render");
+                let path = std::path::Path::new("/etc/netman/site-x.yaml");
+                let checked = check_reads_back(&out, &out.manifest, path);
                 assert!(
-                    key.starts_with(' ') || ["name", "interface", "peers"].contains(&key),
-                    "{br:?}: top-level {key:?} in\n{}",
+                    checked.is_ok(),
+                    "{br:?}: {:?}\n{}",
+                    checked.err().map(|e| e.to_string()),
                     out.manifest
                 );
+                for line in out.manifest.lines() {
+                    assert!(
+                        !line.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']),
+                        "{br:?}: a line break YAML or a terminal knows in {line:?}"
+                    );
+                    if line.starts_with('#') {
+                        continue;
+                    }
+                    let key = line.split(':').next().unwrap_or("");
+                    assert!(
+                        key.starts_with(' ') || sections.contains(&key),
+                        "{br:?}: top-level {key:?} in\n{}",
+                        out.manifest
+                    );
+                }
+                let back: Doc = serde_saphyr::from_str(&out.manifest).expect("reads back");
+                assert_eq!(back.interface.name, imp.interface, "{br:?}");
+                assert_eq!(back.peers[0].name, imp.peers[0].name, "{br:?}");
+                assert_eq!(back.peers[1].endpoint, imp.peers[1].endpoint, "{br:?}");
+                assert_eq!(back.forwarding, imp.forwarding.then_some(true), "{br:?}");
+                let rules: Vec<String> = back
+                    .firewall
+                    .iter()
+                    .flat_map(|f| &f.chains)
+                    .flat_map(|c| &c.rules)
+                    .map(|r| r.0.clone())
+                    .collect();
+                let want: Vec<String> = imp.firewall.iter().map(|r| r.rule.nft()).collect();
+                assert_eq!(rules, want, "{br:?}");
             }
-            let back: Doc = serde_saphyr::from_str(&out.manifest).expect("reads back");
-            assert_eq!(back.interface.name, imp.interface, "{br:?}");
-            assert_eq!(back.peers[0].name, imp.peers[0].name, "{br:?}");
-            assert_eq!(back.peers[1].endpoint, imp.peers[1].endpoint, "{br:?}");
         }
     }
 
@@ -1289,7 +1464,8 @@ PersistentKeepalive = 15
     /// than import meant; comments are all it lets through.
     #[test]
     fn a_manifest_that_says_more_than_meant_is_refused() {
-        let imp = parse(SERVER, "wg0.conf", "wg0").expect("parse");
+        let imp = parse(&server_without_scripts(), "wg0.conf", "wg0").expect("parse");
+        assert!(!imp.forwarding && imp.firewall.is_empty());
         let out = render(&imp, "site-x", "wg0.conf").expect("render");
         let path = std::path::Path::new("/etc/netman/site-x.yaml");
         assert!(check_reads_back(&out, &out.manifest, path).is_ok());
@@ -1297,6 +1473,13 @@ PersistentKeepalive = 15
         assert!(check_reads_back(&out, &commented, path).is_ok());
         for (what, text) in [
             ("forwarding", format!("forwarding: true\n{}", out.manifest)),
+            (
+                "firewall",
+                format!(
+                    "{}firewall:\n  chains:\n    - name: f\n      hook: forward\n      rules: [accept]\n",
+                    out.manifest
+                ),
+            ),
             ("watch", format!("{}watch: false\n", out.manifest)),
             (
                 "metrics",
@@ -1317,6 +1500,107 @@ PersistentKeepalive = 15
             ("not YAML", format!("{}\t- [", out.manifest)),
         ] {
             assert_ne!(text, out.manifest, "{what}: the test changed nothing");
+            let e = check_reads_back(&out, &text, path)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted\n{text}"));
+            assert!(matches!(e, ImportError::Unfaithful { .. }), "{what}: {e}");
+        }
+    }
+
+    /// With translated scripts, the read-back check expects exactly the
+    /// `forwarding` and `firewall` import meant: every rule, chain setting
+    /// and comment as written, nothing inserted elsewhere.
+    #[test]
+    fn a_manifest_with_other_firewall_rules_than_meant_is_refused() {
+        let imp = parse(SERVER, "wg0.conf", "wg0").expect("parse");
+        let out = render(&imp, "site-x", "wg0.conf").expect("render");
+        let path = std::path::Path::new("/etc/netman/site-x.yaml");
+        let validated = check_reads_back(&out, &out.manifest, path)
+            .unwrap_or_else(|e| panic!("{e}\n{}", out.manifest))
+            .unwrap_or_else(|e| panic!("{e}\n{}", out.manifest));
+        assert!(validated.forwarding);
+        let chains: Vec<(&str, &str, &str, &str, Vec<&str>)> = validated
+            .firewall
+            .chains
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.hook.as_str(),
+                    c.kind.as_str(),
+                    c.policy.as_str(),
+                    c.rules.iter().map(|r| r.text.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chains,
+            vec![
+                (
+                    "forward",
+                    "forward",
+                    "filter",
+                    "accept",
+                    vec![r#"meta nfproto ipv4 iifname "wg0" accept"#]
+                ),
+                (
+                    "postrouting",
+                    "postrouting",
+                    "nat",
+                    "accept",
+                    vec![r#"meta nfproto ipv4 oifname "eth0" masquerade"#]
+                ),
+            ]
+        );
+        assert!(validated.firewall.insert.is_empty());
+        let m = &out.manifest;
+        let rule = r#"        - meta nfproto ipv4 iifname "wg0" accept # from line 8: PostUp iptables -A FORWARD -i %i -j ACCEPT
+"#;
+        assert!(m.contains(rule), "{m}");
+        for (what, text) in [
+            ("no forwarding", m.replace("forwarding: true\n", "")),
+            (
+                "forwarding false",
+                m.replace("forwarding: true", "forwarding: false"),
+            ),
+            (
+                "another rule text",
+                m.replace(r#"iifname "wg0" accept"#, r#"iifname "wg0" drop"#),
+            ),
+            (
+                "another comment",
+                m.replace(
+                    "# from line 8: PostUp iptables -A FORWARD",
+                    "# from line 7: PostUp iptables -A FORWARD",
+                ),
+            ),
+            (
+                "a rule more",
+                m.replace(rule, &format!("{rule}        - udp dport 53 drop\n")),
+            ),
+            ("a rule less", m.replace(rule, "")),
+            ("policy drop", m.replace("policy: accept", "policy: drop")),
+            (
+                "a priority",
+                m.replace(
+                    "      hook: forward\n",
+                    "      hook: forward\n      priority: -300\n",
+                ),
+            ),
+            ("another hook", m.replace("hook: forward", "hook: input")),
+            ("a filter chain", m.replace("type: nat", "type: filter")),
+            (
+                "an inserted rule",
+                format!(
+                    "{m}  insert:\n    - family: ip\n      table: filter\n      chain: INPUT\n      rule: accept\n"
+                ),
+            ),
+            (
+                "no firewall",
+                m[..m.find("firewall:").unwrap_or(m.len())].to_string(),
+            ),
+        ] {
+            assert_ne!(&text, m, "{what}: the test changed nothing");
             let e = check_reads_back(&out, &text, path)
                 .err()
                 .unwrap_or_else(|| panic!("{what}: accepted\n{text}"));

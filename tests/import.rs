@@ -3,7 +3,9 @@
 //! settings (line breaks YAML knows but a terminal hides: CR, NEL, U+2028,
 //! U+2029; quotes in endpoints), the output is never written through a
 //! symbolic link, a refused import leaves nothing behind, and the input is
-//! read with a bound. These run the binary directly: import executes
+//! read with a bound; and the golden manifests of wg-quick hubs whose
+//! forwarding and NAT import translates (each rule checked against
+//! `iptables-translate`). These run the binary directly: import executes
 //! nothing, so no network namespace (and no root) is needed.
 
 mod common;
@@ -13,7 +15,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TempDir, netman_bin, netman_genkey, netman_pubkey, run, run_ok};
+use common::{TempDir, netman_bin, netman_genkey, netman_pubkey, require_tool, run, run_ok};
 
 /// `netman import ARGS...`: (exit code, stdout, stderr).
 fn import(args: &[&str]) -> (i32, String, String) {
@@ -335,4 +337,136 @@ fn import_refuses_an_oversized_wg_quick_file() {
         "{err}"
     );
     assert!(walk(&out_dir).is_empty(), "{:?}", walk(&out_dir));
+}
+
+/// The golden cases of `tests/golden/import/<case>/`: `wg0.conf` imported
+/// (as `wg0.conf` from the case's copy, so the text names no temp path)
+/// must give exactly `manifest.yaml` and the notes of `notes.txt`. With
+/// `UPDATE_GOLDEN` set the expected files are rewritten. The cases: a
+/// typical guide hub (FORWARD in and out of the tunnel, MASQUERADE, for
+/// iptables and ip6tables, undone in PostDown), the other recognised forms
+/// (sysctls, state matches, SNAT, `-I`, a full path), and scripts that are
+/// not translated (each stays a note; no firewall, no forwarding).
+#[test]
+fn import_golden_manifests_of_wg_quick_hubs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 3,
+        "golden cases missing in {}",
+        root.display()
+    );
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        let dir = TempDir::new(&format!("imgold{}", &name[..2]));
+        let conf = std::fs::read_to_string(case.join("wg0.conf")).expect("read wg0.conf");
+        dir.write("wg0.conf", &conf);
+        let out = run(Command::new(netman_bin())
+            .current_dir(&dir.path)
+            .args(["import", "wg0.conf", "-o", "out"]));
+        let code = out.status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code, 0, "{name}: exit {code}\n{stderr}");
+        let manifest =
+            std::fs::read_to_string(dir.join("out/wg0.yaml")).expect("read imported manifest");
+        for (file, actual) in [("manifest.yaml", &manifest), ("notes.txt", &stderr)] {
+            let path = case.join(file);
+            if update {
+                std::fs::write(&path, actual).expect("write golden file");
+                continue;
+            }
+            let expected = std::fs::read_to_string(&path).unwrap_or_default();
+            if &expected != actual {
+                failures.push(format!(
+                    "{name}/{file} differs\n--- expected\n{expected}--- actual\n{actual}"
+                ));
+            }
+        }
+        run_ok(
+            Command::new(netman_bin())
+                .arg("validate")
+                .arg(dir.join("out/wg0.yaml")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `ct state a,b` with its states sorted (iptables-translate keeps the
+/// order of `--state`; import writes them in one order).
+fn sorted_states(rule: &str) -> String {
+    let mut words: Vec<String> = rule.split(' ').map(str::to_string).collect();
+    for i in 1..words.len() {
+        if words[i - 1] == "state" {
+            let mut s: Vec<&str> = words[i].split(',').collect();
+            s.sort_unstable();
+            words[i] = s.join(",");
+        }
+    }
+    words.join(" ")
+}
+
+/// Every rule import wrote in the golden manifests is what
+/// `iptables-translate` / `ip6tables-translate` make of its source command
+/// (named by the rule's comment, `%i` being the tunnel), but for the
+/// counter iptables always keeps, the `meta nfproto` that confines it to
+/// its family in netman's `inet` table, and the family `snat` needs there.
+#[test]
+fn imported_rules_match_iptables_translate() {
+    require_tool("iptables-translate", "the Debian package iptables");
+    require_tool("ip6tables-translate", "the Debian package iptables");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).expect("golden dir").flatten() {
+        let Ok(manifest) = std::fs::read_to_string(entry.path().join("manifest.yaml")) else {
+            continue;
+        };
+        for line in manifest.lines() {
+            let Some((rule, source)) = line.trim_start().strip_prefix("- ").and_then(|l| {
+                let (rule, comment) = l.split_once(" # from line ")?;
+                Some((rule, comment.split_once(": ")?.1))
+            }) else {
+                continue;
+            };
+            let mut words: Vec<String> = source
+                .split_whitespace()
+                .skip(1)
+                .map(|w| w.replace("%i", "wg0"))
+                .collect();
+            let program = words.remove(0);
+            let (translate, nfproto) = if program.contains("ip6tables") {
+                ("ip6tables-translate", "meta nfproto ipv6 ")
+            } else {
+                ("iptables-translate", "meta nfproto ipv4 ")
+            };
+            let out = run_ok(Command::new(translate).args(&words));
+            // nft 'add rule ip filter FORWARD iifname "wg0" counter accept'
+            let body = out
+                .trim()
+                .trim_start_matches("nft ")
+                .trim_matches('\'')
+                .splitn(6, ' ')
+                .nth(5)
+                .unwrap_or_else(|| panic!("{translate} {words:?}: {out}"))
+                .replace(" counter", "");
+            let ours = rule
+                .strip_prefix(nfproto)
+                .unwrap_or_else(|| panic!("{rule:?} does not start with {nfproto:?}"))
+                .replace("snat ip to", "snat to")
+                .replace("snat ip6 to", "snat to");
+            assert_eq!(
+                sorted_states(&ours),
+                sorted_states(&body),
+                "{source}: import wrote {rule:?}, {translate} {out}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} rules checked");
 }
