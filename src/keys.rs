@@ -95,19 +95,35 @@ fn read_secret_file(path: &Path) -> Result<SecretText, KeyFileError> {
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions { path: p(), mode });
     }
+    read_secret(&mut f).map_err(|_| KeyFileError::Malformed { path: p() })
+}
+
+/// Read at most [`KEY_FILE_BYTES`] from `r` into a fixed zeroized buffer
+/// (no growing buffer leaves copies behind).
+fn read_secret(r: &mut impl Read) -> io::Result<SecretText> {
     let mut text = SecretText {
         buf: Zeroizing::new([0u8; KEY_FILE_BYTES]),
         len: 0,
     };
     while text.len < KEY_FILE_BYTES {
-        match f.read(&mut text.buf[text.len..]) {
+        match r.read(&mut text.buf[text.len..]) {
             Ok(0) => break,
             Ok(n) => text.len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(KeyFileError::Malformed { path: p() }),
+            Err(e) => return Err(e),
         }
     }
     Ok(text)
+}
+
+/// A private key from `r` (`netman pubkey` reads standard input, unbuffered:
+/// pass a descriptor, not a buffered reader, or the reader's buffer keeps
+/// a copy). `None`: not a private key in base64.
+pub fn read_private_key(mut r: impl Read) -> io::Result<Option<PrivateKey>> {
+    let text = read_secret(&mut r)?;
+    Ok(text
+        .as_str()
+        .and_then(|t| PrivateKey::from_base64(t.trim()).ok()))
 }
 
 /// The text of a key file as a string, or `Malformed` (not UTF-8).

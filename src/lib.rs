@@ -10,9 +10,9 @@ pub mod cli;
 pub mod deploy;
 pub mod engine;
 pub mod files;
+pub mod firewall;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod firewall;
 pub mod import;
 pub mod keys;
 pub mod manifest;

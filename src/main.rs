@@ -1,4 +1,4 @@
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -146,11 +146,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Load and validate a manifest, printing every error; `None` if invalid.
 ///
-/// With a state dir that exists, validated manifests are cached there by
-/// content hash (`<state-dir>/cache/`), so re-applying or diffing an
-/// unchanged large manifest does not parse it again.
+/// With a state dir that exists and is safe to use (see
+/// [`StateDir::check`]: not a link, root's, not open to others), validated
+/// manifests are cached there by content hash (`<state-dir>/cache/`), so
+/// re-applying or diffing an unchanged large manifest does not parse it
+/// again. Nothing is written into any other.
 fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
-    let loaded = if state_dir.is_dir() {
+    let loaded = if matches!(StateDir::at(state_dir).check(), Ok(true)) {
         manifest::load_cached(path, &state_dir.join("cache"))
     } else {
         manifest::load(path)
@@ -367,14 +369,20 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Pubkey => {
-            let mut input = zeroize::Zeroizing::new(String::new());
-            std::io::stdin()
-                .take(1024)
-                .read_to_string(&mut input)
+            // A descriptor of its own: stdin's buffered reader would keep a
+            // copy of the key in its buffer.
+            use std::os::fd::AsFd;
+            let fd = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
                 .map_err(|e| anyhow!("read stdin: {e}"))?;
-            let k = netman_proto::keys::PrivateKey::from_base64(input.trim()).map_err(|_| {
-                anyhow!("stdin is not a private key (44 base64 characters, as `wg genkey` prints)")
-            })?;
+            let k = keys::read_private_key(std::fs::File::from(fd))
+                .map_err(|e| anyhow!("read stdin: {e}"))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "stdin is not a private key (44 base64 characters, as `wg genkey` prints)"
+                    )
+                })?;
             println!("{}", k.public_key().to_base64());
             Ok(EXIT_OK)
         }

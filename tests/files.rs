@@ -426,3 +426,51 @@ while True:
         "the foreign process was signalled"
     );
 }
+
+/// `validate` and `diff` cache validated manifests in the state dir: a
+/// state dir that is a symlink or open to others gets nothing written
+/// into it (no `cache/`), `validate` still validates, and `diff` refuses
+/// it (exit 2) naming it.
+#[test]
+fn validate_and_diff_write_nothing_into_an_untrusted_state_dir() {
+    require_root();
+    let tmp = TempDir::new("files-cache");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/site-a.yaml");
+    let real = tmp.join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    chmod(&real, 0o700);
+    let link = tmp.join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let open = tmp.join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    chmod(&open, 0o777);
+    for (sd, empty) in [(&link, &real), (&open, &open)] {
+        let run = |cmd: &str| {
+            let out = common::run(
+                Command::new(netman_bin())
+                    .arg("--state-dir")
+                    .arg(sd)
+                    .arg(cmd)
+                    .arg(&manifest),
+            );
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, err) = run("validate");
+        assert_eq!(code, 0, "validate with state dir {}: {err}", sd.display());
+        let (code, err) = run("diff");
+        assert_eq!(code, 2, "diff with state dir {}: {err}", sd.display());
+        assert!(err.contains(&sd.display().to_string()), "{err}");
+        let left: Vec<_> = std::fs::read_dir(empty)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "written into the untrusted state dir {}: {left:?}",
+            sd.display()
+        );
+    }
+}

@@ -54,7 +54,12 @@ fn the_seeds_reach_the_checks() {
         ),
         (
             "import",
-            &["hub.conf", "client.conf", "cr-payload.conf", "nel-payload.conf"],
+            &[
+                "hub.conf",
+                "client.conf",
+                "cr-payload.conf",
+                "nel-payload.conf",
+            ],
         ),
         ("control", &["ping", "status", "stop", "poke", "configure"]),
         (
