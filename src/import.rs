@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -38,6 +38,7 @@ use serde_saphyr::{Commented, DoubleQuoted, FlowSeq};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::files;
 use crate::manifest::{self, ChainType, Hook, Manifest, ManifestErrors, Policy};
 
 pub mod scripts;
@@ -77,6 +78,8 @@ pub enum ImportError {
     Exists { path: String },
     #[error("{path} is a symbolic link; not writing through it")]
     Symlink { path: String },
+    #[error("{path}: {reason}; not writing key files into it")]
+    UntrustedKeysDir { path: String, reason: String },
     #[error("{path} exists and is not a directory")]
     NotADir { path: String },
     #[error("{action} {path}: {source}")]
@@ -986,6 +989,28 @@ impl Writer {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         match at::open(self.dir.as_fd(), c"keys", flags, 0) {
             Ok(fd) => {
+                // An existing `keys/` holds the key files from now on: it
+                // must be as private as one import creates.
+                let meta = std::fs::File::from(fd.try_clone().map_err(|e| io_err("open", e))?)
+                    .metadata()
+                    .map_err(|e| io_err("stat", e))?;
+                let untrusted = |reason: String| ImportError::UntrustedKeysDir {
+                    path: label.clone(),
+                    reason,
+                };
+                if !files::trusted_owner(meta.uid()) {
+                    return Err(untrusted(format!(
+                        "owned by uid {} (not {})",
+                        meta.uid(),
+                        files::trusted_owners()
+                    )));
+                }
+                if meta.mode() & 0o022 != 0 {
+                    return Err(untrusted(format!(
+                        "writable by group or others (mode {:o}; run `chmod go-w {label}`)",
+                        meta.mode() & 0o7777
+                    )));
+                }
                 self.keys = Some(fd);
                 Ok(())
             }

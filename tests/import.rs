@@ -317,6 +317,40 @@ fn import_never_writes_through_symlinks_and_leaves_nothing_behind() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// An existing `keys/` that others may write (or that belongs to someone
+/// else) would let them swap the key files later: import refuses it,
+/// naming it, and writes nothing.
+#[test]
+fn import_refuses_a_keys_dir_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("imkeysdir");
+    let conf = conf_with_psk(&dir);
+    let mut cases: Vec<(&str, u32, Option<u32>)> = vec![
+        ("group-writable", 0o770, None),
+        ("world-writable", 0o1777, None),
+    ];
+    // A foreign owner can be set up only by root (as in CI).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push(("owned by nobody", 0o700, Some(65534)));
+    }
+    for (i, (what, mode, owner)) in cases.into_iter().enumerate() {
+        let out_dir = dir.join(format!("case{i}"));
+        let keys = out_dir.join("keys");
+        std::fs::create_dir_all(&keys).expect("mkdir");
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        if let Some(uid) = owner {
+            std::os::unix::fs::lchown(&keys, Some(uid), None).expect("chown");
+        }
+        let before = walk(&out_dir);
+        let (code, _, err) = import(&[s(&conf), "-o", s(&out_dir)]);
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(err.contains(s(&keys)), "{what}: {err}");
+        assert!(err.contains("not writing key files"), "{what}: {err}");
+        assert_eq!(walk(&out_dir), before, "{what}: files written");
+    }
+}
+
 /// The wg-quick file is read with a bound: a huge file is refused with an
 /// error naming it, and nothing is written.
 #[test]
