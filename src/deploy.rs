@@ -132,7 +132,7 @@ pub async fn resolve_pending(
     let Some(p) = st.pending_confirm else {
         return Ok(None);
     };
-    if !force && p.deadline_ms > reconcile::now_unix_ms() {
+    if !force && p.deadline_ms > crate::clock::now_unix_ms() {
         return Ok(None);
     }
     match p.previous {

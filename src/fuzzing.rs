@@ -53,7 +53,7 @@ pub fn manifest(data: &[u8]) -> bool {
             assert!(again.as_ref().is_ok_and(|m2| *m2 == m), "not deterministic");
             // Rule positions (found through the line index) point into the
             // text.
-            let lines = text.lines().count().max(1) + 1;
+            let lines = yaml_lines(text);
             let rules = m.firewall.chains.iter().flat_map(|c| &c.rules);
             let inserts = m.firewall.insert.iter().map(|i| &i.rule);
             for r in rules.chain(inserts) {
@@ -67,7 +67,7 @@ pub fn manifest(data: &[u8]) -> bool {
         }
         Err(errs) => {
             assert!(!errs.0.is_empty(), "refused without an error");
-            let lines = text.lines().count().max(1) + 1;
+            let lines = yaml_lines(text);
             for e in &errs.0 {
                 assert!(!e.message.is_empty(), "an error without a message");
                 assert!(
@@ -79,6 +79,14 @@ pub fn manifest(data: &[u8]) -> bool {
             false
         }
     }
+}
+
+/// The lines of `text` as YAML counts them (`\n`, `\r\n` and a lone `\r`
+/// end a line), plus one for an error at the very end.
+fn yaml_lines(text: &str) -> usize {
+    let breaks =
+        text.matches('\n').count() + text.matches('\r').count() - text.matches("\r\n").count();
+    breaks + 2
 }
 
 /// A wg-quick file through `import`: what parses renders to a manifest

@@ -478,14 +478,6 @@ pub fn sanitize_name(s: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Whether `name` is a deployment name (it becomes file names).
-fn is_deployment_name(name: &str) -> bool {
-    (1..=32).contains(&name.chars().count())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 /// The manifest import writes, as the YAML emitter sees it: only the
 /// sections import fills in. Reading the written text back into this type
 /// (unknown keys refused at every level) and comparing is how import checks
@@ -825,7 +817,7 @@ pub fn import_file(file: &Path, name: Option<&str>, dir: &Path) -> Result<Writte
         None => sanitize_name(&stem).ok_or_else(|| ImportError::NoName { stem: stem.clone() })?,
     };
     // The name becomes file names: check it before writing anything.
-    if !is_deployment_name(&name) {
+    if !manifest::is_deployment_name(&name) {
         return Err(ImportError::BadName { name });
     }
     let imp = parse(text, &label, &ifname)?;

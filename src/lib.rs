@@ -7,6 +7,7 @@
 //! [`firewall`] (nftables rules, forwarding sysctls) follows the same shape.
 
 pub mod cli;
+pub mod clock;
 pub mod deploy;
 pub mod engine;
 pub mod files;

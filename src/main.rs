@@ -1,7 +1,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
 use clap::Parser;
@@ -11,6 +10,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use netman::cli::{Cli, Command, LogFormat, Output};
+use netman::clock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "run `netman confirm {}` within {} s to keep this configuration; otherwise it is reverted",
                         m.name,
                         p.deadline_ms
-                            .saturating_sub(reconcile::now_unix_ms())
+                            .saturating_sub(clock::now_unix_ms())
                             .div_ceil(1000)
                     );
                 }
@@ -418,7 +418,7 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
     let Some(p) = sd.load(name)?.and_then(|s| s.pending_confirm) else {
         return Ok(None);
     };
-    if p.deadline_ms <= reconcile::now_unix_ms() {
+    if p.deadline_ms <= clock::now_unix_ms() {
         let rt = runtime()?;
         let r = rt.block_on(async {
             let nl = Netlink::connect().map_err(|e| anyhow!("{e}"))?;
@@ -621,10 +621,7 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = clock::now_unix_secs();
             for (i, (n, st, engine)) in all.iter().enumerate() {
                 if i > 0 {
                     println!();

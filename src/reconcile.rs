@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
+use crate::clock::now_unix_ms;
 use crate::firewall::{self, FirewallError};
 use crate::manifest::Manifest;
 use crate::model::{Desired, Observed, Owned};
@@ -100,14 +100,6 @@ impl ManifestRecord {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn deadline_text(deadline_ms: u64) -> String {
     let now = now_unix_ms();
     if deadline_ms > now {
@@ -115,10 +107,6 @@ fn deadline_text(deadline_ms: u64) -> String {
     } else {
         "is due now".to_string()
     }
-}
-
-fn now_unix() -> u64 {
-    now_unix_ms() / 1000
 }
 
 /// Every link name a reconcile must look at.
@@ -418,7 +406,7 @@ where
                 st.firewall = fw_record;
                 st.sysctls = sysctls;
                 st.manifest = Some(record);
-                st.applied_at = Some(now_unix());
+                st.applied_at = Some(crate::clock::now_unix_secs());
                 st.in_progress = false;
                 sd.save(&st)?;
             }

@@ -407,3 +407,53 @@ fn all_semantic_errors_at_once() {
         ]
     );
 }
+
+/// YAML ends a line at `\n`, `\r\n` or a lone `\r` (and reports positions
+/// so): a lone carriage return in a comment above the rules must not shift
+/// the rules' positions (found by the `manifest` fuzz target: the line
+/// index behind rule positions counted only `\n`).
+#[test]
+fn rule_positions_count_lines_as_yaml_does() {
+    let rules = [
+        "firewall:",
+        "  chains:",
+        "    - name: forward",
+        "      hook: forward",
+        "      rules:",
+        "        - iifname \"nm0\" accept",
+        "        - 'oifname \"nm0\" accept'",
+    ];
+    let mut lf = vec!["# one", "# two"];
+    lf.extend_from_slice(&rules);
+    let lf = doc(&lf);
+    let positions = |text: &str| -> Vec<(String, String, bool)> {
+        let m = parse(text).unwrap_or_else(|e| panic!("{e}\n{text:?}"));
+        m.firewall.chains[0]
+            .rules
+            .iter()
+            .map(|r| (r.pos.to_string(), r.pos.at(3), r.pos.verbatim))
+            .collect()
+    };
+    let want = positions(&lf);
+    assert_eq!(
+        want,
+        [
+            (
+                "site-a.yaml:13:11: firewall.chains[0].rules[0]".to_owned(),
+                "site-a.yaml:13:14: firewall.chains[0].rules[0]".to_owned(),
+                true
+            ),
+            (
+                "site-a.yaml:14:12: firewall.chains[0].rules[1]".to_owned(),
+                "site-a.yaml:14:15: firewall.chains[0].rules[1]".to_owned(),
+                true
+            ),
+        ]
+    );
+    for (what, eol) in [("CR", "\r"), ("CRLF", "\r\n")] {
+        let text = lf.replacen("# one\n", &format!("# one{eol}"), 1);
+        assert_eq!(positions(&text), want, "{what} ending line 6");
+        let all = lf.replace('\n', eol);
+        assert_eq!(positions(&all), want, "{what} ending every line");
+    }
+}

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock::unix_secs;
 
 use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, TunResult};
 use thiserror::Error;
@@ -140,12 +142,6 @@ fn bind(port: Option<u16>) -> Result<UdpSockets, EngineError> {
         port: port.unwrap_or(0),
         source,
     })
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn peer_config(spec: &super::config::PeerSpec, keys: &LoadedKeys, i: usize) -> PeerConfig {

@@ -33,10 +33,11 @@ use tokio::io::unix::AsyncFd;
 
 use super::EngineCtx;
 use super::metrics::ReconcileCounters;
+use crate::clock::now_unix_ms;
 use crate::deploy::{self, DeployError, EngineStep, Resolved};
 use crate::manifest::{self, Manifest};
 use crate::netlink::Netlink;
-use crate::reconcile::{ApplyOptions, ReconcileError, now_unix_ms};
+use crate::reconcile::{ApplyOptions, ReconcileError};
 use crate::state::{DeploymentState, Stamp, StateDir};
 
 /// Debounce after a kernel event (our own changes come as bursts).

@@ -413,6 +413,13 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// Whether `name` is a deployment name (1 to 32 of `a-z`, `0-9` and `-`):
+/// the manifest's `name` rule, for names that come from elsewhere
+/// (`import --name`).
+pub fn is_deployment_name(name: &str) -> bool {
+    validate::deployment_name(name).is_ok()
+}
+
 /// Parse and validate manifest `text`.
 ///
 /// `path` is used in error messages (as given) and to resolve relative key file

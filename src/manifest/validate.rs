@@ -57,11 +57,34 @@ pub(super) struct Ctx<'a> {
     errors: Vec<ManifestError>,
 }
 
+/// Byte offsets of the starts of the lines of `text`, lines ended as YAML
+/// ends them (`\n`, `\r\n`, or a lone `\r`), so that line numbers agree
+/// with the parser's.
+fn line_starts(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut starts = vec![0];
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\r' if b.get(i + 1) == Some(&b'\n') => {
+                i += 2;
+                starts.push(i);
+            }
+            b'\r' | b'\n' => {
+                i += 1;
+                starts.push(i);
+            }
+            _ => i += 1,
+        }
+    }
+    starts
+}
+
 impl<'a> Ctx<'a> {
-    /// The rest of source line `line` (1-based, as `str::lines` counts and
-    /// cuts them) from 1-based character column `column` on. `location`'s
-    /// byte offset, when the parser gives one on that line, locates the
-    /// column without counting characters.
+    /// The rest of source line `line` (1-based, as YAML counts them: `\n`,
+    /// `\r\n` and a lone `\r` each end a line) from 1-based character
+    /// column `column` on. `location`'s byte offset, when the parser gives
+    /// one on that line, locates the column without counting characters.
     pub(super) fn rest_of_line(
         &self,
         location: Location,
@@ -69,20 +92,17 @@ impl<'a> Ctx<'a> {
         column: usize,
     ) -> Option<&'a str> {
         let text = self.text;
-        let starts = self.line_starts.get_or_init(|| {
-            std::iter::once(0)
-                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-                .collect()
-        });
+        let starts = self.line_starts.get_or_init(|| line_starts(text));
         let k = line.saturating_sub(1);
         let start = *starts.get(k)?;
         if start >= text.len() {
             return None;
         }
         let source_line = match starts.get(k + 1) {
-            // Ends with a newline: cut it, and a carriage return before it.
+            // Ends with a line break: cut it.
             Some(&next) => {
-                let l = &text[start..next - 1];
+                let l = &text[start..next];
+                let l = l.strip_suffix('\n').unwrap_or(l);
                 l.strip_suffix('\r').unwrap_or(l)
             }
             None => &text[start..],
@@ -537,7 +557,7 @@ fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Option<Route>> {
 // ---------------------------------------------------------------------------
 // Individual value checks. Each returns a message (never containing key material).
 
-fn deployment_name(s: &str) -> Result<String, String> {
+pub(super) fn deployment_name(s: &str) -> Result<String, String> {
     let len = s.chars().count();
     if len == 0 {
         return Err("must not be empty".to_owned());
