@@ -1,2 +1,4 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| netman::fuzzing::control(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    netman::fuzzing::control(data);
+});
