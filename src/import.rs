@@ -370,7 +370,12 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                                 format!("Endpoint {value:?} is not HOST:PORT"),
                             ));
                         }
-                        d.endpoint = Some(value.to_string());
+                        // As the manifest will read it (`host:03640` is
+                        // port 3640), where it can.
+                        d.endpoint = Some(
+                            manifest::parse_endpoint(value)
+                                .map_or_else(|_| value.to_string(), |e| e.to_string()),
+                        );
                     }
                     "allowedips" => {
                         for a in split_list(value) {
@@ -1654,6 +1659,24 @@ PersistentKeepalive = 15
             let text = SERVER.replace("branch.example.net:51820", good);
             let imp = parse(&text, "wg0.conf", "wg0").expect(good);
             assert_eq!(imp.peers[1].endpoint.as_deref(), Some(good));
+        }
+    }
+
+    /// An endpoint the manifest reads is written as the manifest reads it
+    /// (found by the `import` fuzz target: `host:03640` was written as is
+    /// and read back as port 3640, so the manifest said other than import
+    /// reported).
+    #[test]
+    fn endpoints_are_written_as_the_manifest_reads_them() {
+        for (given, written) in [
+            ("branch.example.net:03640", "branch.example.net:3640"),
+            ("192.0.2.1:051820", "192.0.2.1:51820"),
+            ("[2001:db8:0::1]:00443", "[2001:db8::1]:443"),
+            ("[fe80::1%eth0]:51820", "[fe80::1%eth0]:51820"),
+        ] {
+            let text = SERVER.replace("branch.example.net:51820", given);
+            let imp = parse(&text, "wg0.conf", "wg0").expect(given);
+            assert_eq!(imp.peers[1].endpoint.as_deref(), Some(written), "{given}");
         }
     }
 }

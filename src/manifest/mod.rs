@@ -420,6 +420,12 @@ pub fn is_deployment_name(name: &str) -> bool {
     validate::deployment_name(name).is_ok()
 }
 
+/// A peer endpoint as the manifest reads `endpoint:` (`IPV4:PORT`,
+/// `[IPV6]:PORT` or `HOSTNAME:PORT`).
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    validate::endpoint(s)
+}
+
 /// Parse and validate manifest `text`.
 ///
 /// `path` is used in error messages (as given) and to resolve relative key file

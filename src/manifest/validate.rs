@@ -734,7 +734,7 @@ fn network(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-fn endpoint(s: &str) -> Result<Endpoint, String> {
+pub(super) fn endpoint(s: &str) -> Result<Endpoint, String> {
     const FORMS: &str = "expected IPV4:PORT, [IPV6]:PORT or HOSTNAME:PORT";
     if s.starts_with('[') {
         let Some((host, port)) = s.rsplit_once("]:") else {
