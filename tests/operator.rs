@@ -1507,14 +1507,12 @@ fn tcp_source_seen(server: &NetNs, listen: SocketAddr, client: &NetNs) -> Option
         let l = std::net::TcpListener::bind(listen).ok()?;
         l.set_nonblocking(true).ok()?;
         let _ = ready_tx.send(());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            match l.accept() {
-                Ok((_, peer)) => return Some(peer.ip()),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        None
+        let mut seen = None;
+        wait_until(Duration::from_secs(10), || {
+            seen = l.accept().ok().map(|(_, peer)| peer.ip());
+            seen.is_some()
+        });
+        seen
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).ok()?;
     let connected = in_netns(client, move || {

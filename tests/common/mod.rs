@@ -3,6 +3,9 @@
 //! namespace. These tests need root; without it they fail naming what is
 //! missing (they never skip silently).
 
+// Each test binary compiles this module and uses only a part of it, hence
+// the allow; without it, `cargo test --no-run` names no helper that every
+// binary leaves unused.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -277,14 +280,8 @@ pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
 /// there waiting is the assertion, and `window` is how long the code under
 /// test would need to do it.
 pub fn holds_for(window: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < window {
-        if !f() {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    f()
+    // The last check starts once `window` has passed.
+    poll_until(window, Duration::from_millis(50), || !f()).is_none() && f()
 }
 
 /// Whether something in `ns` listens on TCP port `port`.
@@ -644,18 +641,21 @@ impl Bg {
             }
             v
         });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
+        let mut status = None;
+        poll_until(timeout, Duration::from_millis(20), || {
             match child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
+                Ok(Some(s)) => {
+                    status = Some(s);
+                    true
                 }
+                Ok(None) => false,
+                Err(_) => true,
             }
-        };
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let stdout = t_out.join().unwrap_or_default();
         let stderr = t_err.join().unwrap_or_default();
         let Some(status) = status else {
