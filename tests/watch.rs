@@ -1169,6 +1169,8 @@ fn pending_revert_survives_an_engine_restart_and_is_not_undone() {
         since >= Duration::from_millis(3800),
         "reverted early: {since:?}"
     );
+    // The routes are back before the revert is recorded.
+    s.settle();
     let st = s.state_file();
     assert!(st["pending_confirm"].is_null(), "{st:#}");
     assert_eq!(st["reverted_sha256"], sha256_hex(&v2.yaml()), "{st:#}");
