@@ -327,7 +327,9 @@ impl Site {
         };
         let mut last = probe();
         let mut since = Instant::now();
-        converge("the watcher settles", Duration::from_secs(10), || {
+        // Polled gently: each probe runs `netman status`, and many tests
+        // run at once.
+        let settled = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
             let now = probe();
             if now != last {
                 last = now;
@@ -335,6 +337,11 @@ impl Site {
             }
             since.elapsed() >= WATCHER_QUIET
         });
+        assert!(
+            settled.is_some(),
+            "the watcher of {} did not settle in 10 s: {last:#}",
+            self.deployment
+        );
     }
 
     fn peer_names(&self) -> Vec<String> {
@@ -1910,7 +1917,10 @@ fn the_watcher_reads_the_state_file_only_when_it_changed() {
     let out = s.apply(&f, &["--confirm-timeout", "60"]);
     assert!(out.contains("netman confirm"), "{out}");
     s.nm().ok(&["confirm"]);
-    // ... and drift is still repaired from the state in force.
+    // ... and drift is still repaired from the state in force (once the
+    // watcher has taken the confirm's poke: a kernel event that comes
+    // while a poke waits is taken for part of what poked).
+    s.settle();
     s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
     converge("deleted route restored", Duration::from_secs(2), || {
         s.has_route("172.18.0.0/16")
