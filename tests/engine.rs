@@ -120,6 +120,16 @@ impl Site {
             })
     }
 
+    /// Wait until `n` more echo replies (128-byte transport messages, see
+    /// `rx_bytes`) came from `peer` than in `before` (its earlier status):
+    /// a ping started in the background is under way.
+    fn wait_replies(&self, peer: &str, before: &serde_json::Value, n: u64) -> bool {
+        let rx0 = u64_of(&before["rx_bytes"], "rx_bytes");
+        wait_until(Duration::from_secs(10), || {
+            u64_of(&self.peer_status(peer)["rx_bytes"], "rx_bytes") >= rx0 + n * 128
+        })
+    }
+
     fn engine_log(&self) -> String {
         std::fs::read_to_string(self.state_dir().join(format!("{}.log", self.deployment)))
             .unwrap_or_default()
@@ -673,7 +683,10 @@ fn live_update_removes_and_adds_peers_without_disturbing_the_others() {
             "10.10.0.4",
         ]),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        a.wait_replies("site-d", &d_before, 5),
+        "the ping to site-d did not get going"
+    );
     let out = a.apply(&v2);
     assert!(
         bg.try_status().is_none(),
@@ -856,7 +869,10 @@ fn a_configure_that_fails_changes_nothing() {
             "10.10.0.3",
         ]),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        a.wait_replies("site-c", &before["peers"][1], 5),
+        "the ping to site-c did not get going"
+    );
     match push(false) {
         Err(ControlError::Engine(m)) => assert!(m.contains("low-order point"), "{m}"),
         other => panic!("configure with a low-order key: {other:?}"),

@@ -10,10 +10,12 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{NetNs, Netman, TempDir, netman_bin, require_tool, run, run_ok};
+use common::{
+    Monitor, NetNs, Netman, TempDir, netman_bin, require_tool, run, run_ok, tcp_listening,
+    wait_until,
+};
 
 fn require_nft() {
     require_tool("nft", "the Debian package nftables");
@@ -223,15 +225,7 @@ fn ping(ns: &NetNs, dst: &str, count: u32) -> bool {
 
 /// Ping until one gets through (the first handshake), at most `timeout`.
 fn wait_ping(ns: &NetNs, dst: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ping(ns, dst, 1) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-    }
+    wait_until(timeout, || ping(ns, dst, 1))
 }
 
 /// Docker's FORWARD setup, made with iptables-nft as Docker makes it: the
@@ -271,19 +265,7 @@ fn docker_filter(gw: &NetNs) {
 
 /// What `nft monitor` prints while `f` runs.
 fn monitor(ns: &NetNs, f: impl FnOnce()) -> String {
-    let mut child = ns
-        .cmd("nft")
-        .arg("monitor")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nft monitor");
-    sleep(Duration::from_millis(300));
-    f();
-    sleep(Duration::from_millis(300));
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("nft monitor output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Monitor::nft(ns).during(f)
 }
 
 const DOCKER_INSERT: &str = "firewall:
@@ -516,7 +498,10 @@ firewall:
         .stderr(Stdio::null())
         .spawn()
         .expect("iperf3 -s");
-    sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(10), || tcp_listening(&cb, 5201)),
+        "iperf3 -s did not start listening"
+    );
     let client =
         run(ca
             .cmd("timeout")

@@ -4,10 +4,9 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{KeyPair, NetNs, Netman, SOME_PUBLIC_KEY, TempDir};
+use common::{KeyPair, Monitor, NetNs, Netman, SOME_PUBLIC_KEY, TempDir, poll_until};
 
 /// A manifest for deployment `name` on interface `ifname`, with `extra`
 /// appended (more routes etc.).
@@ -113,40 +112,20 @@ fn apply_creates_exactly_the_expected_objects_and_is_idempotent() {
 
     // A second apply performs no netlink writes at all: nothing shows up
     // on `ip monitor` while it runs.
-    let mut monitor = site
-        .ns
-        .cmd("ip")
-        .args(["monitor", "link", "address", "route"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ip monitor");
-    sleep(Duration::from_millis(300));
-    assert_eq!(nm.ok(&["apply", &m]), "no changes\n");
-    sleep(Duration::from_millis(300));
-    let _ = monitor.kill();
-    let events = monitor.wait_with_output().expect("monitor output");
-    let events = String::from_utf8_lossy(&events.stdout);
+    let monitor = Monitor::ip(&site.ns, &["link", "address", "route"]);
+    let events = monitor.during(|| {
+        assert_eq!(nm.ok(&["apply", &m]), "no changes\n");
+    });
     assert!(
         events.trim().is_empty(),
         "second apply changed the kernel:\n{events}"
     );
 
     // And `ip monitor` does see writes (the check above can fail).
-    let mut monitor = site
-        .ns
-        .cmd("ip")
-        .args(["monitor", "link", "address", "route"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ip monitor");
-    sleep(Duration::from_millis(300));
-    site.ns.ip(&["link", "set", "nm0", "mtu", "1400"]);
-    sleep(Duration::from_millis(300));
-    let _ = monitor.kill();
-    let events = monitor.wait_with_output().expect("monitor output");
-    assert!(!events.stdout.is_empty(), "ip monitor saw nothing");
+    let events = monitor.during(|| {
+        site.ns.ip(&["link", "set", "nm0", "mtu", "1400"]);
+    });
+    assert!(!events.is_empty(), "ip monitor saw nothing");
 }
 
 #[test]
@@ -403,14 +382,10 @@ fn down_removes_everything_even_after_apply_was_killed() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = site.ns.ip_try(&["link", "show", "nm0"]);
-        if o.status.success() || Instant::now() > deadline {
-            break;
-        }
-        sleep(Duration::from_millis(2));
-    }
+    // Polled tightly: the kill must land while the apply is under way.
+    poll_until(Duration::from_secs(20), Duration::from_millis(2), || {
+        site.ns.ip_try(&["link", "show", "nm0"]).status.success()
+    });
     let _ = Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status();

@@ -9,20 +9,25 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::thread::{self, sleep};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Bg, NetNs, OTHER_PUBLIC_KEY, SOME_PUBLIC_KEY, Site, ping_ok, require_tool, run, veth,
-    wait_ping, wait_until,
+    Bg, Monitor, NetNs, OTHER_PUBLIC_KEY, SOME_PUBLIC_KEY, Site, holds_for, ping_ok, poll_until,
+    require_tool, run, veth, wait_ping, wait_until,
 };
 use sha2::{Digest, Sha256};
 
 const WG_PORT: u16 = 51820;
+
+/// How long the watcher must stay quiet to count as settled: longer than
+/// its longest debounce (`FILE_DEBOUNCE`, 200 ms, in
+/// src/engine/supervisor.rs), so a reconcile it had scheduled would have
+/// run within it, and every reconcile reads the state file (counted in
+/// `watch_counters.state_reads`). The engine has no "idle" signal.
+const WATCHER_QUIET: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------
 // Manifests
@@ -121,6 +126,14 @@ fn many_routes(first: usize, n: usize) -> Vec<String> {
     (first..first + n)
         .map(|i| format!("10.{}.{}.0/24", 100 + i / 256, i % 256))
         .collect()
+}
+
+/// Unix time now, in milliseconds (the clock of the confirmation
+/// deadlines in the state file).
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -295,6 +308,42 @@ impl Site {
             .any(|w| w == cidr)
     }
 
+    /// Wait until the watcher has done all it was going to do (after an
+    /// apply: the reconcile its poke asks for, and the one its kernel
+    /// events start): its `watch` status and `watch_counters` unchanged for
+    /// [`WATCHER_QUIET`]. Without an engine (or a deployment) there is
+    /// nothing to wait for.
+    fn settle(&self) {
+        let probe = || {
+            let (code, out, _) = self
+                .nm()
+                .out(&["status", &self.deployment, "--output", "json"]);
+            let v: serde_json::Value = match code {
+                0 => serde_json::from_str(&out).unwrap_or_default(),
+                _ => serde_json::Value::Null,
+            };
+            let e = &v[0]["engine"];
+            serde_json::json!([e["watch"], e["watch_counters"]])
+        };
+        let mut last = probe();
+        let mut since = Instant::now();
+        // Polled gently: each probe runs `netman status`, and many tests
+        // run at once.
+        let settled = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            let now = probe();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+            since.elapsed() >= WATCHER_QUIET
+        });
+        assert!(
+            settled.is_some(),
+            "the watcher of {} did not settle in 10 s: {last:#}",
+            self.deployment
+        );
+    }
+
     fn peer_names(&self) -> Vec<String> {
         self.status()["engine"]["peers"]
             .as_array()
@@ -379,30 +428,9 @@ impl Pair {
 
 /// Poll `f` every 20 ms until it holds; panics after `timeout`. Returns
 /// how long it took.
-fn converge(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "{what}: not within {timeout:?} (and no netman command was run)"
-        );
-        sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `f` keeps holding for `dur` (polled every 50 ms).
-fn holds_for(dur: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < dur {
-        if !f() {
-            return false;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    f()
+fn converge(what: &str, timeout: Duration, f: impl FnMut() -> bool) -> Duration {
+    poll_until(timeout, Duration::from_millis(20), f)
+        .unwrap_or_else(|| panic!("{what}: not within {timeout:?} (and no netman command was run)"))
 }
 
 /// One ping with a 1 s wait: true if answered.
@@ -702,7 +730,7 @@ fn drift_is_repaired_within_a_second_and_foreign_objects_are_left_alone() {
     let f = s.write("site-a.yaml", &spec);
     s.apply(&f, &[]);
     // Let the watcher's own first reconcile (after the apply) pass.
-    sleep(Duration::from_millis(300));
+    s.settle();
     let repairs0 = s.counter("drift_repairs");
 
     // Foreign objects on netman's device, made before any deletion.
@@ -740,7 +768,7 @@ fn drift_is_repaired_within_a_second_and_foreign_objects_are_left_alone() {
         s.has_addr("10.10.0.1/24")
     });
     eprintln!("v4 address restored after {t:?}");
-    sleep(Duration::from_millis(300));
+    s.settle();
     assert!(
         foreign_ok(),
         "foreign objects must stay: {}",
@@ -800,7 +828,7 @@ fn invalid_manifest_is_not_applied_and_the_running_configuration_stays() {
     let p = pair("inval");
     let (fa, _) = p.up();
     let a = &p.a;
-    sleep(Duration::from_millis(300));
+    a.settle();
     let snap = settled_snapshot(&a.ns);
     let pid = a.engine_pid();
     let applies0 = a.counter("applies");
@@ -875,8 +903,15 @@ fn invalid_manifest_is_not_applied_and_the_running_configuration_stays() {
         },
     );
     // The file deleted: nothing is torn down.
+    let gone = "cannot read the manifest file";
+    let seen = count(&a.log(), gone);
     std::fs::remove_file(&fa).expect("rm manifest");
-    sleep(Duration::from_millis(500));
+    converge(
+        "the watcher sees the file gone",
+        Duration::from_secs(5),
+        || count(&a.log(), gone) > seen,
+    );
+    a.settle();
     ping_ok(&a.ns, "10.10.0.2", 2);
     assert_eq!(
         a.ns.snapshot(),
@@ -1066,7 +1101,7 @@ fn drift_while_a_confirmation_is_pending_waits_without_counting_failures() {
         "60",
         g.to_str().expect("path"),
     ]);
-    sleep(Duration::from_millis(300));
+    s.settle();
     let f0 = s.counter("failures");
     s.ns.ip(&["route", "del", "192.168.50.0/24", "dev", "nm0"]);
     assert!(
@@ -1141,6 +1176,8 @@ fn pending_revert_survives_an_engine_restart_and_is_not_undone() {
         since >= Duration::from_millis(3800),
         "reverted early: {since:?}"
     );
+    // The routes are back before the revert is recorded.
+    s.settle();
     let st = s.state_file();
     assert!(st["pending_confirm"].is_null(), "{st:#}");
     assert_eq!(st["reverted_sha256"], sha256_hex(&v2.yaml()), "{st:#}");
@@ -1199,7 +1236,7 @@ fn watch_false_in_the_manifest_leaves_drift_for_diff() {
     let f = s.write("site-a.yaml", &spec);
     s.apply(&f, &[]);
     assert_eq!(s.watch()["enabled"], false);
-    sleep(Duration::from_millis(300));
+    s.settle();
     s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
     write_in_place(&f, &spec.clone().route("192.168.50.0/24").yaml());
     assert!(
@@ -1224,7 +1261,7 @@ fn no_watch_flag_overrides_the_manifest_until_the_next_apply() {
     let f = s.write("site-a.yaml", &s.spec());
     s.apply(&f, &["--no-watch"]);
     assert_eq!(s.watch()["enabled"], false);
-    sleep(Duration::from_millis(300));
+    s.settle();
     s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
     assert!(
         holds_for(Duration::from_secs(2), || !s.has_route("172.18.0.0/16")),
@@ -1251,7 +1288,7 @@ fn quick_successive_writes_are_debounced_and_cause_no_loop() {
     let base = s.spec();
     let f = s.write("site-a.yaml", &base);
     s.apply(&f, &[]);
-    sleep(Duration::from_millis(400));
+    s.settle();
     let w0 = s.watch();
     let log0 = s.log().len();
 
@@ -1268,8 +1305,12 @@ fn quick_successive_writes_are_debounced_and_cause_no_loop() {
             .all(|r| s.has_route(r))
     });
     let settled = s.watch();
-    // Nothing more happens afterwards: no apply/revert loop.
-    sleep(Duration::from_millis(1500));
+    // Nothing more happens afterwards: no apply/revert loop. Waiting is
+    // the assertion here: a loop would go round several times within
+    // NO_LOOP_WINDOW (each round: the watcher's own kernel events, 100 ms
+    // of debounce, an apply).
+    const NO_LOOP_WINDOW: Duration = Duration::from_secs(1);
+    thread::sleep(NO_LOOP_WINDOW);
     let w = s.watch();
     assert_eq!(w, settled, "the watcher kept applying after it converged");
     let applies = w["applies"].as_u64().unwrap_or(0) - w0["applies"].as_u64().unwrap_or(0);
@@ -1297,7 +1338,7 @@ fn a_failing_repair_is_not_retried_in_an_apply_revert_loop() {
     let spec = s.spec().route("192.168.50.0/24").route("192.168.60.0/24");
     let f = s.write("site-a.yaml", &spec);
     s.apply(&f, &[]);
-    sleep(Duration::from_millis(300));
+    s.settle();
     let f0 = s.counter("failures");
     // In one go: two owned routes deleted, one of them blocked by a
     // blackhole route of the same prefix and metric (another device).
@@ -1314,7 +1355,11 @@ fn a_failing_repair_is_not_retried_in_an_apply_revert_loop() {
     .expect("write batch");
     drop(batch.stdin.take());
     assert!(batch.wait().expect("ip -batch").success());
-    sleep(Duration::from_secs(3));
+    // Waiting is the assertion here: how many attempts fit in 3 s. The
+    // watcher backs off 1 s, then 2 s after a failure, so at most three;
+    // a loop would make many more.
+    const RETRY_WINDOW: Duration = Duration::from_secs(3);
+    thread::sleep(RETRY_WINDOW);
     let w = s.watch();
     let failures = w["failures"].as_u64().unwrap_or(0) - f0;
     assert!(
@@ -1343,7 +1388,20 @@ fn a_failing_automatic_revert_is_not_retried_in_a_tight_loop() {
         .ok(&["apply", "--confirm-timeout", "1", g.to_str().expect("path")]);
     let hidden = s.file("hidden.key");
     std::fs::rename(&s.key.private_file, &hidden).expect("hide key");
-    sleep(Duration::from_millis(2200));
+    converge(
+        "the automatic revert fails",
+        Duration::from_secs(10),
+        || {
+            s.watch()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("automatic revert"))
+        },
+    );
+    // Waiting is the assertion here: after a failure the watcher waits
+    // 1 s before it tries again; a tight loop would try hundreds of times
+    // within RETRY_WINDOW.
+    const RETRY_WINDOW: Duration = Duration::from_secs(1);
+    thread::sleep(RETRY_WINDOW);
     let w = s.watch();
     let log_len = s.log().len();
     // Give the key back (ends any loop), then judge.
@@ -1381,7 +1439,14 @@ fn an_overdue_revert_is_carried_out_by_the_next_apply() {
     s.nm()
         .ok(&["apply", "--confirm-timeout", "1", g.to_str().expect("path")]);
     kill9_engine(&s);
-    sleep(Duration::from_millis(1300));
+    let deadline_ms = s.state_file()["pending_confirm"]["deadline_ms"]
+        .as_u64()
+        .expect("pending_confirm.deadline_ms");
+    converge(
+        "the confirmation deadline passes",
+        Duration::from_secs(5),
+        || unix_now_ms() >= deadline_ms,
+    );
     assert!(
         !s.has_route("192.168.50.0/24"),
         "reverted without an engine?"
@@ -1407,7 +1472,7 @@ fn the_watcher_does_not_undo_an_apply_of_another_file() {
     let s = Site::new("race", "site-a");
     let f = s.write("site-a.yaml", &s.spec());
     s.apply(&f, &[]);
-    sleep(Duration::from_millis(300));
+    s.settle();
     let mut big = s.spec();
     big.routes = many_routes(0, 10_000);
     let g = s.write("big.yaml", &big);
@@ -1494,27 +1559,9 @@ fn apply_signalled(
     objects: &str,
     delay: Duration,
 ) -> (i32, String, String) {
-    let mut mon =
-        s.ns.cmd("ip")
-            .arg("monitor")
-            .args(objects.split_whitespace())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ip monitor");
-    let stdout = mon.stdout.take().expect("monitor stdout");
-    let (tx, rx) = mpsc::channel::<()>();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("nm0") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    // `ip monitor` has no readiness signal.
-    sleep(Duration::from_millis(200));
+    let objects: Vec<&str> = objects.split_whitespace().collect();
+    let mon = Monitor::ip(&s.ns, &objects);
+    let from = mon.len();
     let child = s
         .nm()
         .cmd(&["apply", file.to_str().expect("path")])
@@ -1524,18 +1571,20 @@ fn apply_signalled(
         .spawn()
         .expect("spawn netman apply");
     let pid = child.id();
-    let seen = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    let seen = mon.wait(Duration::from_secs(20), |lines| {
+        lines[from..].iter().any(|l| l.contains("nm0"))
+    });
     if seen {
-        sleep(delay);
+        // The delay is the point of the test (where in the apply the
+        // signal lands), not a wait for something.
+        thread::sleep(delay);
         // The apply may be over already (then kill fails with ESRCH unless
         // it is a zombie: both fine).
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(pid as libc::pid_t, sig) };
     }
     let out = child.wait_with_output().expect("wait apply");
-    let _ = mon.kill();
-    let _ = mon.wait();
-    let _ = reader.join();
+    drop(mon);
     assert!(seen, "nm0 never appeared");
     (
         out.status.code().unwrap_or(-1),
@@ -1630,7 +1679,8 @@ fn sigkill_mid_apply_then_apply_or_down_converges() {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn apply");
-            sleep(Duration::from_millis(delay));
+            // The delay is the point of the test, not a wait for something.
+            thread::sleep(Duration::from_millis(delay));
             // SAFETY: kill(2) on our own child, not yet reaped.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
             let st = child.wait().expect("wait");
@@ -1661,7 +1711,7 @@ fn sigkill_mid_apply_then_apply_or_down_converges() {
         }
         // An apply that finished before the kill has poked the engine;
         // let the engine's reconcile pass (see below).
-        sleep(Duration::from_millis(300));
+        s.settle();
         // The next apply converges: of the killed manifest, or of the
         // one in force before (a change of mind).
         let next = match current {
@@ -1688,7 +1738,7 @@ fn sigkill_mid_apply_then_apply_or_down_converges() {
         // of its own (even with `watch: false`); let it finish, so that it
         // cannot race the next round's applies (see
         // the_watcher_does_not_undo_an_apply_of_another_file).
-        sleep(Duration::from_millis(300));
+        s.settle();
     }
     assert!(
         mid_way >= 2,
@@ -1790,7 +1840,7 @@ fn a_fifo_in_place_of_the_manifest_does_not_stop_the_watcher() {
     for p in [s.log_path(), cfg] {
         assert_eq!(mode_of(&p), 0o600, "{}", p.display());
     }
-    sleep(Duration::from_millis(300));
+    s.settle();
 
     // The manifest replaced (by rename) with a FIFO nobody writes to.
     let tmp = f.with_file_name(".site-a.yaml.fifo");
@@ -1833,7 +1883,7 @@ fn the_watcher_reads_the_state_file_only_when_it_changed() {
     let s = Site::new("streads", "site-a");
     let f = s.write("site-a.yaml", &s.spec());
     s.apply(&f, &[]);
-    sleep(Duration::from_millis(300));
+    s.settle();
     let counters = || {
         let st = s.status();
         let c = st["engine"]["watch_counters"].clone();
@@ -1854,7 +1904,7 @@ fn the_watcher_reads_the_state_file_only_when_it_changed() {
     converge("the route events seen", Duration::from_secs(10), || {
         counters().0 >= events0 + 1000
     });
-    sleep(Duration::from_millis(500));
+    s.settle();
     let (events, reads) = counters();
     let (events, reads) = (events - events0, reads - reads0);
     eprintln!("{events} netlink events, {reads} state file reads");
@@ -1867,7 +1917,10 @@ fn the_watcher_reads_the_state_file_only_when_it_changed() {
     let out = s.apply(&f, &["--confirm-timeout", "60"]);
     assert!(out.contains("netman confirm"), "{out}");
     s.nm().ok(&["confirm"]);
-    // ... and drift is still repaired from the state in force.
+    // ... and drift is still repaired from the state in force (once the
+    // watcher has taken the confirm's poke: a kernel event that comes
+    // while a poke waits is taken for part of what poked).
+    s.settle();
     s.ns.ip(&["route", "del", "172.18.0.0/16", "dev", "nm0"]);
     converge("deleted route restored", Duration::from_secs(2), || {
         s.has_route("172.18.0.0/16")

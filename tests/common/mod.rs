@@ -3,6 +3,9 @@
 //! namespace. These tests need root; without it they fail naming what is
 //! missing (they never skip silently).
 
+// Each test binary compiles this module and uses only a part of it, hence
+// the allow; without it, `cargo test --no-run` names no helper that every
+// binary leaves unused.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -231,8 +234,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Child, ExitStatus};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -244,17 +247,234 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Poll `f` every 50 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+// ---------------------------------------------------------------------------
+// Waiting on conditions: the suite never sleeps for a fixed time to let
+// something happen; it polls for the condition with a deadline.
+
+/// Poll `f` every `every` until it returns true (then: how long it took)
+/// or `timeout` passes (then: `None`).
+pub fn poll_until(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> bool,
+) -> Option<Duration> {
+    let t0 = Instant::now();
     loop {
         if f() {
-            return true;
+            return Some(t0.elapsed());
         }
-        if Instant::now() >= deadline {
-            return false;
+        if t0.elapsed() >= timeout {
+            return None;
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(every);
+    }
+}
+
+/// Poll `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(50), f).is_some()
+}
+
+/// Whether `f` keeps holding for the whole of `window` (polled every
+/// 50 ms), for tests whose assertion is that something does *not* happen:
+/// there waiting is the assertion, and `window` is how long the code under
+/// test would need to do it.
+pub fn holds_for(window: Duration, mut f: impl FnMut() -> bool) -> bool {
+    // The last check starts once `window` has passed.
+    poll_until(window, Duration::from_millis(50), || !f()).is_none() && f()
+}
+
+/// Whether something in `ns` listens on TCP port `port`.
+pub fn tcp_listening(ns: &NetNs, port: u16) -> bool {
+    let out = run(ns.cmd("ss").args(["-Hltn", &format!("sport = :{port}")]));
+    String::from_utf8_lossy(&out.stdout).contains("LISTEN")
+}
+
+/// What a [`Monitor`] watches.
+#[derive(Clone, Copy)]
+enum MonitorKind {
+    /// `ip -o monitor OBJECTS` (one line per message).
+    Ip,
+    /// `nft monitor`.
+    Nft,
+}
+
+/// `ip monitor` or `nft monitor` running in a namespace, its output
+/// collected line by line. Neither has a readiness signal, so `start`
+/// makes marker changes (a bridge link added and deleted; an nftables
+/// table added and deleted) until the monitor reports one; `during` puts
+/// a marker before and after what it runs and returns what came in
+/// between: the kernel reports events to a monitor in order, so once the
+/// second marker is in, everything before it is too. Killed on drop.
+pub struct Monitor {
+    kind: MonitorKind,
+    ns: String,
+    child: Child,
+    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// `ip -o monitor OBJECTS` in `ns`; `objects` must include `link`
+    /// (the markers are links).
+    pub fn ip(ns: &NetNs, objects: &[&str]) -> Monitor {
+        assert!(
+            objects.contains(&"link"),
+            "the markers need `ip monitor link`"
+        );
+        let mut cmd = Command::new("ip");
+        cmd.args(["-o", "-n", &ns.name, "monitor"]).args(objects);
+        Monitor::start(MonitorKind::Ip, ns, cmd)
+    }
+
+    /// `nft monitor` in `ns`.
+    pub fn nft(ns: &NetNs) -> Monitor {
+        require_tool("nft", "the Debian package nftables");
+        let mut cmd = ns.cmd("nft");
+        cmd.arg("monitor");
+        Monitor::start(MonitorKind::Nft, ns, cmd)
+    }
+
+    fn start(kind: MonitorKind, ns: &NetNs, mut cmd: Command) -> Monitor {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("monitor stdout");
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = lines.clone();
+        let reader = thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let (v, cv) = &*sink;
+                v.lock().expect("monitor lines").push(line);
+                cv.notify_all();
+            }
+        });
+        let me = Monitor {
+            kind,
+            ns: ns.name.clone(),
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        // Until it is subscribed, the monitor misses markers: make new ones
+        // until one is reported.
+        let ready = wait_until(Duration::from_secs(10), || {
+            me.mark(Duration::from_millis(200)).is_some()
+        });
+        assert!(ready, "{cmd:?} reported none of its marker changes in 10 s");
+        me
+    }
+
+    /// How many lines the monitor has printed so far.
+    pub fn len(&self) -> usize {
+        self.lines.0.lock().expect("monitor lines").len()
+    }
+
+    /// Wait until `f` holds for the lines printed so far (woken by each
+    /// new line), at most `timeout`.
+    pub fn wait(&self, timeout: Duration, mut f: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (v, cv) = &*self.lines;
+        let mut lines = v.lock().expect("monitor lines");
+        loop {
+            if f(&lines) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = cv
+                .wait_timeout(lines, deadline - now)
+                .expect("monitor lines")
+                .0;
+        }
+    }
+
+    /// Make a marker change and wait at most `timeout` for the monitor to
+    /// report all of it: the index of its first line and the index just
+    /// past its last line.
+    fn mark(&self, timeout: Duration) -> Option<(usize, usize)> {
+        // Short: a link name has at most 15 characters.
+        let name = unique("nmk");
+        match self.kind {
+            MonitorKind::Ip => {
+                run_ok(
+                    Command::new("ip")
+                        .args(["-n", &self.ns, "link", "add", &name, "type", "bridge"]),
+                );
+                run_ok(Command::new("ip").args(["-n", &self.ns, "link", "del", &name]));
+            }
+            MonitorKind::Nft => {
+                // One transaction: two lines, then its generation line.
+                run_ok(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "nft",
+                    &format!("add table inet {name}; delete table inet {name}"),
+                ]));
+            }
+        }
+        let kind = self.kind;
+        let ours = format!("{name}:");
+        let (add, del) = (
+            format!("add table inet {name}"),
+            format!("delete table inet {name}"),
+        );
+        let mut found = None;
+        self.wait(timeout, |lines| {
+            let first = match kind {
+                MonitorKind::Ip => lines.iter().position(|l| l.contains(&ours)),
+                MonitorKind::Nft => lines.iter().position(|l| l.trim() == add),
+            };
+            let last = match kind {
+                MonitorKind::Ip => lines
+                    .iter()
+                    .position(|l| l.starts_with("Deleted") && l.contains(&ours)),
+                MonitorKind::Nft => lines.iter().position(|l| l.trim() == del).and_then(|d| {
+                    lines[d..]
+                        .iter()
+                        .position(|l| l.starts_with("# new generation"))
+                        .map(|g| d + g)
+                }),
+            };
+            if let (Some(first), Some(last)) = (first, last) {
+                found = Some((first, last + 1));
+                true
+            } else {
+                false
+            }
+        });
+        found
+    }
+
+    /// What the monitor reported while `f` ran (one line per event).
+    pub fn during(&self, f: impl FnOnce()) -> String {
+        let (_, from) = self
+            .mark(Duration::from_secs(10))
+            .expect("the monitor missed the marker before");
+        f();
+        let (to, _) = self
+            .mark(Duration::from_secs(10))
+            .expect("the monitor missed the marker after");
+        let lines = self.lines.0.lock().expect("monitor lines");
+        lines[from..to].iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -421,18 +641,21 @@ impl Bg {
             }
             v
         });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
+        let mut status = None;
+        poll_until(timeout, Duration::from_millis(20), || {
             match child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
+                Ok(Some(s)) => {
+                    status = Some(s);
+                    true
                 }
+                Ok(None) => false,
+                Err(_) => true,
             }
-        };
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let stdout = t_out.join().unwrap_or_default();
         let stderr = t_err.join().unwrap_or_default();
         let Some(status) = status else {
@@ -457,12 +680,11 @@ impl Drop for Bg {
             // SIGTERM first (daemons clean up their sockets), then SIGKILL.
             // SAFETY: kill(2) on the pid of our own child, not yet reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
+            let exited = poll_until(Duration::from_secs(2), Duration::from_millis(20), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+            if exited.is_some() {
+                return;
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -594,11 +816,7 @@ pub fn iperf_tcp(
             .cmd("timeout")
             .args(["60", "iperf3", "-s", "-1", "-B", addr, "-p", &port_s]),
     );
-    let filter = format!("sport = :{port}");
-    let listening = wait_until(Duration::from_secs(10), || {
-        let out = run(server.cmd("ss").args(["-Hltn", &filter]));
-        String::from_utf8_lossy(&out.stdout).contains("LISTEN")
-    });
+    let listening = wait_until(Duration::from_secs(10), || tcp_listening(server, port));
     assert!(
         listening,
         "iperf3 server on {addr}:{port} in {} did not start",
@@ -738,10 +956,9 @@ impl Drop for UserspaceWg {
         if let Some(mut c) = self.daemon.child.take() {
             // SAFETY: kill(2) on the pid of our own child, not yet reaped.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
-                thread::sleep(Duration::from_millis(20));
-            }
+            poll_until(Duration::from_secs(3), Duration::from_millis(20), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
