@@ -615,10 +615,17 @@ impl StateCache {
 
 fn schedule(due: &mut Option<(Instant, Trigger)>, at: Instant, t: Trigger) {
     match due {
-        // Keep the earlier deadline; a file change wins over a kernel event.
+        // Keep the earlier deadline. A file change wins over a kernel
+        // event, and a kernel event over a poke or the start (whose
+        // reconcile repairs nothing: it would swallow the event's drift).
         Some((when, trig)) => {
-            if t == Trigger::File {
-                *trig = Trigger::File;
+            let wins = match t {
+                Trigger::File => true,
+                Trigger::Kernel => matches!(*trig, Trigger::Poke | Trigger::Start),
+                _ => false,
+            };
+            if wins {
+                *trig = t;
             }
             *when = (*when).min(at);
         }
@@ -729,6 +736,35 @@ async fn inotify_event(i: Option<&Inotify>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kernel event while a poke (or the start) is pending must still
+    /// be repaired: a poke's reconcile repairs nothing (the apply that
+    /// poked has just converged), so keeping `Poke` left drift right after
+    /// an apply or confirm until the 10 s resync. A file change wins over
+    /// both; the earlier deadline is kept.
+    #[test]
+    fn a_kernel_event_is_not_swallowed_by_a_pending_poke() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(100);
+        for first in [Trigger::Poke, Trigger::Start] {
+            let mut due = Some((later, first));
+            schedule(&mut due, t0 + Duration::from_millis(200), Trigger::Kernel);
+            assert_eq!(due, Some((later, Trigger::Kernel)), "{first:?} then Kernel");
+        }
+        let mut due = Some((later, Trigger::File));
+        schedule(&mut due, t0, Trigger::Kernel);
+        assert_eq!(due, Some((t0, Trigger::File)));
+        let mut due = Some((later, Trigger::Kernel));
+        schedule(&mut due, t0, Trigger::Poke);
+        assert_eq!(
+            due,
+            Some((t0, Trigger::Kernel)),
+            "a poke does not hide a kernel event"
+        );
+        let mut due = None;
+        schedule(&mut due, later, Trigger::Poke);
+        assert_eq!(due, Some((later, Trigger::Poke)));
+    }
 
     #[test]
     fn the_state_file_is_read_again_only_when_it_changed() {
