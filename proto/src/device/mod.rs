@@ -271,6 +271,7 @@ impl Device {
     /// An exact copy, RNG state and send counters included. Crate-private on
     /// purpose: two live copies would reuse nonces. Only the fuzz harness
     /// uses it, to start every input from the same established session.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn fork(&self) -> Device {
         Device {
             gate: self.gate.clone(),
