@@ -211,6 +211,8 @@ impl Device {
     /// the index lookup and its DH (`Done`, staged packets come out of
     /// `poll_transmit`). Only authenticated messages cost more than a hash
     /// here. `buf` must hold at least `MAX_HANDSHAKE_LEN` bytes.
+    ///
+    /// [`HandshakeGate`]: crate::gate::HandshakeGate
     pub fn handle_gated(&mut self, msg: GatedHandshake, buf: &mut [u8], now: Instant) -> NetResult {
         self.core.observe(now);
         self.finish_gated(msg, buf, now)
