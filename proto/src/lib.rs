@@ -122,7 +122,8 @@
 //! window, [`crypto`] and [`noise`] the primitives and handshake constants,
 //! [`keys`] the key types (secret keys have no `Debug`/`Display`, compare
 //! in constant time and are zeroized on drop; base64 helpers match `wg`),
-//! and [`fuzzing`] the bodies of the cargo-fuzz targets.
+//! and `fuzzing` (only with the crate feature `fuzzing`, off by default) the
+//! bodies of the cargo-fuzz targets.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -133,6 +134,7 @@ pub mod consts;
 mod cookie;
 pub mod crypto;
 mod device;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gate;
 mod hash;

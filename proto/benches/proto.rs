@@ -2,7 +2,7 @@
 //! 64, 1420 and 9000-byte packets (throughput in bytes of inner packet),
 //! and full handshakes per second (initiation, response, confirmation).
 //!
-//! `cargo bench --bench proto -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p netman-proto --bench proto -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
