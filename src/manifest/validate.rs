@@ -808,7 +808,11 @@ mod tests {
 
     /// How positions were found before the line index: the line by
     /// scanning the text, the column by counting characters.
+    /// The old scan, with lines as YAML ends them (`\r\n`, `\n` or a lone
+    /// `\r`; the old scan used `str::lines`, which keeps a lone `\r` inside
+    /// a line, while the parser's line numbers count it as a break).
     fn reference(text: &str, line: usize, column: usize) -> Option<String> {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
         let l = text.lines().nth(line.saturating_sub(1))?;
         Some(l.chars().skip(column.saturating_sub(1)).collect())
     }
