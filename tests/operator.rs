@@ -670,6 +670,26 @@ fn import(ns: &NetNs, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `netman import CONF --name <site's deployment> -o <site dir>/imported`
+/// in the site's namespace, which must succeed: the manifest's path and
+/// the notes import printed on stderr.
+fn import_site(s: &Site, conf: &str) -> (String, String) {
+    let out_dir = s.dir.join("imported");
+    let (code, out, err) = import(
+        &s.ns,
+        &[
+            conf,
+            "--name",
+            &s.deployment,
+            "-o",
+            out_dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "import {conf}: {out}{err}");
+    let manifest = out_dir.join(format!("{}.yaml", s.deployment));
+    (manifest.display().to_string(), err)
+}
+
 /// A `note: ...` line of import (with a `<N>` priority prefix when stderr
 /// is in journald format).
 fn is_note(l: &str) -> bool {
@@ -1421,26 +1441,8 @@ fn imported_wg_quick_configs_of_two_sites_carry_traffic() {
             rw.key.private, hub.key.public,
         ),
     );
-    let imported = |s: &Site, conf: &str| -> String {
-        let out_dir = s.dir.join("imported");
-        let (code, out, err) = import(
-            &s.ns,
-            &[
-                conf,
-                "--name",
-                &s.deployment,
-                "-o",
-                out_dir.to_str().expect("utf-8"),
-            ],
-        );
-        assert_eq!(code, 0, "import {conf}: {out}{err}");
-        out_dir
-            .join(format!("{}.yaml", s.deployment))
-            .display()
-            .to_string()
-    };
-    let hub_yaml = imported(&hub, &hub_conf);
-    let rw_yaml = imported(&rw, &rw_conf);
+    let (hub_yaml, _) = import_site(&hub, &hub_conf);
+    let (rw_yaml, _) = import_site(&rw, &rw_conf);
 
     let out = hub.apply(&hub_yaml);
     assert!(has_line(&out, "+ link wg0 (tun, mtu 1420)"), "{out}");
@@ -1594,27 +1596,6 @@ fn imported_hub_forwards_and_masquerades_like_wg_quick() {
             branch.key.private, hub.key.public,
         ),
     );
-    let imported = |s: &Site, conf: &str| -> (String, String) {
-        let out_dir = s.dir.join("imported");
-        let (code, out, err) = import(
-            &s.ns,
-            &[
-                conf,
-                "--name",
-                &s.deployment,
-                "-o",
-                out_dir.to_str().expect("utf-8"),
-            ],
-        );
-        assert_eq!(code, 0, "import {conf}: {out}{err}");
-        (
-            out_dir
-                .join(format!("{}.yaml", s.deployment))
-                .display()
-                .to_string(),
-            err,
-        )
-    };
     // What the hub's forwarding sysctls were before netman (a new
     // namespace copies IPv4's from the host's): `down` puts them back.
     let sysctls = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
@@ -1622,8 +1603,8 @@ fn imported_hub_forwards_and_masquerades_like_wg_quick() {
         .iter()
         .map(|key| run_ok(hub.ns.cmd("sysctl").args(["-n", key])))
         .collect();
-    let (hub_yaml, hub_notes) = imported(&hub, &hub_conf);
-    let (branch_yaml, _) = imported(&branch, &branch_conf);
+    let (hub_yaml, hub_notes) = import_site(&hub, &hub_conf);
+    let (branch_yaml, _) = import_site(&branch, &branch_conf);
     let hub_text = std::fs::read_to_string(&hub_yaml).expect("read hub manifest");
 
     hub.apply(&hub_yaml);
