@@ -158,11 +158,21 @@ fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
         manifest::load(path)
     };
     match loaded {
-        Ok(m) => Some(m),
+        Ok(m) => {
+            report_warnings(&m);
+            Some(m)
+        }
         Err(errs) => {
             report_err!("{errs}");
             None
         }
+    }
+}
+
+/// The manifest's warnings (legal but suspicious values), on stderr.
+fn report_warnings(m: &Manifest) {
+    for w in &m.warnings {
+        report(4, &w.warning());
     }
 }
 
@@ -196,7 +206,10 @@ fn run(cli: Cli) -> Result<u8> {
             let mut ok = true;
             for f in &files {
                 match manifest::load(f) {
-                    Ok(m) => println!("{}: valid (deployment {})", f.display(), m.name),
+                    Ok(m) => {
+                        report_warnings(&m);
+                        println!("{}: valid (deployment {})", f.display(), m.name);
+                    }
                     Err(errs) => {
                         ok = false;
                         report_err!("{errs}");

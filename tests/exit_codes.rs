@@ -111,6 +111,47 @@ fn validate_exits_0_valid_2_invalid() {
         2,
     );
     assert!(err.contains("peers[0].public_key"), "{err}");
+    // Overlapping allowed IPs: legal (longest prefix wins) is a warning on
+    // stderr and exit 0; a peer left with no address at all is invalid.
+    let c = |nets: &str| {
+        format!(
+            "  - name: c\n    public_key: \"mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=\"\n    allowed_ips: {nets}\n"
+        )
+    };
+    let overlap = dir.write(
+        "overlap.yaml",
+        &manifest("site-a", &key, SOME_PUBLIC_KEY, &c("[172.18.5.0/24]")),
+    );
+    let (out, err) = expect(
+        "validate overlapping allowed IPs",
+        netman(&["validate", &p(&overlap)], ""),
+        0,
+    );
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        err.contains(
+            "peers[0].allowed_ips[1]: warning: 172.18.0.0/16 contains 172.18.5.0/24 of peer `c`"
+        ),
+        "{err}"
+    );
+    let shadowed = dir.write(
+        "shadowed.yaml",
+        &manifest(
+            "site-a",
+            &key,
+            SOME_PUBLIC_KEY,
+            &format!(
+                "{}  - name: d\n    public_key: \"etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=\"\n    allowed_ips: [10.10.0.3/32]\n",
+                c("[10.10.0.2/31]")
+            ),
+        ),
+    );
+    let (_, err) = expect(
+        "validate a peer left unreachable",
+        netman(&["validate", &p(&shadowed)], ""),
+        2,
+    );
+    assert!(err.contains("peer `c` is unreachable"), "{err}");
     expect(
         "validate good and bad",
         netman(&["validate", &p(&good), &p(&bad)], ""),

@@ -313,6 +313,19 @@ fn rejection_cases() -> Vec<Case> {
             "site-a.yaml:12:33: peers[1].allowed_ips[1]: 172.18.0.0/16 is already claimed by peer `site-b` (peers[0].allowed_ips[1])",
         ),
         case(
+            "a peer left unreachable: its allowed IP covered whole by more specific ones",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    allowed_ips: [172.18.0.0/24]",
+                "  - name: site-c",
+                "    public_key: mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=",
+                "    allowed_ips: [172.18.0.0/25, 172.18.0.128/25]",
+            ]),
+            "site-a.yaml:9:19: peers[0].allowed_ips[0]: peer `site-b` is unreachable: each of its allowed IPs is entirely covered by more specific ones (172.18.0.0/25 of peer `site-c` (peers[1].allowed_ips[0], line 12), 172.18.0.128/25 of peer `site-c` (peers[1].allowed_ips[1], line 12)), and the longest prefix wins",
+        ),
+        case(
             "duplicate peer names",
             with_head(&two_peers(
                 "  - name: site-b",
@@ -992,6 +1005,7 @@ fn full_manifest_with_every_field() {
             watch: true,
             metrics: None,
             source: m.source.clone(),
+            warnings: vec![],
         }
     );
 }
@@ -1293,4 +1307,42 @@ fn large_manifest_parses() {
     assert_eq!(m.peers.len(), 1_000);
     assert_eq!(m.routes.len(), 10_000);
     assert!(m.peers.iter().all(|p| p.allowed_ips.len() == 10));
+}
+
+/// Overlapping allowed IPs that are legal (the longest prefix wins) are
+/// warnings naming both peers and lines; the manifest stays valid.
+#[test]
+fn overlapping_allowed_ips_are_warnings_naming_both_peers() {
+    let text = with_head(&[
+        "peers:",                                                       // 6
+        "  - name: hub",                                                // 7
+        "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=", // 8
+        "    allowed_ips: [10.0.0.0/8, 172.18.0.0/24]",                 // 9
+        "  - name: branch",                                             // 10
+        "    public_key: mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=", // 11
+        "    allowed_ips: [10.20.0.0/16, 172.18.0.0/25]",               // 12
+        "  - name: other",                                              // 13
+        "    public_key: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", // 14
+        "    allowed_ips: [172.18.0.128/25, 192.168.0.0/16]",           // 15
+    ]);
+    let m = parse(&text).unwrap();
+    let warnings: Vec<String> = m.warnings.iter().map(|w| w.warning()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "site-a.yaml:9:19: peers[0].allowed_ips[0]: warning: 10.0.0.0/8 contains 10.20.0.0/16 of peer `branch` (peers[1].allowed_ips[0], line 12): traffic to those goes to that peer, not to `hub` (the longest prefix wins)",
+            "site-a.yaml:9:31: peers[0].allowed_ips[1]: warning: 172.18.0.0/24 never receives traffic: it is entirely covered by more specific entries (172.18.0.0/25 of peer `branch` (peers[1].allowed_ips[1], line 12), 172.18.0.128/25 of peer `other` (peers[2].allowed_ips[0], line 15)), and the longest prefix wins",
+        ]
+    );
+    // Without overlaps there is nothing to say.
+    let plain = with_head(&[
+        "peers:",
+        "  - name: hub",
+        "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+        "    allowed_ips: [10.0.0.0/9]",
+        "  - name: branch",
+        "    public_key: mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=",
+        "    allowed_ips: [10.128.0.0/9]",
+    ]);
+    assert_eq!(parse(&plain).unwrap().warnings, []);
 }

@@ -14,7 +14,7 @@ const MULTIPLE_DOCUMENTS: &str = "more than one YAML document; a manifest is a s
 ///
 /// `line` and `column` are 1-based. For a missing required field they point at the
 /// enclosing mapping. `message` never contains key material.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestError {
     /// The manifest path as the user gave it (not canonicalised).
     pub file: String,
@@ -50,6 +50,21 @@ impl fmt::Display for ManifestError {
             write!(f, "{}: ", self.path)?;
         }
         f.write_str(&self.message)
+    }
+}
+
+impl ManifestError {
+    /// `FILE:LINE:COL: path: warning: message`, for a finding that does
+    /// not make the manifest invalid.
+    pub fn warning(&self) -> String {
+        let mut s = format!("{}:{}:{}: ", self.file, self.line, self.column);
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str("warning: ");
+        s.push_str(&self.message);
+        s
     }
 }
 

@@ -47,6 +47,7 @@
 mod error;
 mod firewall;
 mod locate;
+mod overlap;
 pub mod raw;
 mod validate;
 
@@ -105,6 +106,10 @@ pub struct Manifest {
     /// Where the engine serves Prometheus metrics, if anywhere.
     pub metrics: Option<Metrics>,
     pub source: Source,
+    /// Legal but suspicious values (overlapping allowed IPs), in document
+    /// order; `validate`, `diff` and `apply` print them to stderr.
+    #[serde(default)]
+    pub warnings: Vec<ManifestError>,
 }
 
 /// The `metrics:` section.

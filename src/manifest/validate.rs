@@ -19,6 +19,8 @@
 //!   at most 253 characters, last label not all-numeric).
 //! - `peers[].allowed_ips`, `routes[].to`: `NETWORK/PREFIX` with no host bits set; an
 //!   allowed IP appears once per peer and in at most one peer; each `to` appears once.
+//!   A peer's allowed IP containing another peer's is a warning; a peer all of whose
+//!   allowed IPs are covered whole by more specific ones is an error (`overlap.rs`).
 //! - `peers[].persistent_keepalive`: 1..=65535 seconds.
 //! - `routes[].metric`: 0..=4294967295.
 //! - `forwarding`: a boolean. `firewall`: see `firewall.rs`.
@@ -33,6 +35,7 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{ManifestError, ManifestErrors};
+use super::overlap::{self, Claim, Finding};
 use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
 use super::{
     DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, Peer, PublicKey, Route, Source,
@@ -55,6 +58,8 @@ pub(super) struct Ctx<'a> {
     line_starts: OnceCell<Vec<usize>>,
     base_dir: &'a Path,
     errors: Vec<ManifestError>,
+    /// Legal but suspicious values (`overlap.rs`); reported, not fatal.
+    warnings: Vec<ManifestError>,
 }
 
 /// Byte offsets of the starts of the lines of `text`, lines ended as YAML
@@ -134,6 +139,16 @@ impl<'a> Ctx<'a> {
             .push(ManifestError::new(self.file, location, path, message));
     }
 
+    pub(super) fn warn(
+        &mut self,
+        location: Location,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.warnings
+            .push(ManifestError::new(self.file, location, path, message));
+    }
+
     /// Run `check` on a spanned value, recording its error at the value.
     pub(super) fn check<T, U>(
         &mut self,
@@ -180,6 +195,7 @@ pub(crate) fn validate(
         line_starts: OnceCell::new(),
         base_dir,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
 
     let name = ctx.check(&raw.name, || "name".to_owned(), |s| deployment_name(s));
@@ -214,6 +230,8 @@ pub(crate) fn validate(
         errors.sort_by_key(|e| (e.line, e.column));
         return Err(ManifestErrors(errors));
     }
+    let mut warnings = ctx.warnings;
+    warnings.sort_by_key(|e| (e.line, e.column));
     // With no error recorded, every checked value is present.
     match (
         name,
@@ -234,6 +252,7 @@ pub(crate) fn validate(
                 watch,
                 metrics,
                 source,
+                warnings,
             })
         }
         _ => Err(ManifestErrors::single(ManifestError::new(
@@ -354,6 +373,7 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
     let mut keys: HashMap<PublicKey, usize> = HashMap::new();
     // prefix -> (peer index, allowed_ips index)
     let mut claimed: HashMap<IpNet, (usize, usize)> = HashMap::new();
+    let mut overlaps: Vec<Claim> = Vec::new();
     let mut out = Vec::with_capacity(raw.len());
 
     for (p, item) in raw.iter().enumerate() {
@@ -437,6 +457,12 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                 Entry::Vacant(slot) => {
                     slot.insert((p, i));
                     allowed_ips.push(net);
+                    overlaps.push(Claim {
+                        net,
+                        peer: p,
+                        index: i,
+                        location: item.referenced,
+                    });
                 }
             }
         }
@@ -489,6 +515,34 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                 _ => None,
             },
         );
+    }
+    let name = |p: usize| raw[p].value.name.value.escape_debug().to_string();
+    for finding in overlap::check(&overlaps, name) {
+        match finding {
+            Finding::Warning {
+                peer,
+                index,
+                location,
+                message,
+            } => ctx.warn(
+                location,
+                format!("peers[{peer}].allowed_ips[{index}]"),
+                message,
+            ),
+            Finding::Error {
+                peer,
+                index,
+                location,
+                message,
+            } => {
+                ctx.error(
+                    location,
+                    format!("peers[{peer}].allowed_ips[{index}]"),
+                    message,
+                );
+                out[peer] = None;
+            }
+        }
     }
     out
 }
@@ -824,6 +878,7 @@ mod tests {
             line_starts: OnceCell::new(),
             base_dir: Path::new("/"),
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
