@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Monitor, NetNs, Netman, TempDir, netman_bin, require_tool, run, run_ok, tcp_listening,
+    Bg, Monitor, NetNs, Netman, TempDir, netman_bin, require_tool, run, run_ok, tcp_listening,
     wait_until,
 };
 
@@ -115,7 +115,9 @@ fn manifest(
     extra: &str,
 ) -> String {
     // The watcher would repair the drift these tests create by hand before
-    // `diff` could see it; the watcher has tests of its own.
+    // `diff` could see it; the watcher has tests of its own. MSS clamping
+    // (on by default with forwarding) would add a chain to every plan
+    // these tests compare; it has a test of its own too.
     let mut m = format!(
         "name: {name}
 watch: false
@@ -124,6 +126,7 @@ interface:
   addresses: [{addr}]
   listen_port: 51820
   private_key_file: {}
+  mss_clamp: off
 ",
         key_file.display()
     );
@@ -589,7 +592,7 @@ fn an_invalid_rule_changes_nothing() {
     assert_eq!(code, 2, "{out}{err}");
     // Line 17 holds the third rule; nft points at `99999` (column 11 + 10).
     assert!(
-        err.contains("bad.yaml:17:21: firewall.chains[0].rules[2]: nft: Service out of range"),
+        err.contains("bad.yaml:18:21: firewall.chains[0].rules[2]: nft: Service out of range"),
         "{err}"
     );
     assert!(err.contains("nothing applied"), "{err}");
@@ -881,7 +884,7 @@ fn no_firewall_section_never_runs_nft() {
     let (code, _, err) = nm.out(&["apply", &m]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("m.yaml:21:14: firewall.insert[0].chain: chain DOCKER-USR does not exist in table ip filter"),
+        err.contains("m.yaml:22:14: firewall.insert[0].chain: chain DOCKER-USR does not exist in table ip filter"),
         "{err}"
     );
 }
@@ -936,4 +939,219 @@ fn a_failure_after_nft_restores_the_ruleset_and_sysctls() {
     nm.ok(&["down", "site-a"]);
     nm.ok(&["down", "other"]);
     assert!(!nft(&gw.ns, &["list", "tables"]).contains("netman"));
+}
+
+/// A TCP exchange for the MSS clamping test: the client sends N bytes, the
+/// server sends as many back; each side prints the MSS its socket uses
+/// (`TCP_MAXSEG`). Every blocking step has a timeout.
+const MSS_EXCHANGE: &str = r#"
+import socket, sys
+mode, addr, port, n, t = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+def recvn(c, n):
+    got = 0
+    while got < n:
+        d = c.recv(min(65536, n - got))
+        if not d:
+            break
+        got += len(d)
+    return got
+if mode == "server":
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    s.settimeout(t)
+    c, _ = s.accept()
+    c.settimeout(t)
+    got = recvn(c, n)
+    c.sendall(b"y" * got)
+    print("mss", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), "got", got, flush=True)
+    c.close()
+else:
+    c = socket.create_connection((addr, port), timeout=t)
+    print("mss", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), flush=True)
+    c.sendall(b"x" * n)
+    print("back", recvn(c, n), flush=True)
+"#;
+
+/// The MSS a line `mss N ...` of [`MSS_EXCHANGE`] reports.
+fn reported_mss(out: &str) -> Option<u32> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("mss "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// One [`MSS_EXCHANGE`] of `bytes` from `client` to `server_addr` (in
+/// `server`) and back, each blocking step bounded by `secs`: (client
+/// succeeded, client output, server output).
+fn mss_exchange(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: &str,
+    port: u16,
+    bytes: usize,
+    secs: u32,
+) -> (bool, String, String) {
+    require_tool("python3", "the Debian package python3");
+    let args = |mode: &str| {
+        vec![
+            "-c".to_owned(),
+            MSS_EXCHANGE.to_owned(),
+            mode.to_owned(),
+            server_addr.to_owned(),
+            port.to_string(),
+            bytes.to_string(),
+            secs.to_string(),
+        ]
+    };
+    let srv = Bg::spawn(
+        "python3 exchange server",
+        server.cmd("python3").args(args("server")),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || tcp_listening(server, port)),
+        "the exchange server in {} did not start",
+        server.name
+    );
+    let out = run(client
+        .cmd("timeout")
+        .arg((secs * 3).to_string())
+        .arg("python3")
+        .args(args("client")));
+    let srv = srv.finish(Duration::from_secs(u64::from(secs) * 3));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.success() && text(&out.stdout).contains(&format!("back {bytes}")),
+        text(&out.stdout) + &text(&out.stderr),
+        text(&srv.stdout) + &text(&srv.stderr),
+    )
+}
+
+/// `interface.mss_clamp`: two LANs with MTU 1500 joined through a tunnel
+/// of MTU 1420, with the ICMP "fragmentation needed" messages lost (a PMTU
+/// black hole, as behind many firewalls). Without clamping, a TCP transfer
+/// between the LAN hosts stalls; with the default clamp of a forwarding
+/// gateway (on site A only) it completes, both ways, with an MSS that fits
+/// the tunnel; a fixed clamp sets that MSS; `down` removes the chain.
+#[test]
+fn mss_clamping_carries_tcp_across_a_pmtu_black_hole() {
+    let p = pair("mss");
+    let ca = lan(
+        &p.a.ns,
+        "mssa-c",
+        "172.18.1.1/24",
+        "172.18.1.2/24",
+        "172.18.1.1",
+    );
+    let cb = lan(
+        &p.b.ns,
+        "mssb-c",
+        "172.18.2.1/24",
+        "172.18.2.2/24",
+        "172.18.2.1",
+    );
+    // The black hole: the LAN hosts never hear that their segments are
+    // too big for the tunnel.
+    for c in [&ca, &cb] {
+        nft(c, &["add", "table", "inet", "blackhole"]);
+        nft(
+            c,
+            &[
+                "add",
+                "chain",
+                "inet",
+                "blackhole",
+                "in",
+                "{ type filter hook input priority 0 ; }",
+            ],
+        );
+        nft(
+            c,
+            &[
+                "add",
+                "rule",
+                "inet",
+                "blackhole",
+                "in",
+                "icmp",
+                "type",
+                "destination-unreachable",
+                "icmp",
+                "code",
+                "frag-needed",
+                "drop",
+            ],
+        );
+    }
+    // Site B never clamps: site A's clamp alone must fix both directions.
+    let (ma, mb) = p.manifests(
+        "10.10.0.2/32, 172.18.2.0/24",
+        "10.10.0.1/32, 172.18.1.0/24",
+        "forwarding: true\n",
+        "forwarding: true\n",
+    );
+    p.a.nm().ok(&["apply", &ma]);
+    p.b.nm().ok(&["apply", &mb]);
+    assert!(
+        wait_ping(&ca, "172.18.2.2", Duration::from_secs(15)),
+        "the LAN hosts cannot reach each other through the tunnel"
+    );
+    const BYTES: usize = 2 << 20;
+
+    // Clamping off (as `manifest` writes it): the first full-size segment
+    // never arrives.
+    let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", 7101, BYTES, 4);
+    assert!(
+        !done,
+        "the transfer got through the black hole without clamping: the test shows nothing\nclient: {client}\nserver: {server}"
+    );
+    assert_eq!(reported_mss(&client), Some(1448), "client: {client}");
+
+    // The default with forwarding: clamped to the tunnel.
+    let text = std::fs::read_to_string(&ma).expect("read manifest");
+    let ma =
+        p.a.write("a-clamp.yaml", &text.replace("  mss_clamp: off\n", ""));
+    let out = p.a.nm().ok(&["apply", &ma]);
+    assert_eq!(
+        lines(&out),
+        vec![
+            "+ table inet netman_site-a",
+            "+ chain mss_clamp (filter hook forward priority -150 policy accept)",
+            "+ rule mss_clamp: oifname \"nm0\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu",
+            "+ rule mss_clamp: iifname \"nm0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380",
+            "+ rule mss_clamp: iifname \"nm0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360",
+            "applied: deployment site-a",
+        ]
+    );
+    assert_eq!(p.a.nm().out(&["diff", &ma]).0, 0, "not in sync after apply");
+    let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", 7102, BYTES, 20);
+    assert!(
+        done,
+        "the transfer stalled with clamping\nclient: {client}\nserver: {server}"
+    );
+    // The client sends with the server's clamped MSS (SYN-ACK out of the
+    // tunnel), the server with the client's (SYN into it); both less the
+    // 12 bytes of the timestamp option.
+    assert_eq!(reported_mss(&client), Some(1368), "client: {client}");
+    assert_eq!(reported_mss(&server), Some(1368), "server: {server}");
+
+    // A fixed MSS.
+    let ma = p.a.write(
+        "a-1200.yaml",
+        &text.replace("  mss_clamp: off\n", "  mss_clamp: 1200\n"),
+    );
+    p.a.nm().ok(&["apply", &ma]);
+    let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", 7103, BYTES, 20);
+    assert!(
+        done,
+        "the transfer stalled with a fixed clamp\nclient: {client}\nserver: {server}"
+    );
+    assert_eq!(reported_mss(&client), Some(1188), "client: {client}");
+    assert_eq!(reported_mss(&server), Some(1188), "server: {server}");
+
+    // `down` takes the chain (and netman's table) away.
+    p.a.nm().ok(&["down", "site-a"]);
+    let tables = nft(&p.a.ns, &["list", "tables"]);
+    assert!(!tables.contains("netman"), "{tables}");
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use netman::manifest::{
-    self, Endpoint, Interface, Manifest, ManifestError, ManifestErrors, Peer, PublicKey, Route,
+    self, Endpoint, Interface, Manifest, ManifestError, ManifestErrors, MssClamp, Peer, PublicKey,
+    Route,
 };
 
 const K1: &str = "etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=";
@@ -887,6 +888,7 @@ fn minimal_manifest_gets_defaults_and_resolved_key_path() {
             mtu: 1420,
             listen_port: None,
             private_key_file: PathBuf::from("/etc/netman/a.key"),
+            mss_clamp: MssClamp::Off,
         }
     );
     assert_eq!(manifest::DEFAULT_MTU, 1420);
@@ -967,6 +969,7 @@ fn full_manifest_with_every_field() {
                 mtu: 1380,
                 listen_port: Some(51820),
                 private_key_file: PathBuf::from("/srv/netman/keys/site-a.key"),
+                mss_clamp: MssClamp::Off,
             },
             peers: vec![
                 Peer {
@@ -1345,4 +1348,100 @@ fn overlapping_allowed_ips_are_warnings_naming_both_peers() {
         "    allowed_ips: [10.128.0.0/9]",
     ]);
     assert_eq!(parse(&plain).unwrap().warnings, []);
+}
+
+/// `interface.mss_clamp`: the default follows `forwarding`; `off`, `auto`
+/// (quoted or not: YAML 1.1 reads a plain `off` as false) and an MSS in
+/// range are accepted; everything else is an error at the value.
+#[test]
+fn mss_clamp_values_and_default() {
+    let with = |clamp: Option<&str>, forwarding: Option<&str>| {
+        let mut lines: Vec<String> = HEAD.iter().map(|l| (*l).to_owned()).collect();
+        if let Some(c) = clamp {
+            lines.push(format!("  mss_clamp: {c}"));
+        }
+        if let Some(f) = forwarding {
+            lines.push(format!("forwarding: {f}"));
+        }
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        doc(&lines)
+    };
+    let ok: &[(Option<&str>, Option<&str>, MssClamp)] = &[
+        (None, None, MssClamp::Off),
+        (None, Some("false"), MssClamp::Off),
+        (None, Some("true"), MssClamp::Auto),
+        (Some("off"), Some("true"), MssClamp::Off),
+        (Some("\"off\""), Some("true"), MssClamp::Off),
+        (Some("auto"), None, MssClamp::Auto),
+        (Some("1360"), Some("true"), MssClamp::Fixed(1360)),
+        (Some("536"), None, MssClamp::Fixed(536)),
+        (Some("65495"), None, MssClamp::Fixed(65495)),
+    ];
+    for (clamp, fwd, want) in ok {
+        let m = parse(&with(*clamp, *fwd)).unwrap_or_else(|e| panic!("{clamp:?} {fwd:?}: {e}"));
+        assert_eq!(m.interface.mss_clamp, *want, "{clamp:?} {fwd:?}");
+    }
+    let bad: &[(&str, &str)] = &[
+        (
+            "535",
+            "site-a.yaml:6:14: interface.mss_clamp: MSS 535 is out of range (536..=65495)",
+        ),
+        (
+            "65496",
+            "site-a.yaml:6:14: interface.mss_clamp: MSS 65496 is out of range (536..=65495)",
+        ),
+        (
+            "-1",
+            "site-a.yaml:6:14: interface.mss_clamp: MSS -1 is out of range (536..=65495)",
+        ),
+        (
+            "on",
+            "site-a.yaml:6:14: interface.mss_clamp: expected off, auto or an MSS (536..=65495), found \"on\"",
+        ),
+        (
+            "pmtu",
+            "site-a.yaml:6:14: interface.mss_clamp: expected off, auto or an MSS (536..=65495), found \"pmtu\"",
+        ),
+        (
+            "[1]",
+            "site-a.yaml:6:14: interface.mss_clamp: expected off, auto or an MSS (536..=65495), found list",
+        ),
+        (
+            "1.5",
+            "site-a.yaml:6:14: interface.mss_clamp: expected off, auto or an MSS (536..=65495), found floating point number",
+        ),
+    ];
+    for (clamp, want) in bad {
+        assert_eq!(errors(&with(Some(clamp), None)), [*want], "{clamp}");
+    }
+    // The clamp's rules name the interface in nftables: a name nft cannot
+    // take between quotes is refused where the clamp comes from.
+    let quoted = doc(&[
+        "name: site-a",
+        "interface:",
+        "  name: nm\"0",
+        "  addresses: [10.10.0.1/24]",
+        "  private_key_file: a.key",
+        "forwarding: true",
+    ]);
+    let e = errors(&quoted);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("site-a.yaml:3:9: interface.name: the rules of interface.mss_clamp name the interface in nftables")
+            && e[0].ends_with("or set interface.mss_clamp: off"),
+        "{e:?}"
+    );
+    // A manifest chain may not take the clamp's chain name.
+    let chain = with_head(&[
+        "firewall:",
+        "  chains:",
+        "    - name: mss_clamp",
+        "      hook: forward",
+    ]);
+    assert_eq!(
+        errors(&chain),
+        [
+            "site-a.yaml:8:13: firewall.chains[0].name: `mss_clamp` is the name of netman's own chain for interface.mss_clamp; choose another"
+        ]
+    );
 }

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::manifest::{Manifest, Pos};
+use crate::manifest::{Interface, MSS_CLAMP_CHAIN, Manifest, MssClamp, Pos};
 
 pub use diff::{Change, Plan, SysctlSet, TableOp, plan};
 pub use record::{ChainRecord, Record, RuleRecord, TableRecord, record_after, remap_record};
@@ -155,7 +155,7 @@ pub fn rule_hash(chain: &ChainRef, rule: &str) -> String {
 
 impl Desired {
     pub fn from_manifest(m: &Manifest) -> Desired {
-        let chains = m
+        let mut chains: Vec<DesiredChain> = m
             .firewall
             .chains
             .iter()
@@ -178,6 +178,7 @@ impl Desired {
                 pos: Some(c.pos.clone()),
             })
             .collect();
+        chains.extend(mss_clamp_chain(&m.interface));
         let inserts = m
             .firewall
             .insert
@@ -213,6 +214,50 @@ impl Desired {
     pub fn insert_chains(&self) -> BTreeSet<ChainRef> {
         self.inserts.iter().map(|i| i.chain.clone()).collect()
     }
+}
+
+/// The base chain of `interface.mss_clamp` (`None` when off): SYNs
+/// forwarded into the tunnel get at most the route's MTU-based MSS
+/// (`rt mtu`), SYNs forwarded out of it at most the tunnel's (interface
+/// MTU - 40 for IPv4, - 60 for IPv6), so the host on the other side never
+/// sends a segment the tunnel cannot carry. A fixed MSS applies to both.
+/// nft only ever lowers an MSS here (`size > N` guards the fixed ones).
+/// At `priority mangle`, before filter chains, like iptables' TCPMSS in
+/// the mangle table.
+pub fn mss_clamp_chain(interface: &Interface) -> Option<DesiredChain> {
+    const SYN: &str = "tcp flags & (syn | rst) == syn";
+    let i = &interface.name;
+    let lower_to = |n: u32| format!("tcp option maxseg size > {n} tcp option maxseg size set {n}");
+    let rules = match interface.mss_clamp {
+        MssClamp::Off => return None,
+        MssClamp::Auto => {
+            let v4 = interface.mtu.saturating_sub(40);
+            let v6 = interface.mtu.saturating_sub(60);
+            vec![
+                format!("oifname \"{i}\" {SYN} tcp option maxseg size set rt mtu"),
+                format!("iifname \"{i}\" meta nfproto ipv4 {SYN} {}", lower_to(v4)),
+                format!("iifname \"{i}\" meta nfproto ipv6 {SYN} {}", lower_to(v6)),
+            ]
+        }
+        MssClamp::Fixed(n) => vec![
+            format!("oifname \"{i}\" {SYN} {}", lower_to(u32::from(n))),
+            format!("iifname \"{i}\" {SYN} {}", lower_to(u32::from(n))),
+        ],
+    };
+    Some(DesiredChain {
+        name: MSS_CLAMP_CHAIN.to_owned(),
+        attrs: ChainAttrs {
+            kind: "filter".to_owned(),
+            hook: "forward".to_owned(),
+            priority: -150,
+            policy: "accept".to_owned(),
+        },
+        rules: rules
+            .into_iter()
+            .map(|text| DesiredRule { text, pos: None })
+            .collect(),
+        pos: None,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -289,7 +334,7 @@ pub struct ObservedTarget {
 #[derive(Debug, Error)]
 pub enum FirewallError {
     #[error(
-        "cannot run `nft`: {0}; the manifest's firewall section needs nftables (Debian package `nftables`)"
+        "cannot run `nft`: {0}; the manifest's firewall section and interface.mss_clamp (on by default with forwarding) need nftables (Debian package `nftables`)"
     )]
     NftMissing(String),
     #[error("`nft {args}` failed: {reason}")]

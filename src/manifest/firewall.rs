@@ -263,6 +263,11 @@ fn chain_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("must not be empty".to_owned());
     }
+    if s == super::MSS_CLAMP_CHAIN {
+        return Err(format!(
+            "`{s}` is the name of netman's own chain for interface.mss_clamp; choose another"
+        ));
+    }
     let len = s.chars().count();
     if len > MAX_CHAIN_NAME {
         return Err(format!(

@@ -8,6 +8,7 @@
 //!   mtu: 1420                       # default 1420
 //!   listen_port: 51820              # optional
 //!   private_key_file: keys/site-a.key
+//!   mss_clamp: auto                 # off | auto | MSS; default auto with forwarding
 //! peers:                            # optional (default: none)
 //!   - name: site-b
 //!     public_key: "<base64 of 32 bytes>"
@@ -314,6 +315,46 @@ pub struct Interface {
     pub listen_port: Option<u16>,
     /// Absolute path of the private key file (resolved against the manifest's directory).
     pub private_key_file: PathBuf,
+    /// TCP MSS clamping of forwarded traffic (the default already applied:
+    /// `Auto` with `forwarding: true`, `Off` otherwise).
+    #[serde(default)]
+    pub mss_clamp: MssClamp,
+}
+
+/// `interface.mss_clamp`: the MSS of TCP SYNs forwarded into and out of
+/// the tunnel, so hosts behind the gateway never send segments the tunnel
+/// cannot carry (PMTU discovery fails silently wherever ICMP is dropped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MssClamp {
+    #[default]
+    Off,
+    /// From the MTU: the route's (`rt mtu`) into the tunnel, the
+    /// interface's out of it.
+    Auto,
+    /// A fixed MSS for both directions and both IP versions.
+    Fixed(u16),
+}
+
+/// The chain of netman's table that holds the MSS clamping rules (a
+/// manifest chain may not have this name).
+pub const MSS_CLAMP_CHAIN: &str = "mss_clamp";
+
+impl MssClamp {
+    /// The smallest fixed MSS: 576 (the IPv4 minimum MTU) - 40.
+    pub const MIN: u16 = 536;
+    /// The largest: 65535 - 40.
+    pub const MAX: u16 = 65495;
+}
+
+impl fmt::Display for MssClamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MssClamp::Off => f.write_str("off"),
+            MssClamp::Auto => f.write_str("auto"),
+            MssClamp::Fixed(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// A remote site.

@@ -91,6 +91,29 @@ pub struct RawInterface {
     /// File with the private key (wg genkey format, mode 0600), relative to the manifest's directory.
     #[schemars(with = "String", length(min = 1))]
     pub private_key_file: Spanned<String>,
+    /// TCP MSS clamping of forwarded traffic into and out of the tunnel:
+    /// off, auto (from the route MTU) or a fixed MSS (536..=65495). Default:
+    /// auto when forwarding is true, off otherwise.
+    #[serde(default)]
+    #[schemars(with = "Option<MssClampSchema>")]
+    pub mss_clamp: Option<Spanned<IntOrWord>>,
+}
+
+/// The schema of `interface.mss_clamp` (documentation only).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum MssClampSchema {
+    Word(MssClampWord),
+    Size(#[schemars(range(min = 536, max = 65495))] u16),
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum MssClampWord {
+    Off,
+    Auto,
 }
 
 /// One entry of `peers:`.
@@ -281,5 +304,83 @@ impl<'de> Deserialize<'de> for Int {
         }
 
         deserializer.deserialize_any(IntVisitor)
+    }
+}
+
+/// A YAML integer or word (`off`, `auto`, `main`...), or what was found
+/// instead. Like [`Int`], a wrong kind is not a deserialisation error but
+/// [`IntOrWord::Other`], reported by validation at the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IntOrWord {
+    Int(i128),
+    Word(String),
+    /// The kind of node found instead: "list", "mapping", ...
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for IntOrWord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+
+        impl<'de> Visitor<'de> for V {
+            type Value = IntOrWord;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a word")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(i128::from(v)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(i128::from(v)))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(v))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Word(v.to_owned()))
+            }
+
+            // YAML 1.1 reads a plain `off` as false, `on` as true.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Word(if v { "on" } else { "off" }.to_owned()))
+            }
+
+            fn visit_f64<E: de::Error>(self, _v: f64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Other("floating point number"))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Other("null"))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Other("null"))
+            }
+
+            fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Other("binary"))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntOrWord, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Other("list"))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntOrWord, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Other("mapping"))
+            }
+        }
+
+        deserializer.deserialize_any(V)
     }
 }

@@ -10,6 +10,8 @@
 //!   with different prefix lengths).
 //! - `interface.mtu`: default 1420; 576..=65535; at least 1280 if any address is IPv6.
 //! - `interface.listen_port`, `peers[].endpoint` port: 1..=65535.
+//! - `interface.mss_clamp`: `off`, `auto` or 536..=65495; default `auto` with
+//!   `forwarding: true`, `off` otherwise.
 //! - `interface.private_key_file`, `peers[].preshared_key_file`: non-empty, no NUL;
 //!   relative paths resolve against the manifest's directory.
 //! - `peers[].name`: 1..=63 characters of `[A-Za-z0-9._-]`, unique.
@@ -36,9 +38,10 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{ManifestError, ManifestErrors};
 use super::overlap::{self, Claim, Finding};
-use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
+use super::raw::{Int, IntOrWord, RawInterface, RawManifest, RawPeer, RawRoute};
 use super::{
-    DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, Peer, PublicKey, Route, Source,
+    DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, MssClamp, Peer, PublicKey,
+    Route, Source,
 };
 
 const MAX_NAME_LEN: usize = 32;
@@ -199,7 +202,8 @@ pub(crate) fn validate(
     };
 
     let name = ctx.check(&raw.name, || "name".to_owned(), |s| deployment_name(s));
-    let interface = interface(&mut ctx, &raw.interface);
+    let forwarding = raw.forwarding.as_ref().is_some_and(|f| f.value);
+    let interface = interface(&mut ctx, &raw.interface, forwarding);
     let peers: Vec<Option<Peer>> = match &raw.peers {
         Some(list) => peers(&mut ctx, &list.value),
         None => Vec::new(),
@@ -208,7 +212,6 @@ pub(crate) fn validate(
         Some(list) => routes(&mut ctx, &list.value),
         None => Vec::new(),
     };
-    let forwarding = raw.forwarding.as_ref().is_some_and(|f| f.value);
     let watch = raw.watch.as_ref().is_none_or(|w| w.value);
     let metrics: Option<Option<Metrics>> = match &raw.metrics {
         None => Some(None),
@@ -276,7 +279,11 @@ fn metrics_listen(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
-fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface> {
+fn interface(
+    ctx: &mut Ctx<'_>,
+    raw: &Spanned<RawInterface>,
+    forwarding: bool,
+) -> Option<Interface> {
     let raw = &raw.value;
     let name = ctx.check(&raw.name, || "interface.name".to_owned(), |s| ifname(s));
 
@@ -358,6 +365,30 @@ fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface
         "interface.private_key_file".to_owned()
     });
 
+    let mss_clamp = match &raw.mss_clamp {
+        None if forwarding => Some(MssClamp::Auto),
+        None => Some(MssClamp::Off),
+        Some(v) => ctx.check(v, || "interface.mss_clamp".to_owned(), mss_clamp),
+    };
+
+    // The clamp's rules name the interface between double quotes.
+    if let (Some(c), Some(n)) = (mss_clamp, &name)
+        && c != MssClamp::Off
+        && !nft_safe_ifname(n)
+    {
+        let why = "the rules of interface.mss_clamp name the interface in nftables, which \
+                   takes only A-Z, a-z, 0-9, '_', '.' and '-' there";
+        match &raw.mss_clamp {
+            Some(v) => ctx.error(v.referenced, "interface.mss_clamp", format!("{why}; rename the interface")),
+            None => ctx.error(
+                raw.name.referenced,
+                "interface.name",
+                format!("{why} (on by default with forwarding); rename the interface or set interface.mss_clamp: off"),
+            ),
+        }
+        return None;
+    }
+
     let addresses = all_ok.then_some(addresses);
     Some(Interface {
         name: name?,
@@ -365,7 +396,36 @@ fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface
         mtu: mtu?,
         listen_port: listen_port?,
         private_key_file: private_key_file?,
+        mss_clamp: mss_clamp?,
     })
+}
+
+/// Whether an interface name can go into an nft rule between quotes.
+fn nft_safe_ifname(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// `interface.mss_clamp`: `off`, `auto` or an MSS.
+fn mss_clamp(v: &IntOrWord) -> Result<MssClamp, String> {
+    let range = || format!("{}..={}", MssClamp::MIN, MssClamp::MAX);
+    match v {
+        IntOrWord::Word(w) if w == "off" => Ok(MssClamp::Off),
+        IntOrWord::Word(w) if w == "auto" => Ok(MssClamp::Auto),
+        IntOrWord::Int(n) => u16::try_from(*n)
+            .ok()
+            .filter(|n| (MssClamp::MIN..=MssClamp::MAX).contains(n))
+            .map(MssClamp::Fixed)
+            .ok_or_else(|| format!("MSS {n} is out of range ({})", range())),
+        IntOrWord::Word(w) => Err(format!(
+            "expected off, auto or an MSS ({}), found {w:?}",
+            range()
+        )),
+        IntOrWord::Other(kind) => Err(format!(
+            "expected off, auto or an MSS ({}), found {kind}",
+            range()
+        )),
+    }
 }
 
 fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
