@@ -5,6 +5,12 @@
 //! observed → ordered actions) → [`netlink`] execute → verify → revert on
 //! failure, orchestrated by [`reconcile`] and recorded in [`state`]. The
 //! [`firewall`] (nftables rules, forwarding sysctls) follows the same shape.
+//!
+//! Layers point down only: [`cli`] and the binary → [`watch`] (follows the
+//! manifest and the kernel) → [`deploy`] (apply, run, down) → [`reconcile`]
+//! and [`engine`] (the data plane; it knows nothing above it and starts
+//! the watcher through a ready hook) → [`manifest`], [`netlink`],
+//! [`firewall`], [`state`] → `netman-proto`.
 
 pub mod cli;
 pub mod clock;
@@ -23,3 +29,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod state;
 pub mod tun;
+pub mod watch;

@@ -24,6 +24,7 @@ use netman::manifest::{self, Manifest};
 use netman::netlink::Netlink;
 use netman::reconcile::{self, ApplyOptions, ReconcileError};
 use netman::state::StateDir;
+use netman::watch;
 
 /// `eprintln!` for errors, in the log format.
 macro_rules! report_err {
@@ -307,13 +308,13 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let mut cfg = deploy::engine_config(&m)?;
             cfg.watch = deploy::watching(&sd, &m, Some(no_watch));
-            engine::serve(&sd, cfg)?;
+            engine::serve(&sd, cfg, watch::ready_hook())?;
             Ok(EXIT_OK)
         }
         Command::Engine { name } => {
             let sd = StateDir::open(&cli.state_dir)?;
             let cfg = engine::read_config(&sd, &name)?;
-            engine::serve(&sd, cfg)?;
+            engine::serve(&sd, cfg, watch::ready_hook())?;
             Ok(EXIT_OK)
         }
         Command::Down { target } => {

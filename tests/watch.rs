@@ -1,5 +1,5 @@
 //! Watcher integration tests: the running engine follows its manifest file
-//! and the kernel (`src/engine/supervisor.rs`), `apply --confirm-timeout`
+//! and the kernel (`src/watch.rs`), `apply --confirm-timeout`
 //! reverts unless confirmed, and an interrupted or killed `apply` leaves
 //! nothing half done. Each test runs the real binary in its own uniquely
 //! named network namespaces (root required, as in CI) with its own temp
@@ -24,7 +24,7 @@ const WG_PORT: u16 = 51820;
 
 /// How long the watcher must stay quiet to count as settled: longer than
 /// its longest debounce (`FILE_DEBOUNCE`, 200 ms, in
-/// src/engine/supervisor.rs), so a reconcile it had scheduled would have
+/// src/watch.rs), so a reconcile it had scheduled would have
 /// run within it, and every reconcile reads the state file (counted in
 /// `watch_counters.state_reads`). The engine has no "idle" signal.
 const WATCHER_QUIET: Duration = Duration::from_millis(300);

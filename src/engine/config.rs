@@ -38,7 +38,7 @@ pub struct EngineConfig {
     pub listen_port: Option<u16>,
     pub private_key_file: PathBuf,
     pub peers: Vec<PeerSpec>,
-    /// Follow the manifest file and repair drift (see `supervisor`).
+    /// Follow the manifest file and repair drift (see `crate::watch`).
     #[serde(default = "default_true")]
     pub watch: bool,
     /// Prometheus endpoint, if any.

@@ -79,11 +79,11 @@ pub struct EngineStatus {
     pub config: EngineConfig,
     /// The watcher (manifest file and kernel drift).
     #[serde(default)]
-    pub watch: Option<super::supervisor::WatchStatus>,
+    pub watch: Option<super::shared::WatchStatus>,
     /// How much work the watcher did (kept apart from `watch`, which stays
     /// still once the watcher has converged).
     #[serde(default)]
-    pub watch_counters: Option<super::supervisor::WatchCounters>,
+    pub watch_counters: Option<super::shared::WatchCounters>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,14 +40,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::control::EngineStatus;
-
-/// Counters of the reconcile loop, shared with the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct ReconcileCounters {
-    pub applies: AtomicU64,
-    pub drift_repairs: AtomicU64,
-    pub failures: AtomicU64,
-}
+pub use super::shared::ReconcileCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {

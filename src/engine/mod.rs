@@ -10,7 +10,7 @@ pub mod dataplane;
 pub mod drops;
 pub mod handshake;
 pub mod metrics;
-pub mod supervisor;
+pub mod shared;
 pub mod tunrx;
 pub mod udp;
 
@@ -33,7 +33,7 @@ use crate::state::StateDir;
 use config::{EngineChange, EngineConfig};
 use control::{ControlError, Request, Response};
 use dataplane::{CONTROL_TIMEOUT, Command as DpCommand, Control, DataPlane, EngineError};
-use supervisor::Shared;
+use shared::Shared;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -118,7 +118,13 @@ pub fn running_pid(sd: &StateDir, name: &str) -> Option<u32> {
 
 /// Run the engine of `cfg.deployment` in this process until SIGTERM/SIGINT
 /// or a stop request. Leaves the kernel state alone.
-pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
+/// Started by [`serve`] once the engine is up (its control socket bound,
+/// the data plane configured), before it reports ready: the layer above
+/// hangs what drives the engine here (the watcher, `crate::watch`) without
+/// the engine knowing it.
+pub type ReadyHook = Box<dyn FnOnce(Arc<EngineCtx>) -> io::Result<()> + Send>;
+
+pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<(), ServeError> {
     let name = cfg.deployment.clone();
     let sock = control::socket_path(sd, &name);
     if let Some(pid) = running_pid(sd, &name) {
@@ -173,11 +179,9 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
             path: sock.clone(),
             source,
         })?;
-    supervisor::spawn(sd.clone(), name.clone(), ctx, shared).map_err(|source| {
-        ServeError::Socket {
-            path: sock.clone(),
-            source,
-        }
+    on_ready(ctx).map_err(|source| ServeError::Socket {
+        path: sock.clone(),
+        source,
     })?;
     sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let result = dp.run();
@@ -272,6 +276,19 @@ pub struct EngineCtx {
 }
 
 impl EngineCtx {
+    /// The state the watcher reports into.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn state_dir(&self) -> &StateDir {
+        &self.sd
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.name
+    }
+
     /// Reach `config` (or report what that would change), then record it,
     /// and follow its watch and metrics settings.
     pub fn configure(

@@ -14,108 +14,50 @@
 //! undone by the very file it reverted); nothing is applied while a
 //! confirmation is pending except the revert; and its own changes cause at
 //! most one more, empty, reconcile.
+//!
+//! It sits above both `deploy` (which it calls to apply) and the engine
+//! (whose configuration it drives): the engine knows nothing of it, and
+//! starts it through the ready hook `engine::serve` takes. What it reports
+//! (`status`, metrics) goes into the engine's [`Shared`].
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::RouteAttribute;
-use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
-use super::EngineCtx;
-use super::metrics::ReconcileCounters;
 use crate::clock::now_unix_ms;
 use crate::deploy::{self, DeployError, EngineStep, Resolved};
+use crate::engine::EngineCtx;
+use crate::engine::shared::Shared;
 use crate::manifest::{self, Manifest};
 use crate::netlink::Netlink;
 use crate::reconcile::{ApplyOptions, ReconcileError};
 use crate::state::{DeploymentState, Stamp, StateDir};
 
-/// Debounce after a kernel event (our own changes come as bursts).
-const KERNEL_DEBOUNCE: Duration = Duration::from_millis(100);
-/// Debounce after a manifest file event (editors write in several steps).
-const FILE_DEBOUNCE: Duration = Duration::from_millis(200);
-/// Full resync even without events.
-const RESYNC: Duration = Duration::from_secs(10);
+mod policy;
 
-/// What `status` shows about the watcher.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchStatus {
-    pub enabled: bool,
-    /// The last manifest file that could not be applied, and why.
-    pub manifest_error: Option<String>,
-    /// The last reconcile that failed, and why.
-    pub last_error: Option<String>,
-    pub applies: u64,
-    pub drift_repairs: u64,
-    pub failures: u64,
-}
+pub use policy::{Policy, Step, Trigger};
 
-/// How much work the watcher did (`status --output json`:
-/// `engine.watch_counters`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchCounters {
-    /// rtnetlink messages the watcher received.
-    pub events: u64,
-    /// Times the watcher read (and parsed) the state file: only when it
-    /// changed, after a poke, a resync or a reconcile of its own.
-    pub state_reads: u64,
-}
-
-/// State shared between the watcher, the control socket and metrics.
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub watch: AtomicBool,
-    /// Wakes the watcher to re-read the state file.
-    pub wake: tokio::sync::Notify,
-    pub counters: ReconcileCounters,
-    /// See [`WatchCounters`].
-    pub events: AtomicU64,
-    pub state_reads: AtomicU64,
-    errors: Mutex<(Option<String>, Option<String>)>,
-}
-
-impl Shared {
-    pub fn status(&self) -> WatchStatus {
-        let (manifest_error, last_error) =
-            self.errors.lock().map(|g| g.clone()).unwrap_or_default();
-        WatchStatus {
-            enabled: self.watch.load(Ordering::Relaxed),
-            manifest_error,
-            last_error,
-            applies: self.counters.applies.load(Ordering::Relaxed),
-            drift_repairs: self.counters.drift_repairs.load(Ordering::Relaxed),
-            failures: self.counters.failures.load(Ordering::Relaxed),
-        }
-    }
-
-    pub fn counters(&self) -> WatchCounters {
-        WatchCounters {
-            events: self.events.load(Ordering::Relaxed),
-            state_reads: self.state_reads.load(Ordering::Relaxed),
-        }
-    }
-
-    fn set_manifest_error(&self, e: Option<String>) {
-        if let Ok(mut g) = self.errors.lock() {
-            g.0 = e;
-        }
-    }
-
-    fn set_last_error(&self, e: Option<String>) {
-        if let Ok(mut g) = self.errors.lock() {
-            g.1 = e;
-        }
-    }
+/// The engine's ready hook that starts its watcher.
+pub fn ready_hook() -> crate::engine::ReadyHook {
+    Box::new(|ctx: Arc<EngineCtx>| {
+        let (sd, name, shared) = (
+            ctx.state_dir().clone(),
+            ctx.deployment().to_owned(),
+            ctx.shared(),
+        );
+        spawn(sd, name, ctx, shared).map(drop)
+    })
 }
 
 /// Run the watcher of deployment `name` in a thread of its own.
@@ -151,8 +93,7 @@ pub fn spawn(
                     link_index: None,
                     memo: None,
                     read_error: None,
-                    streak: 0,
-                    quiet_until: None,
+                    policy: Policy::new(Instant::now()),
                 };
                 if let Err(e) = w.run().await {
                     tracing::error!(error = %e, "watcher stopped");
@@ -179,22 +120,8 @@ struct Watcher {
     state: StateCache,
     /// Why the manifest file could not be read last time (logged once).
     read_error: Option<String>,
-    /// Failed reconciles in a row, and until when kernel events and the
-    /// pending deadline do not start another (the failed apply's own
-    /// revert sends kernel events).
-    streak: u32,
-    quiet_until: Option<Instant>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Trigger {
-    Start,
-    /// An apply or confirm from the CLI finished.
-    Poke,
-    Kernel,
-    File,
-    Resync,
-    Deadline,
+    /// When to reconcile (debounce, back-off, deadline, resync).
+    policy: Policy,
 }
 
 impl Watcher {
@@ -208,39 +135,21 @@ impl Watcher {
             rtnetlink::MulticastGroup::Ipv6Route,
         ])?;
         let conn_task = tokio::spawn(conn);
-        let mut due: Option<(Instant, Trigger)> = Some((Instant::now(), Trigger::Start));
-        let mut next_resync = Instant::now() + RESYNC;
         let result = loop {
-            let pending_deadline = self.pending_deadline();
-            let mut wake = next_resync;
-            if let Some((t, _)) = due {
-                wake = wake.min(t);
-            }
-            let pending_deadline = pending_deadline.map(|t| match self.quiet_until {
-                Some(q) => t.max(q),
-                None => t,
-            });
-            if let Some(t) = pending_deadline {
-                wake = wake.min(t);
-            }
+            let pending = self.pending_deadline();
+            let wake = self.policy.wake_at(pending);
             let watching = self.shared.watch.load(Ordering::Relaxed);
             tokio::select! {
                 ev = events.next() => {
                     let Some((msg, _)) = ev else { break Ok(()) };
                     self.shared.events.fetch_add(1, Ordering::Relaxed);
                     if watching && self.relevant(&msg.payload) {
-                        let mut at = Instant::now() + KERNEL_DEBOUNCE;
-                        if let Some(q) = self.quiet_until {
-                            at = at.max(q);
-                        }
-                        schedule(&mut due, at, Trigger::Kernel);
+                        self.policy.kernel_event(Instant::now());
                     }
                 }
                 r = inotify_event(self.inotify.as_ref()) => {
                     match r {
-                        Ok(true) if watching => {
-                            schedule(&mut due, Instant::now() + FILE_DEBOUNCE, Trigger::File);
-                        }
+                        Ok(true) if watching => self.policy.file_event(Instant::now()),
                         Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "manifest watch failed; relying on resyncs");
@@ -251,27 +160,18 @@ impl Watcher {
                 _ = self.shared.wake.notified() => {
                     // Whoever poked has just changed the state file.
                     self.state.invalidate();
-                    schedule(&mut due, Instant::now(), Trigger::Poke);
+                    self.policy.poke(Instant::now());
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    if pending_deadline.is_some_and(|t| t <= now) {
-                        self.reconcile(&nl, Trigger::Deadline).await;
-                        continue;
-                    }
-                    if let Some((t, trig)) = due
-                        && t <= now {
-                            due = None;
-                            self.reconcile(&nl, trig).await;
-                            next_resync = Instant::now() + RESYNC;
-                            continue;
+                    match self.policy.step(Instant::now(), pending, watching) {
+                        Some(Step::Reconcile(trigger)) => self.reconcile(&nl, trigger).await,
+                        Some(Step::Resync { reconcile }) => {
+                            self.state.invalidate();
+                            if reconcile {
+                                self.reconcile(&nl, Trigger::Resync).await;
+                            }
                         }
-                    if next_resync <= now {
-                        next_resync = now + RESYNC;
-                        self.state.invalidate();
-                        if watching {
-                            self.reconcile(&nl, Trigger::Resync).await;
-                        }
+                        None => {}
                     }
                 }
             }
@@ -329,8 +229,7 @@ impl Watcher {
         let step = EngineStep::InProcess(&engine);
         match deploy::resolve_pending(nl, &self.sd, &self.name, step, false).await {
             Ok(Some(Resolved::Reverted(applied))) => {
-                self.streak = 0;
-                self.quiet_until = None;
+                self.policy.succeeded();
                 tracing::warn!(
                     deployment = %self.name,
                     "no `netman confirm` before the deadline: reverted to the previous configuration"
@@ -348,7 +247,7 @@ impl Watcher {
             }
             Ok(None) => {}
             Err(e) => {
-                self.failed();
+                self.policy.failed(Instant::now());
                 tracing::error!(error = %e, "automatic revert failed");
                 self.shared
                     .set_last_error(Some(format!("automatic revert: {e}")));
@@ -467,8 +366,7 @@ impl Watcher {
         };
         match deploy::apply(nl, &self.sd, &target, step, opts).await {
             Ok(applied) => {
-                self.streak = 0;
-                self.quiet_until = None;
+                self.policy.succeeded();
                 self.refresh_link_index(nl, &target.interface.name).await;
                 if from_file {
                     self.shared.set_manifest_error(None);
@@ -505,7 +403,7 @@ impl Watcher {
                 if pending {
                     return;
                 }
-                self.failed();
+                self.policy.failed(Instant::now());
                 tracing::error!(cause = ?trigger, "reconcile failed: {e}");
                 self.shared.set_last_error(Some(e));
                 self.shared
@@ -514,13 +412,6 @@ impl Watcher {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Back off after a failure: 1 s, 2 s, 4 s ... up to the resync.
-    fn failed(&mut self) {
-        self.streak = self.streak.saturating_add(1);
-        let d = Duration::from_secs(1u64 << self.streak.min(4).saturating_sub(1)).min(RESYNC);
-        self.quiet_until = Some(Instant::now() + d);
     }
 
     /// Remember the deployment's link index, to filter kernel events.
@@ -610,26 +501,6 @@ impl StateCache {
             });
         }
         self.loaded.as_ref().and_then(|(_, st)| st.as_ref())
-    }
-}
-
-fn schedule(due: &mut Option<(Instant, Trigger)>, at: Instant, t: Trigger) {
-    match due {
-        // Keep the earlier deadline. A file change wins over a kernel
-        // event, and a kernel event over a poke or the start (whose
-        // reconcile repairs nothing: it would swallow the event's drift).
-        Some((when, trig)) => {
-            let wins = match t {
-                Trigger::File => true,
-                Trigger::Kernel => matches!(*trig, Trigger::Poke | Trigger::Start),
-                _ => false,
-            };
-            if wins {
-                *trig = t;
-            }
-            *when = (*when).min(at);
-        }
-        None => *due = Some((at, t)),
     }
 }
 
@@ -736,35 +607,6 @@ async fn inotify_event(i: Option<&Inotify>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A kernel event while a poke (or the start) is pending must still
-    /// be repaired: a poke's reconcile repairs nothing (the apply that
-    /// poked has just converged), so keeping `Poke` left drift right after
-    /// an apply or confirm until the 10 s resync. A file change wins over
-    /// both; the earlier deadline is kept.
-    #[test]
-    fn a_kernel_event_is_not_swallowed_by_a_pending_poke() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_millis(100);
-        for first in [Trigger::Poke, Trigger::Start] {
-            let mut due = Some((later, first));
-            schedule(&mut due, t0 + Duration::from_millis(200), Trigger::Kernel);
-            assert_eq!(due, Some((later, Trigger::Kernel)), "{first:?} then Kernel");
-        }
-        let mut due = Some((later, Trigger::File));
-        schedule(&mut due, t0, Trigger::Kernel);
-        assert_eq!(due, Some((t0, Trigger::File)));
-        let mut due = Some((later, Trigger::Kernel));
-        schedule(&mut due, t0, Trigger::Poke);
-        assert_eq!(
-            due,
-            Some((t0, Trigger::Kernel)),
-            "a poke does not hide a kernel event"
-        );
-        let mut due = None;
-        schedule(&mut due, later, Trigger::Poke);
-        assert_eq!(due, Some((later, Trigger::Poke)));
-    }
 
     #[test]
     fn the_state_file_is_read_again_only_when_it_changed() {
