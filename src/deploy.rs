@@ -150,21 +150,25 @@ pub async fn resolve_pending(
             )))
         }
         None => {
-            reconcile::down(nl, sd, name, || stop_engine(sd, name, step)).await?;
+            reconcile::down(nl, sd, name, || stop_engine(sd, name, step).map(drop)).await?;
             Ok(Some(Resolved::TakenDown))
         }
     }
 }
 
-/// Stop the engine of `name` (for `down`) and forget its files.
-pub fn stop_engine(sd: &StateDir, name: &str, step: EngineStep<'_>) -> Result<(), String> {
-    match step {
-        EngineStep::InProcess(engine) => engine.stop()?,
-        EngineStep::Detached | EngineStep::Skip => {
-            engine::stop(sd, name).map_err(|e| e.to_string())?;
+/// Stop the engine of `name` (for `down`) and forget its files. Whether
+/// an engine was running (and is stopped now).
+pub fn stop_engine(sd: &StateDir, name: &str, step: EngineStep<'_>) -> Result<bool, String> {
+    let stopped = match step {
+        EngineStep::InProcess(engine) => {
+            engine.stop()?;
+            true
         }
-    }
+        EngineStep::Detached | EngineStep::Skip => {
+            engine::stop(sd, name).map_err(|e| e.to_string())?
+        }
+    };
     let _ = std::fs::remove_file(engine::config_path(sd, name));
     let _ = std::fs::remove_file(engine::log_path(sd, name));
-    Ok(())
+    Ok(stopped)
 }

@@ -324,12 +324,9 @@ fn run(cli: Cli) -> Result<u8> {
             let result = rt.block_on(async {
                 let nl = Netlink::connect()?;
                 reconcile::down(&nl, &sd, &name, || {
-                    let stopped = engine::stop(&sd, &name).map_err(|e| e.to_string())?;
-                    if stopped {
+                    if deploy::stop_engine(&sd, &name, EngineStep::Detached)? {
                         println!("- engine {name}");
                     }
-                    let _ = std::fs::remove_file(engine::config_path(&sd, &name));
-                    let _ = std::fs::remove_file(engine::log_path(&sd, &name));
                     Ok(())
                 })
                 .await
