@@ -2429,7 +2429,13 @@ fn run_notifies_systemd_ready_once_serving_and_stopping_on_sigterm() {
         .recv(&mut buf)
         .map(|n| text(&buf[..n]))
         .expect("no STOPPING=1 within 15 s of SIGTERM");
-    assert_eq!(stopping, "STOPPING=1");
+    // One assignment per line, as sd_notify(3) reads them (the crate ends
+    // each with a newline), compared like READY=1 above.
+    assert_eq!(
+        stopping.lines().collect::<Vec<_>>(),
+        ["STOPPING=1"],
+        "{stopping:?}"
+    );
     let o = fg.finish(Duration::from_secs(10));
     assert!(o.status.success(), "{}: {}", o.status, text(&o.stderr));
     notify.set_nonblocking(true).expect("nonblocking");

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sd_notify::NotifyState;
 use thiserror::Error;
 
 use crate::files;
@@ -183,9 +184,9 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
         path: sock.clone(),
         source,
     })?;
-    sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    notify_systemd(&[NotifyState::Ready, NotifyState::MainPid(std::process::id())]);
     let result = dp.run();
-    sd_notify("STOPPING=1");
+    notify_systemd(&[NotifyState::Stopping]);
     // Remove the socket only if it is still ours.
     let _ = fs::remove_file(&sock);
     tracing::info!(deployment = %name, "engine stopped");
@@ -193,23 +194,10 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
 }
 
 /// Tell systemd (Type=notify) about our state, if it is listening
-/// (`NOTIFY_SOCKET`, a path or an abstract `@name`).
-fn sd_notify(state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => SocketAddr::from_abstract_name(name),
-        None => SocketAddr::from_pathname(Path::new(&path)),
-    };
-    let sent = addr.and_then(|a| {
-        let sock = UnixDatagram::unbound()?;
-        sock.send_to_addr(state.as_bytes(), &a)
-    });
-    if let Err(e) = sent {
+/// (`NOTIFY_SOCKET`, a path or an abstract `@name`), through the
+/// `sd-notify` crate.
+fn notify_systemd(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
