@@ -1,7 +1,8 @@
 //! The forwarding engine: a process per deployment that attaches to the
 //! deployment's TUN device, binds its UDP port and drives the WireGuard
 //! protocol core ([`dataplane`]), serving status and configuration on a
-//! control socket ([`control`]). `netman apply` starts it detached
+//! control socket ([`control`]) and, read-only, on WireGuard's userspace
+//! API socket for `wg show` ([`uapi`]). `netman apply` starts it detached
 //! ([`spawn_detached`]); `netman run` runs it in the foreground ([`serve`]).
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod handshake;
 pub mod metrics;
 pub mod supervisor;
 pub mod tunrx;
+pub mod uapi;
 pub mod udp;
 
 use std::fs;
@@ -146,6 +148,17 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
             source,
         }
     })?;
+    // wg's socket: bound now, while the engine may still create the
+    // directory; served once the capabilities are dropped. Not being able
+    // to serve it (another process has it) costs `wg show`, not the tunnel.
+    let interface = dp.config().interface.clone();
+    let uapi_bound = match uapi::bind(Path::new(uapi::SOCKET_DIR), &interface) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "`wg show` will not see this interface");
+            None
+        }
+    };
     // Capabilities are per thread and inherited: drop them before any other
     // thread exists.
     let port = dp.listen_port();
@@ -165,6 +178,17 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
         shared: shared.clone(),
         metrics,
     });
+    let uapi_server = uapi_bound.and_then(|b| {
+        let control = ctx.control.clone();
+        let snapshot: uapi::Snapshot = Arc::new(move || {
+            let (tx, rx) = mpsc::channel();
+            control.send(DpCommand::Status(tx)).ok()?;
+            rx.recv_timeout(CONTROL_TIMEOUT).ok()
+        });
+        b.serve(&interface, snapshot, 0)
+            .map_err(|e| tracing::warn!(error = %e, "`wg show` will not see this interface"))
+            .ok()
+    });
     let ctx2 = ctx.clone();
     thread::Builder::new()
         .name("control".into())
@@ -182,6 +206,8 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let result = dp.run();
     sd_notify("STOPPING=1");
+    // Removes wg's socket (if it is still this engine's).
+    drop(uapi_server);
     // Remove the socket only if it is still ours.
     let _ = fs::remove_file(&sock);
     tracing::info!(deployment = %name, "engine stopped");
@@ -526,6 +552,7 @@ pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
         Ok((Response::Pong { pid, .. }, cred)) => (pid, cred),
         _ => {
             let _ = fs::remove_file(&sock);
+            remove_stale_uapi(sd, name);
             return Ok(false);
         }
     };
@@ -590,7 +617,16 @@ pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
         },
     }
     let _ = fs::remove_file(&sock);
+    remove_stale_uapi(sd, name);
     Ok(true)
+}
+
+/// Remove the `wg show` socket a killed engine of `name` left behind (only
+/// a socket that nothing serves any more).
+fn remove_stale_uapi(sd: &StateDir, name: &str) {
+    if let Ok(cfg) = read_config(sd, name) {
+        uapi::remove_stale(Path::new(uapi::SOCKET_DIR), &cfg.interface);
+    }
 }
 
 /// A pidfd (`pidfd_open(2)`): a handle on one process that a recycled pid
