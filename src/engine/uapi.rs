@@ -416,9 +416,7 @@ pub fn remove_stale(dir: &Path, ifname: &str) -> bool {
         return false;
     }
     match UnixStream::connect(&path) {
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            fs::remove_file(&path).is_ok()
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(&path).is_ok(),
         _ => false,
     }
 }
@@ -745,7 +743,10 @@ errno=0
         let mut set = b"set=1\n".to_vec();
         set.extend_from_slice(&line);
         let (out, o, sets) = exchange(set, snap.clone(), long);
-        assert_eq!((out.as_str(), o, sets), ("", Outcome::TooLong { sets: 1 }, 1));
+        assert_eq!(
+            (out.as_str(), o, sets),
+            ("", Outcome::TooLong { sets: 1 }, 1)
+        );
         // A set larger than MAX_SET_BYTES in lines that are each fine.
         let mut big = b"set=1\n".to_vec();
         while big.len() <= MAX_SET_BYTES + 100 {
@@ -811,7 +812,8 @@ errno=0
             .expect("serve");
         // wg's exchange over the real socket.
         let mut c = UnixStream::connect(&path).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         c.write_all(b"get=1\n\n").expect("write");
         c.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let mut out = String::new();
@@ -859,7 +861,10 @@ errno=0
         assert!(!base.0.join("target").exists(), "followed the symlink");
         // Bad interface names never make a path.
         for bad in ["", "a/b", "..", "0123456789abcdef"] {
-            assert!(matches!(bind(&dir, bad), Err(UapiError::BadName(_))), "{bad:?}");
+            assert!(
+                matches!(bind(&dir, bad), Err(UapiError::BadName(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -867,18 +872,30 @@ errno=0
     fn bind_refuses_a_symlinked_or_open_directory() {
         let base = temp_dir("dir");
         let real = base.0.join("real");
-        fs::DirBuilder::new().mode(0o755).create(&real).expect("dir");
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&real)
+            .expect("dir");
         let link = base.0.join("wireguard");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
-        assert!(matches!(bind(&link, "nmtest2"), Err(UapiError::BadDir { .. })));
+        assert!(matches!(
+            bind(&link, "nmtest2"),
+            Err(UapiError::BadDir { .. })
+        ));
         assert!(fs::read_dir(&real).expect("read").next().is_none());
         let open = base.0.join("open");
         fs::create_dir(&open).expect("dir");
         fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .expect("chmod");
-        assert!(matches!(bind(&open, "nmtest2"), Err(UapiError::BadDir { .. })));
+        assert!(matches!(
+            bind(&open, "nmtest2"),
+            Err(UapiError::BadDir { .. })
+        ));
         let file = base.0.join("file");
         fs::write(&file, "").expect("file");
-        assert!(matches!(bind(&file, "nmtest2"), Err(UapiError::BadDir { .. })));
+        assert!(matches!(
+            bind(&file, "nmtest2"),
+            Err(UapiError::BadDir { .. })
+        ));
     }
 }
