@@ -27,6 +27,31 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
     pub preshared_key_file: Option<PathBuf>,
+    /// For a hostname endpoint: the name, re-resolved while the engine runs
+    /// (see `resolver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_name: Option<EndpointName>,
+}
+
+/// Re-resolve a hostname endpoint every this many seconds by default.
+pub const DEFAULT_REFRESH_SECS: u32 = 300;
+/// ... and while the latest handshake is older than this (wg-quick's
+/// `reresolve-dns.sh` uses 135 s: a session's 120 s plus slack).
+pub const DEFAULT_STALE_AFTER_SECS: u32 = 135;
+
+/// A hostname endpoint and how often the engine re-resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointName {
+    pub host: String,
+    pub port: u16,
+    pub refresh_secs: u32,
+    pub stale_after_secs: u32,
+}
+
+impl fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// Everything the engine needs, without secrets.
@@ -85,6 +110,17 @@ impl EngineConfig {
                 allowed_ips: p.allowed_ips.clone(),
                 persistent_keepalive: p.persistent_keepalive,
                 preshared_key_file: p.preshared_key_file.clone(),
+                endpoint_name: match &p.endpoint {
+                    Some(Endpoint::Host { host, port }) => Some(EndpointName {
+                        host: host.clone(),
+                        port: *port,
+                        refresh_secs: p.endpoint_refresh.unwrap_or(DEFAULT_REFRESH_SECS),
+                        stale_after_secs: p
+                            .endpoint_stale_after
+                            .unwrap_or(DEFAULT_STALE_AFTER_SECS),
+                    }),
+                    _ => None,
+                },
             });
         }
         Ok(EngineConfig {
@@ -132,21 +168,26 @@ pub struct LoadedKeys {
 }
 
 fn resolve(peer: &str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
-    let err = |reason: String| ConfigError::Resolve {
+    resolve_host(host, port).map_err(|reason| ConfigError::Resolve {
         peer: peer.to_string(),
         endpoint: format!("{host}:{port}"),
         reason,
-    };
+    })
+}
+
+/// Resolve `host:port` (getaddrinfo: blocks), preferring IPv4 like
+/// wg-quick does.
+pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| err("no addresses".to_string()))
+        .ok_or_else(|| "no addresses".to_string())
 }
 
 /// One change the engine makes (or would make) to reach a configuration.
@@ -424,6 +465,7 @@ mod tests {
             allowed_ips: vec!["10.10.0.2/32".parse().expect("net")],
             persistent_keepalive: Some(25),
             preshared_key_file: None,
+            endpoint_name: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod drops;
 pub mod handshake;
 pub mod metrics;
+pub mod resolver;
 pub mod supervisor;
 pub mod tunrx;
 pub mod uapi;
@@ -171,12 +172,34 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig) -> Result<(), ServeError> {
     // CAP_NET_BIND_SERVICE, like a privileged listen port.
     let metrics = Mutex::new(None);
     update_metrics(&metrics, metrics_addr, &control, &shared);
+    let resolver = Arc::new(resolver::Resolver::default());
+    resolver.set_config(dp.config(), Instant::now());
+    {
+        let (c1, c2) = (control.clone(), control.clone());
+        let snapshot: resolver::Snapshot = Arc::new(move || {
+            let (tx, rx) = mpsc::channel();
+            c1.send(DpCommand::Status(tx)).ok()?;
+            rx.recv_timeout(CONTROL_TIMEOUT).ok()
+        });
+        let set: resolver::SetEndpoint = Arc::new(move |key, name, addr| {
+            let _ = c2.send(DpCommand::SetEndpoint {
+                public_key: key.to_string(),
+                name: name.to_string(),
+                addr,
+            });
+        });
+        let resolve: resolver::ResolveFn = Arc::new(config::resolve_host);
+        if let Err(e) = resolver::spawn(&resolver, snapshot, set, resolve) {
+            tracing::warn!(error = %e, "cannot start the resolver: hostname endpoints stay as resolved at apply");
+        }
+    }
     let ctx = Arc::new(EngineCtx {
         control,
         sd: sd.clone(),
         name: name.clone(),
         shared: shared.clone(),
         metrics,
+        resolver,
     });
     let uapi_server = uapi_bound.and_then(|b| {
         let control = ctx.control.clone();
@@ -295,6 +318,7 @@ pub struct EngineCtx {
     name: String,
     shared: Arc<Shared>,
     metrics: Mutex<Option<metrics::Endpoint>>,
+    resolver: Arc<resolver::Resolver>,
 }
 
 impl EngineCtx {
@@ -326,6 +350,7 @@ impl EngineCtx {
                 tracing::warn!(error = %e, "could not record the engine config");
             }
             self.shared.watch.store(saved.watch, Ordering::Relaxed);
+            self.resolver.set_config(&saved, Instant::now());
             update_metrics(&self.metrics, saved.metrics, &self.control, &self.shared);
         }
         Ok(changes)
@@ -444,6 +469,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
             }
             match rx.recv_timeout(CONTROL_TIMEOUT) {
                 Ok(mut s) => {
+                    ctx.resolver.annotate(&mut s);
                     s.watch = Some(ctx.shared.status());
                     s.watch_counters = Some(ctx.shared.counters());
                     Response::Status(Box::new(s))

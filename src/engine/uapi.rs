@@ -585,6 +585,8 @@ mod tests {
             handshakes: 0,
             handshake_attempts: 0,
             preshared_key: false,
+            endpoint_name: None,
+            endpoint_error: None,
         };
         let mut b = peer("site-b", [0x11; 32]);
         b.endpoint = Some("192.0.2.2:51820".parse().expect("addr"));
