@@ -54,8 +54,19 @@ fn peer_status(site: &Site) -> serde_json::Value {
     v[0]["engine"]["peers"][0].clone()
 }
 
-#[test]
-fn a_hostname_endpoint_follows_its_name_without_an_apply() {
+/// Two sites, hub B reachable at 192.0.2.2 and 198.51.100.2, A's peer
+/// endpoint a name that A's hosts file gives as 192.0.2.2, re-resolved
+/// every second; the tunnel up. `watch` is A's manifest setting.
+struct Setup {
+    a: Site,
+    b: Site,
+    etc: NetnsEtc,
+    host: String,
+    name: String,
+    manifest_a: PathBuf,
+}
+
+fn setup(watch: bool) -> Setup {
     let a = Site::new("rra", "site-a");
     let b = Site::new("rrb", "site-b");
     let host = format!("{}.test", unique("hub-"));
@@ -88,7 +99,7 @@ fn a_hostname_endpoint_follows_its_name_without_an_apply() {
     let ma = a.dir.write(
         "site-a.yaml",
         &format!(
-            "name: site-a\ninterface:\n  name: nm0\n  addresses: [10.10.0.1/24]\n  listen_port: {WG_PORT}\n  private_key_file: {}\npeers:\n  - name: hub\n    public_key: \"{}\"\n    endpoint: {name}\n    allowed_ips: [10.10.0.2/32]\n    persistent_keepalive: 1\n    endpoint_refresh: 1\nwatch: false\n",
+            "name: site-a\ninterface:\n  name: nm0\n  addresses: [10.10.0.1/24]\n  listen_port: {WG_PORT}\n  private_key_file: {}\npeers:\n  - name: hub\n    public_key: \"{}\"\n    endpoint: {name}\n    allowed_ips: [10.10.0.2/32]\n    persistent_keepalive: 1\n    endpoint_refresh: 1\nwatch: {watch}\n",
             a.key.private_file.display(),
             b.key.public
         ),
@@ -113,6 +124,26 @@ fn a_hostname_endpoint_follows_its_name_without_an_apply() {
         wait_ping(&a.ns, "10.10.0.2", Duration::from_secs(15)),
         "no ping through the tunnel"
     );
+    Setup {
+        a,
+        b,
+        etc,
+        host,
+        name,
+        manifest_a: ma,
+    }
+}
+
+#[test]
+fn a_hostname_endpoint_follows_its_name_without_an_apply() {
+    let Setup {
+        a,
+        b,
+        etc,
+        host,
+        name,
+        ..
+    } = setup(false);
     let p = peer_status(&a);
     assert_eq!(p["endpoint_name"], name.as_str());
     assert_eq!(p["endpoint"], format!("192.0.2.2:{WG_PORT}").as_str());
@@ -168,4 +199,48 @@ fn a_hostname_endpoint_follows_its_name_without_an_apply() {
         text.contains("endpoint error: ") && text.contains("the last good address stays in use"),
         "{text}"
     );
+}
+
+/// With the watcher on, its re-applies resolve the manifest again: a name
+/// that is down must not make them fail (the engine keeps the last good
+/// address), so a manifest change still goes through.
+#[test]
+fn a_name_that_is_down_does_not_stop_the_watcher() {
+    let Setup {
+        a,
+        b: _b,
+        etc,
+        manifest_a,
+        ..
+    } = setup(true);
+    etc.write("hosts", "127.0.0.1 localhost\n");
+    let mut p = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            p = peer_status(&a);
+            !p["endpoint_error"].is_null()
+        }),
+        "no resolve error reported: {p}"
+    );
+    // A change the watcher applies: the keepalive 1 -> 2.
+    let text = std::fs::read_to_string(&manifest_a).expect("manifest");
+    let changed = text.replace("persistent_keepalive: 1\n", "persistent_keepalive: 2\n");
+    assert_ne!(text, changed);
+    std::fs::write(&manifest_a, changed).expect("write manifest");
+    let mut st = serde_json::Value::Null;
+    let settled = wait_until(Duration::from_secs(30), || {
+        let out = a.nm().ok(&["status", "site-a", "--output", "json"]);
+        st = serde_json::from_str(&out).expect("status JSON");
+        let e = &st[0]["engine"];
+        e["peers"][0]["persistent_keepalive"] == 2 || !e["watch"]["last_error"].is_null()
+    });
+    let e = &st[0]["engine"];
+    assert!(settled, "the watcher did nothing with the change: {e:#}");
+    assert!(e["watch"]["last_error"].is_null(), "{:#}", e["watch"]);
+    assert_eq!(e["peers"][0]["persistent_keepalive"], 2);
+    assert_eq!(
+        e["peers"][0]["endpoint"],
+        format!("192.0.2.2:{WG_PORT}").as_str()
+    );
+    ping_ok(&a.ns, "10.10.0.2", 3);
 }

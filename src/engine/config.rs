@@ -95,12 +95,33 @@ impl EngineConfig {
     /// The engine configuration a manifest asks for. Hostname endpoints
     /// are resolved here (at apply), preferring IPv4 like wg-quick does.
     pub fn from_manifest(m: &Manifest) -> Result<EngineConfig, ConfigError> {
+        Self::from_manifest_with(m, &|_, _| None)
+    }
+
+    /// [`EngineConfig::from_manifest`], where a hostname that does not
+    /// resolve takes `fallback(public key, "host:port")` instead, when that
+    /// knows one (the running engine's last good address: the watcher's
+    /// re-applies do not fail while a name is down).
+    pub fn from_manifest_with(
+        m: &Manifest,
+        fallback: &dyn Fn(&str, &str) -> Option<SocketAddr>,
+    ) -> Result<EngineConfig, ConfigError> {
         let mut peers = Vec::with_capacity(m.peers.len());
         for p in &m.peers {
             let endpoint = match &p.endpoint {
                 None => None,
                 Some(Endpoint::Addr(a)) => Some(*a),
-                Some(Endpoint::Host { host, port }) => Some(resolve(&p.name, host, *port)?),
+                Some(Endpoint::Host { host, port }) => match resolve(&p.name, host, *port) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let name = format!("{host}:{port}");
+                        let Some(a) = fallback(&p.public_key.to_base64(), &name) else {
+                            return Err(e);
+                        };
+                        tracing::debug!(peer = %p.name, error = %e, kept = %a, "endpoint name does not resolve; keeping the last good address");
+                        Some(a)
+                    }
+                },
             };
             peers.push(PeerSpec {
                 name: p.name.clone(),

@@ -356,6 +356,14 @@ impl EngineCtx {
         Ok(changes)
     }
 
+    /// The address in use for the hostname endpoint `name` of the peer
+    /// with `public_key`, as the resolver last had it.
+    pub fn last_endpoint(&self, public_key: &str, name: &str) -> Option<std::net::SocketAddr> {
+        let states = self.resolver.states();
+        let (n, addr, _) = states.get(public_key)?;
+        (n == name).then_some(*addr)?
+    }
+
     /// Stop the data plane (and so the engine).
     pub fn stop(&self) -> Result<(), String> {
         self.control.send(DpCommand::Stop)
