@@ -30,6 +30,9 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STALE_RETRY: Duration = Duration::from_secs(30);
 /// How often the thread looks at what is due.
 const TICK: Duration = Duration::from_secs(1);
+/// How often, at most, it asks the data plane for the handshake times
+/// (only while some peer's stale retry time has come).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Resolve `host:port` (blocking).
 pub type ResolveFn = Arc<dyn Fn(&str, u16) -> Result<SocketAddr, String> + Send + Sync>;
@@ -285,11 +288,15 @@ pub fn spawn(
     thread::Builder::new()
         .name("resolver".into())
         .spawn(move || {
+            let mut last_status: Option<Instant> = None;
             loop {
                 thread::sleep(TICK);
                 let Some(r) = weak.upgrade() else { return };
                 let now = Instant::now();
-                let handshakes: HashMap<String, Option<u64>> = if r.wants_status(now) {
+                let ask = r.wants_status(now)
+                    && last_status.is_none_or(|t| now.saturating_duration_since(t) >= STATUS_EVERY);
+                let handshakes: HashMap<String, Option<u64>> = if ask {
+                    last_status = Some(now);
                     snapshot()
                         .map(|s| {
                             s.peers
