@@ -61,7 +61,16 @@ pub async fn apply(
     step: EngineStep<'_>,
     opts: ApplyOptions,
 ) -> Result<Applied, DeployError> {
-    let mut cfg = engine_config(m)?;
+    let mut cfg = match step {
+        // The watcher's re-apply: a name that is down keeps the address
+        // the engine uses (the resolver reports the error).
+        EngineStep::InProcess(engine) => {
+            let cfg = EngineConfig::from_manifest_with(m, &|k, n| engine.last_endpoint(k, n))?;
+            cfg.load_keys()?;
+            cfg
+        }
+        _ => engine_config(m)?,
+    };
     cfg.watch = watching(sd, m, opts.no_watch);
     let applied = reconcile::apply(nl, sd, m, opts, async || {
         let changes = match step {

@@ -721,8 +721,14 @@ fn print_status(
         if p.preshared_key {
             println!("  preshared key: (hidden)");
         }
-        if let Some(ep) = p.endpoint {
-            println!("  endpoint: {ep}");
+        match (p.endpoint, &p.endpoint_name) {
+            (Some(ep), Some(name)) => println!("  endpoint: {ep} ({name})"),
+            (Some(ep), None) => println!("  endpoint: {ep}"),
+            (None, Some(name)) => println!("  endpoint: (none) ({name})"),
+            (None, None) => {}
+        }
+        if let Some(err) = &p.endpoint_error {
+            println!("  endpoint error: {err} (the last good address stays in use)");
         }
         let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
         println!(

@@ -835,6 +835,7 @@ fn a_configure_that_fails_changes_nothing() {
         allowed_ips: vec!["10.10.0.3/32".parse().expect("prefix")],
         persistent_keepalive: None,
         preshared_key_file: None,
+        endpoint_name: None,
     });
     let sock = a.state_dir().join("site-a.sock");
     let push = |dry_run: bool| {

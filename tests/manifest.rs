@@ -428,6 +428,65 @@ fn rejection_cases() -> Vec<Case> {
             "site-a.yaml:10:27: peers[0].persistent_keepalive: 65536 is out of range (1..=65535 seconds)",
         ),
         case(
+            "endpoint_refresh 0",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    endpoint: hub.example.net:51820",
+                "    allowed_ips: []",
+                "    endpoint_refresh: 0",
+            ]),
+            "site-a.yaml:11:23: peers[0].endpoint_refresh: 0 is out of range (1..=86400 seconds)",
+        ),
+        case(
+            "endpoint_stale_after too large",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    endpoint: hub.example.net:51820",
+                "    allowed_ips: []",
+                "    endpoint_stale_after: 86401",
+            ]),
+            "site-a.yaml:11:27: peers[0].endpoint_stale_after: 86401 is out of range (1..=86400 seconds)",
+        ),
+        case(
+            "endpoint_refresh not an integer",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    endpoint: hub.example.net:51820",
+                "    allowed_ips: []",
+                "    endpoint_refresh: 5m",
+            ]),
+            "site-a.yaml:11:23: peers[0].endpoint_refresh: expected an integer, found string",
+        ),
+        case(
+            "endpoint_refresh with an address endpoint",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    endpoint: 192.0.2.10:51820",
+                "    allowed_ips: []",
+                "    endpoint_refresh: 60",
+            ]),
+            "site-a.yaml:11:23: peers[0].endpoint_refresh: only a hostname endpoint is re-resolved; peers[0].endpoint is an address",
+        ),
+        case(
+            "endpoint_stale_after without an endpoint",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    allowed_ips: []",
+                "    endpoint_stale_after: 60",
+            ]),
+            "site-a.yaml:10:27: peers[0].endpoint_stale_after: only a hostname endpoint is re-resolved; peers[0] has no endpoint",
+        ),
+        case(
             "endpoint port 0",
             with_head(&[
                 "peers:",
@@ -572,7 +631,7 @@ fn rejection_cases() -> Vec<Case> {
                 "    allowed_ips: []",
                 "    keepalive: 25",
             ]),
-            "site-a.yaml:10:5: peers[0].keepalive: unknown key `keepalive` (expected one of: name, public_key, endpoint, allowed_ips, persistent_keepalive, preshared_key_file)",
+            "site-a.yaml:10:5: peers[0].keepalive: unknown key `keepalive` (expected one of: name, public_key, endpoint, allowed_ips, persistent_keepalive, preshared_key_file, endpoint_refresh, endpoint_stale_after)",
         ),
         case(
             "unknown route key",
@@ -983,6 +1042,8 @@ fn full_manifest_with_every_field() {
                     ],
                     persistent_keepalive: Some(25),
                     preshared_key_file: Some(PathBuf::from("/srv/netman/keys/ab.psk")),
+                    endpoint_refresh: None,
+                    endpoint_stale_after: None,
                 },
                 Peer {
                     name: "site-c".to_owned(),
@@ -991,6 +1052,8 @@ fn full_manifest_with_every_field() {
                     allowed_ips: vec!["10.10.0.3/32".parse().unwrap()],
                     persistent_keepalive: None,
                     preshared_key_file: None,
+                    endpoint_refresh: None,
+                    endpoint_stale_after: None,
                 },
             ],
             routes: vec![
@@ -1077,6 +1140,38 @@ fn endpoints_hostname_and_bracketed_v6() {
 
     let v4 = with_endpoint("192.0.2.10:51820");
     assert_eq!(v4.to_string(), "192.0.2.10:51820");
+}
+
+#[test]
+fn endpoint_refresh_settings_are_taken_for_a_hostname_endpoint() {
+    let text = with_head(&[
+        "peers:",
+        "  - name: site-b",
+        &format!("    public_key: {K1}"),
+        "    endpoint: hub.example.net:51820",
+        "    allowed_ips: []",
+        "    endpoint_refresh: 60",
+        "    endpoint_stale_after: 86400",
+        "  - name: site-c",
+        &format!("    public_key: {K2}"),
+        "    endpoint: localhost:51820",
+        "    allowed_ips: []",
+    ]);
+    let m = parse(&text).unwrap();
+    assert_eq!(m.peers[0].endpoint_refresh, Some(60));
+    assert_eq!(m.peers[0].endpoint_stale_after, Some(86400));
+    // Absent: the engine's defaults (300 s and 135 s).
+    assert_eq!(m.peers[1].endpoint_refresh, None);
+    assert_eq!(m.peers[1].endpoint_stale_after, None);
+    // The engine keeps the name with the defaults filled in, next to the
+    // address it resolved at apply (localhost: /etc/hosts).
+    let mut one = m.clone();
+    one.peers.remove(0);
+    let cfg = netman::engine::config::EngineConfig::from_manifest(&one).unwrap();
+    let name = cfg.peers[0].endpoint_name.clone().unwrap();
+    assert_eq!(name.to_string(), "localhost:51820");
+    assert_eq!((name.refresh_secs, name.stale_after_secs), (300, 135));
+    assert!(cfg.peers[0].endpoint.unwrap().ip().is_loopback());
 }
 
 #[test]

@@ -27,6 +27,31 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
     pub preshared_key_file: Option<PathBuf>,
+    /// For a hostname endpoint: the name, re-resolved while the engine runs
+    /// (see `resolver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_name: Option<EndpointName>,
+}
+
+/// Re-resolve a hostname endpoint every this many seconds by default.
+pub const DEFAULT_REFRESH_SECS: u32 = 300;
+/// ... and while the latest handshake is older than this (wg-quick's
+/// `reresolve-dns.sh` uses 135 s: a session's 120 s plus slack).
+pub const DEFAULT_STALE_AFTER_SECS: u32 = 135;
+
+/// A hostname endpoint and how often the engine re-resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointName {
+    pub host: String,
+    pub port: u16,
+    pub refresh_secs: u32,
+    pub stale_after_secs: u32,
+}
+
+impl fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// Everything the engine needs, without secrets.
@@ -70,12 +95,33 @@ impl EngineConfig {
     /// The engine configuration a manifest asks for. Hostname endpoints
     /// are resolved here (at apply), preferring IPv4 like wg-quick does.
     pub fn from_manifest(m: &Manifest) -> Result<EngineConfig, ConfigError> {
+        Self::from_manifest_with(m, &|_, _| None)
+    }
+
+    /// [`EngineConfig::from_manifest`], where a hostname that does not
+    /// resolve takes `fallback(public key, "host:port")` instead, when that
+    /// knows one (the running engine's last good address: the watcher's
+    /// re-applies do not fail while a name is down).
+    pub fn from_manifest_with(
+        m: &Manifest,
+        fallback: &dyn Fn(&str, &str) -> Option<SocketAddr>,
+    ) -> Result<EngineConfig, ConfigError> {
         let mut peers = Vec::with_capacity(m.peers.len());
         for p in &m.peers {
             let endpoint = match &p.endpoint {
                 None => None,
                 Some(Endpoint::Addr(a)) => Some(*a),
-                Some(Endpoint::Host { host, port }) => Some(resolve(&p.name, host, *port)?),
+                Some(Endpoint::Host { host, port }) => match resolve(&p.name, host, *port) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let name = format!("{host}:{port}");
+                        let Some(a) = fallback(&p.public_key.to_base64(), &name) else {
+                            return Err(e);
+                        };
+                        tracing::debug!(peer = %p.name, error = %e, kept = %a, "endpoint name does not resolve; keeping the last good address");
+                        Some(a)
+                    }
+                },
             };
             peers.push(PeerSpec {
                 name: p.name.clone(),
@@ -85,6 +131,17 @@ impl EngineConfig {
                 allowed_ips: p.allowed_ips.clone(),
                 persistent_keepalive: p.persistent_keepalive,
                 preshared_key_file: p.preshared_key_file.clone(),
+                endpoint_name: match &p.endpoint {
+                    Some(Endpoint::Host { host, port }) => Some(EndpointName {
+                        host: host.clone(),
+                        port: *port,
+                        refresh_secs: p.endpoint_refresh.unwrap_or(DEFAULT_REFRESH_SECS),
+                        stale_after_secs: p
+                            .endpoint_stale_after
+                            .unwrap_or(DEFAULT_STALE_AFTER_SECS),
+                    }),
+                    _ => None,
+                },
             });
         }
         Ok(EngineConfig {
@@ -132,21 +189,26 @@ pub struct LoadedKeys {
 }
 
 fn resolve(peer: &str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
-    let err = |reason: String| ConfigError::Resolve {
+    resolve_host(host, port).map_err(|reason| ConfigError::Resolve {
         peer: peer.to_string(),
         endpoint: format!("{host}:{port}"),
         reason,
-    };
+    })
+}
+
+/// Resolve `host:port` (getaddrinfo: blocks), preferring IPv4 like
+/// wg-quick does.
+pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| err("no addresses".to_string()))
+        .ok_or_else(|| "no addresses".to_string())
 }
 
 /// One change the engine makes (or would make) to reach a configuration.
@@ -424,6 +486,7 @@ mod tests {
             allowed_ips: vec!["10.10.0.2/32".parse().expect("net")],
             persistent_keepalive: Some(25),
             preshared_key_file: None,
+            endpoint_name: None,
         }
     }
 

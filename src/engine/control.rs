@@ -102,6 +102,14 @@ pub struct PeerStatus {
     pub handshakes: u64,
     pub handshake_attempts: u64,
     pub preshared_key: bool,
+    /// A hostname endpoint's name (`host:port`); the engine re-resolves it
+    /// and `endpoint` is the address in use.
+    #[serde(default)]
+    pub endpoint_name: Option<String>,
+    /// Why the last resolution of `endpoint_name` failed (the last good
+    /// address stays in use), if it did.
+    #[serde(default)]
+    pub endpoint_error: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
@@ -81,6 +82,15 @@ pub enum Command {
         config: Box<EngineConfig>,
         dry_run: bool,
         reply: mpsc::Sender<Result<Vec<EngineChange>, String>>,
+    },
+    /// A hostname endpoint resolved to a new address: send to it from now
+    /// on (like a roaming peer: the session stays). The peer is named by
+    /// its public key (base64) and its endpoint name, so a reply for a
+    /// peer since removed or given another endpoint changes nothing.
+    SetEndpoint {
+        public_key: String,
+        name: String,
+        addr: SocketAddr,
     },
     Stop,
 }
@@ -571,9 +581,40 @@ impl DataPlane {
                     let r = self.configure(*config, dry_run).map_err(|e| e.to_string());
                     let _ = reply.send(r);
                 }
+                Command::SetEndpoint {
+                    public_key,
+                    name,
+                    addr,
+                } => self.set_endpoint(&public_key, &name, addr),
             }
         }
         false
+    }
+
+    /// Point the peer with `public_key`, whose endpoint is the name
+    /// `name`, at `addr` (see [`Command::SetEndpoint`]).
+    fn set_endpoint(&mut self, public_key: &str, name: &str, addr: SocketAddr) {
+        let Some(i) = self.config.peers.iter().position(|p| {
+            p.public_key == public_key
+                && p.endpoint_name
+                    .as_ref()
+                    .is_some_and(|n| n.to_string() == name)
+        }) else {
+            return;
+        };
+        let (Some(spec), Some(id)) = (self.config.peers.get_mut(i), self.ids.get(i)) else {
+            return;
+        };
+        if spec.endpoint == Some(addr) {
+            return;
+        }
+        spec.endpoint = Some(addr);
+        let pc = peer_config(spec, &self.keys, i);
+        // Same public key: the sessions, timers and counters stay; only
+        // where the next datagram goes changes.
+        if let Err(e) = self.device.update_peer(*id, pc) {
+            tracing::error!(peer = %spec.name, error = %e, "could not set the endpoint");
+        }
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -595,6 +636,8 @@ impl DataPlane {
                 handshakes: stats.as_ref().map_or(0, |s| s.handshakes_completed),
                 handshake_attempts: stats.as_ref().map_or(0, |s| s.handshake_attempts),
                 preshared_key: spec.preshared_key_file.is_some(),
+                endpoint_name: spec.endpoint_name.as_ref().map(ToString::to_string),
+                endpoint_error: None,
             });
         }
         // Every reason, zeros included: the metrics export each from the

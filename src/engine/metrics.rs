@@ -460,6 +460,8 @@ mod tests {
                 handshakes: 3,
                 handshake_attempts: 4,
                 preshared_key: false,
+                endpoint_name: None,
+                endpoint_error: None,
             }],
             drops: [("replay".to_string(), 7u64)].into(),
             udp_gso_refused: 0,

@@ -1,7 +1,8 @@
 //! The forwarding engine: a process per deployment that attaches to the
 //! deployment's TUN device, binds its UDP port and drives the WireGuard
 //! protocol core ([`dataplane`]), serving status and configuration on a
-//! control socket ([`control`]). `netman apply` starts it detached
+//! control socket ([`control`]) and, read-only, on WireGuard's userspace
+//! API socket for `wg show` ([`uapi`]). `netman apply` starts it detached
 //! ([`spawn_detached`]); `netman run` runs it in the foreground ([`serve`]).
 
 pub mod config;
@@ -10,8 +11,10 @@ pub mod dataplane;
 pub mod drops;
 pub mod handshake;
 pub mod metrics;
+pub mod resolver;
 pub mod shared;
 pub mod tunrx;
+pub mod uapi;
 pub mod udp;
 
 use std::fs;
@@ -153,6 +156,17 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
             source,
         }
     })?;
+    // wg's socket: bound now, while the engine may still create the
+    // directory; served once the capabilities are dropped. Not being able
+    // to serve it (another process has it) costs `wg show`, not the tunnel.
+    let interface = dp.config().interface.clone();
+    let uapi_bound = match uapi::bind(Path::new(uapi::SOCKET_DIR), &interface) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "`wg show` will not see this interface");
+            None
+        }
+    };
     // Capabilities are per thread and inherited: drop them before any other
     // thread exists.
     let port = dp.listen_port();
@@ -165,12 +179,45 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
     // CAP_NET_BIND_SERVICE, like a privileged listen port.
     let metrics = Mutex::new(None);
     update_metrics(&metrics, metrics_addr, &control, &shared);
+    let resolver = Arc::new(resolver::Resolver::default());
+    resolver.set_config(dp.config(), Instant::now());
+    {
+        let (c1, c2) = (control.clone(), control.clone());
+        let snapshot: resolver::Snapshot = Arc::new(move || {
+            let (tx, rx) = mpsc::channel();
+            c1.send(DpCommand::Status(tx)).ok()?;
+            rx.recv_timeout(CONTROL_TIMEOUT).ok()
+        });
+        let set: resolver::SetEndpoint = Arc::new(move |key, name, addr| {
+            let _ = c2.send(DpCommand::SetEndpoint {
+                public_key: key.to_string(),
+                name: name.to_string(),
+                addr,
+            });
+        });
+        let resolve: resolver::ResolveFn = Arc::new(config::resolve_host);
+        if let Err(e) = resolver::spawn(&resolver, snapshot, set, resolve) {
+            tracing::warn!(error = %e, "cannot start the resolver: hostname endpoints stay as resolved at apply");
+        }
+    }
     let ctx = Arc::new(EngineCtx {
         control,
         sd: sd.clone(),
         name: name.clone(),
         shared: shared.clone(),
         metrics,
+        resolver,
+    });
+    let uapi_server = uapi_bound.and_then(|b| {
+        let control = ctx.control.clone();
+        let snapshot: uapi::Snapshot = Arc::new(move || {
+            let (tx, rx) = mpsc::channel();
+            control.send(DpCommand::Status(tx)).ok()?;
+            rx.recv_timeout(CONTROL_TIMEOUT).ok()
+        });
+        b.serve(&interface, snapshot, 0)
+            .map_err(|e| tracing::warn!(error = %e, "`wg show` will not see this interface"))
+            .ok()
     });
     let ctx2 = ctx.clone();
     thread::Builder::new()
@@ -187,6 +234,8 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
     notify_systemd(&[NotifyState::Ready, NotifyState::MainPid(std::process::id())]);
     let result = dp.run();
     notify_systemd(&[NotifyState::Stopping]);
+    // Removes wg's socket (if it is still this engine's).
+    drop(uapi_server);
     // Remove the socket only if it is still ours.
     let _ = fs::remove_file(&sock);
     tracing::info!(deployment = %name, "engine stopped");
@@ -261,6 +310,7 @@ pub struct EngineCtx {
     name: String,
     shared: Arc<Shared>,
     metrics: Mutex<Option<metrics::Endpoint>>,
+    resolver: Arc<resolver::Resolver>,
 }
 
 impl EngineCtx {
@@ -305,9 +355,18 @@ impl EngineCtx {
                 tracing::warn!(error = %e, "could not record the engine config");
             }
             self.shared.watch.store(saved.watch, Ordering::Relaxed);
+            self.resolver.set_config(&saved, Instant::now());
             update_metrics(&self.metrics, saved.metrics, &self.control, &self.shared);
         }
         Ok(changes)
+    }
+
+    /// The address in use for the hostname endpoint `name` of the peer
+    /// with `public_key`, as the resolver last had it.
+    pub fn last_endpoint(&self, public_key: &str, name: &str) -> Option<std::net::SocketAddr> {
+        let states = self.resolver.states();
+        let (n, addr, _) = states.get(public_key)?;
+        (n == name).then_some(*addr)?
     }
 
     /// Stop the data plane (and so the engine).
@@ -423,6 +482,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
             }
             match rx.recv_timeout(CONTROL_TIMEOUT) {
                 Ok(mut s) => {
+                    ctx.resolver.annotate(&mut s);
                     s.watch = Some(ctx.shared.status());
                     s.watch_counters = Some(ctx.shared.counters());
                     Response::Status(Box::new(s))
@@ -531,6 +591,7 @@ pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
         Ok((Response::Pong { pid, .. }, cred)) => (pid, cred),
         _ => {
             let _ = fs::remove_file(&sock);
+            remove_stale_uapi(sd, name);
             return Ok(false);
         }
     };
@@ -595,7 +656,16 @@ pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
         },
     }
     let _ = fs::remove_file(&sock);
+    remove_stale_uapi(sd, name);
     Ok(true)
+}
+
+/// Remove the `wg show` socket a killed engine of `name` left behind (only
+/// a socket that nothing serves any more).
+fn remove_stale_uapi(sd: &StateDir, name: &str) {
+    if let Ok(cfg) = read_config(sd, name) {
+        uapi::remove_stale(Path::new(uapi::SOCKET_DIR), &cfg.interface);
+    }
 }
 
 /// A pidfd (`pidfd_open(2)`): a handle on one process that a recycled pid

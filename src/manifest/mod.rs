@@ -15,6 +15,8 @@
 //!     endpoint: 192.0.2.2:51820     # optional; v4:port, "[v6]:port" or host:port
 //!     allowed_ips: [10.10.0.2/32, 172.18.2.0/24]
 //!     persistent_keepalive: 25      # optional
+//!     endpoint_refresh: 300         # optional, hostname endpoints: re-resolve every N s
+//!     endpoint_stale_after: 135     # optional, hostname endpoints: and when no handshake for N s
 //!     preshared_key_file: keys/ab.psk   # optional
 //! routes:                           # optional
 //!   - to: 192.168.50.0/24
@@ -368,6 +370,14 @@ pub struct Peer {
     pub persistent_keepalive: Option<u16>,
     /// Absolute path of the preshared key file, if any.
     pub preshared_key_file: Option<PathBuf>,
+    /// Seconds between re-resolutions of a hostname endpoint (set only
+    /// with one; the engine's default when absent).
+    #[serde(default)]
+    pub endpoint_refresh: Option<u32>,
+    /// Re-resolve a hostname endpoint also while the latest handshake is
+    /// older than this many seconds.
+    #[serde(default)]
+    pub endpoint_stale_after: Option<u32>,
 }
 
 /// A peer's UDP endpoint.

@@ -145,6 +145,17 @@ pub struct RawPeer {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub preshared_key_file: Option<Spanned<String>>,
+    /// Seconds between re-resolutions of a hostname endpoint, 1..=86400
+    /// (default 300). Only with a hostname endpoint.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 86400))]
+    pub endpoint_refresh: Option<Spanned<Int>>,
+    /// Re-resolve a hostname endpoint also while the peer's latest
+    /// handshake is older than this many seconds, 1..=86400 (default 135).
+    /// Only with a hostname endpoint.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 86400))]
+    pub endpoint_stale_after: Option<Spanned<Int>>,
 }
 
 /// One entry of `routes:`.

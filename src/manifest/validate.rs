@@ -24,6 +24,8 @@
 //!   A peer's allowed IP containing another peer's is a warning; a peer all of whose
 //!   allowed IPs are covered whole by more specific ones is an error (`overlap.rs`).
 //! - `peers[].persistent_keepalive`: 1..=65535 seconds.
+//! - `peers[].endpoint_refresh`, `peers[].endpoint_stale_after`: 1..=86400 seconds,
+//!   only with a hostname endpoint.
 //! - `routes[].metric`: 0..=4294967295.
 //! - `forwarding`: a boolean. `firewall`: see `firewall.rs`.
 
@@ -541,6 +543,7 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                 .map(Some),
         };
 
+        let refresh = refresh_settings(ctx, peer, p, endpoint.as_ref());
         let preshared_key_file = match &peer.preshared_key_file {
             None => Some(None),
             Some(f) => ctx
@@ -556,6 +559,7 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                 endpoint,
                 persistent_keepalive,
                 preshared_key_file,
+                refresh,
             ) {
                 (
                     true,
@@ -564,6 +568,7 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                     Some(endpoint),
                     Some(persistent_keepalive),
                     Some(preshared_key_file),
+                    Some((endpoint_refresh, endpoint_stale_after)),
                 ) => Some(Peer {
                     name,
                     public_key,
@@ -571,6 +576,8 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
                     allowed_ips,
                     persistent_keepalive,
                     preshared_key_file,
+                    endpoint_refresh,
+                    endpoint_stale_after,
                 }),
                 _ => None,
             },
@@ -605,6 +612,53 @@ fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
         }
     }
     out
+}
+
+/// `peers[p].endpoint_refresh` and `endpoint_stale_after`: 1..=86400
+/// seconds, and only for a hostname endpoint (an address is never
+/// re-resolved). `endpoint` is the peer's checked endpoint (`None` when it
+/// did not validate: then only the ranges are checked).
+fn refresh_settings(
+    ctx: &mut Ctx<'_>,
+    peer: &RawPeer,
+    p: usize,
+    endpoint: Option<&Option<Endpoint>>,
+) -> Option<(Option<u32>, Option<u32>)> {
+    let mut ok = true;
+    let mut one = |ctx: &mut Ctx<'_>, v: &Option<Spanned<Int>>, field: &str| -> Option<u32> {
+        let v = v.as_ref()?;
+        let path = || format!("peers[{p}].{field}");
+        let n = ctx.check(v, path, |&n: &Int| {
+            let n = n.get()?;
+            u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=86_400).contains(n))
+                .ok_or_else(|| format!("{n} is out of range (1..=86400 seconds)"))
+        });
+        match (n, endpoint) {
+            (None, _) => ok = false,
+            (Some(_), Some(Some(Endpoint::Host { .. })) | None) => {}
+            (Some(_), Some(e)) => {
+                ctx.error(
+                    v.referenced,
+                    path(),
+                    match e {
+                        Some(_) => format!(
+                            "only a hostname endpoint is re-resolved; peers[{p}].endpoint is an address"
+                        ),
+                        None => format!(
+                            "only a hostname endpoint is re-resolved; peers[{p}] has no endpoint"
+                        ),
+                    },
+                );
+                ok = false;
+            }
+        }
+        n
+    };
+    let refresh = one(ctx, &peer.endpoint_refresh, "endpoint_refresh");
+    let stale = one(ctx, &peer.endpoint_stale_after, "endpoint_stale_after");
+    ok.then_some((refresh, stale))
 }
 
 /// `peers[].public_key`: 32 bytes of base64, and a key a handshake can

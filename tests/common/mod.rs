@@ -896,6 +896,31 @@ pub fn boringtun_bin() -> PathBuf {
     p
 }
 
+/// Removes `UAPI_DIR/<ifname>.sock` on drop if it is still a socket: a
+/// netman engine killed with its namespace (SIGKILL) cannot remove the
+/// `wg show` socket it serves. Declare it before the site, so it is
+/// dropped after the namespace and its processes.
+pub struct UapiSocketGuard {
+    pub path: PathBuf,
+}
+
+impl UapiSocketGuard {
+    pub fn new(ifname: &str) -> UapiSocketGuard {
+        UapiSocketGuard {
+            path: Path::new(UAPI_DIR).join(format!("{ifname}.sock")),
+        }
+    }
+}
+
+impl Drop for UapiSocketGuard {
+    fn drop(&mut self) {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A wireguard-go or boringtun-cli daemon serving interface `ifname` in a
 /// namespace; stopped and its UAPI socket removed on drop.
 pub struct UserspaceWg {
