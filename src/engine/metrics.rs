@@ -479,6 +479,7 @@ mod tests {
                 peers: vec![],
                 watch: true,
                 metrics: None,
+                fwmark: None,
             },
             watch: None,
             watch_counters: None,

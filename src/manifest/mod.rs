@@ -309,6 +309,25 @@ pub struct Interface {
     pub listen_port: Option<u16>,
     /// Absolute path of the private key file (resolved against the manifest's directory).
     pub private_key_file: PathBuf,
+    /// `interface.table` as written (`None`: automatic, see
+    /// [`crate::model::Routing`]).
+    #[serde(default)]
+    pub table: Option<RouteTable>,
+    /// `interface.fwmark` as written: the mark on the engine's UDP sockets.
+    #[serde(default)]
+    pub fwmark: Option<u32>,
+}
+
+/// Where the routes of a deployment go (`interface.table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteTable {
+    /// The main table (254).
+    Main,
+    /// No routes at all.
+    Off,
+    /// A numbered table, 1..=2^32-1 except 253, 254 and 255.
+    Id(u32),
 }
 
 /// A remote site.

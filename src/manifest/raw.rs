@@ -91,6 +91,33 @@ pub struct RawInterface {
     /// File with the private key (wg genkey format, mode 0600), relative to the manifest's directory.
     #[schemars(with = "String", length(min = 1))]
     pub private_key_file: Spanned<String>,
+    /// Routing table of the routes: `main` (default), `off` (no routes) or
+    /// a number (1..=4294967295 except 253, 254, 255). Automatic when absent
+    /// and a peer's allowed_ips hold a default route.
+    #[serde(default)]
+    #[schemars(with = "Option<RawTableSchema>")]
+    pub table: Option<Spanned<IntOrWord>>,
+    /// Firewall mark (1..=4294967295) on the engine's UDP sockets.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub fwmark: Option<Spanned<Int>>,
+}
+
+/// The schema of `interface.table`: a word or a number.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawTableSchema {
+    Word(RawTableWord),
+    Id(u32),
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum RawTableWord {
+    Main,
+    Off,
 }
 
 /// One entry of `peers:`.
@@ -215,6 +242,82 @@ impl Int {
             Int::Value(v) => Ok(v),
             Int::NotInteger(kind) => Err(format!("expected an integer, found {kind}")),
         }
+    }
+}
+
+/// An integer or a word (`interface.table`), any other node kept as its
+/// kind for a positioned error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntOrWord {
+    Int(Int),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrWord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+
+        impl<'de> Visitor<'de> for V {
+            type Value = IntOrWord;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a word")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Word(v.chars().take(64).collect()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(i128::from(v))))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(i128::from(v))))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(v)))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(
+                    i128::try_from(v).unwrap_or(i128::MAX),
+                )))
+            }
+
+            fn visit_f64<E: de::Error>(self, _v: f64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("floating point number")))
+            }
+
+            fn visit_bool<E: de::Error>(self, _v: bool) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("boolean")))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("null")))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("null")))
+            }
+
+            fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("binary")))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntOrWord, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Int(Int::NotInteger("list")))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntOrWord, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Int(Int::NotInteger("mapping")))
+            }
+        }
+
+        deserializer.deserialize_any(V)
     }
 }
 

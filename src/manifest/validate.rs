@@ -33,9 +33,10 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{ManifestError, ManifestErrors};
-use super::raw::{Int, RawInterface, RawManifest, RawPeer, RawRoute};
+use super::raw::{Int, IntOrWord, RawInterface, RawManifest, RawPeer, RawRoute};
 use super::{
-    DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, Peer, PublicKey, Route, Source,
+    DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, Peer, PublicKey, Route,
+    RouteTable, Source,
 };
 
 const MAX_NAME_LEN: usize = 32;
@@ -339,6 +340,33 @@ fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface
         "interface.private_key_file".to_owned()
     });
 
+    let table = match &raw.table {
+        None => Some(None),
+        Some(t) => ctx
+            .check(t, || "interface.table".to_owned(), table_value)
+            .map(Some),
+    };
+    let fwmark = match &raw.fwmark {
+        None => Some(None),
+        Some(m) => ctx
+            .check(
+                m,
+                || "interface.fwmark".to_owned(),
+                |&n: &Int| {
+                    let v = n.get()?;
+                    match u32::try_from(v) {
+                        Ok(0) => Err(
+                            "fwmark 0 means no mark (1..=4294967295); omit fwmark instead"
+                                .to_owned(),
+                        ),
+                        Ok(v) => Ok(v),
+                        Err(_) => Err(format!("fwmark {v} is out of range (1..=4294967295)")),
+                    }
+                },
+            )
+            .map(Some),
+    };
+
     let addresses = all_ok.then_some(addresses);
     Some(Interface {
         name: name?,
@@ -346,7 +374,40 @@ fn interface(ctx: &mut Ctx<'_>, raw: &Spanned<RawInterface>) -> Option<Interface
         mtu: mtu?,
         listen_port: listen_port?,
         private_key_file: private_key_file?,
+        table: table?,
+        fwmark: fwmark?,
     })
+}
+
+/// `interface.table`: `main`, `off` or a table number that is not one of
+/// the kernel's reserved ones.
+fn table_value(v: &IntOrWord) -> Result<RouteTable, String> {
+    match v {
+        IntOrWord::Word(w) if w == "main" => Ok(RouteTable::Main),
+        IntOrWord::Word(w) if w == "off" => Ok(RouteTable::Off),
+        IntOrWord::Word(w) => Err(format!("expected main, off or a table number, found {w:?}")),
+        IntOrWord::Int(Int::NotInteger(kind)) => Err(format!(
+            "expected main, off or a table number, found {kind}"
+        )),
+        IntOrWord::Int(Int::Value(v)) => {
+            let v = *v;
+            match u32::try_from(v) {
+                Ok(0) => Err(
+                    "table 0 is not a table (1..=4294967295); omit table for the automatic choice"
+                        .to_owned(),
+                ),
+                Ok(253) => Err(
+                    "table 253 is the kernel's `default` table; choose another number".to_owned(),
+                ),
+                Ok(254) => Err("table 254 is the main table; write `main`".to_owned()),
+                Ok(255) => {
+                    Err("table 255 is the kernel's `local` table; choose another number".to_owned())
+                }
+                Ok(t) => Ok(RouteTable::Id(t)),
+                Err(_) => Err(format!("table {v} is out of range (1..=4294967295)")),
+            }
+        }
+    }
 }
 
 fn peers(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPeer>]) -> Vec<Option<Peer>> {
