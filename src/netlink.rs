@@ -622,7 +622,10 @@ fn parse_rule(r: &RuleMessage) -> Option<RuleSpec> {
             RuleAttribute::Priority(p) => spec.priority = *p,
             RuleAttribute::Table(t) => spec.table = *t,
             RuleAttribute::FwMark(m) => spec.fwmark = Some(*m),
-            RuleAttribute::SuppressPrefixLen(n) => spec.suppress_prefixlength = Some(*n),
+            // The kernel reports "none" as -1.
+            RuleAttribute::SuppressPrefixLen(n) if *n != u32::MAX => {
+                spec.suppress_prefixlength = Some(*n)
+            }
             _ => {}
         }
     }
