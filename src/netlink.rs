@@ -23,9 +23,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 use thiserror::Error;
 
-use crate::model::{
-    MAIN_TABLE, Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias,
-};
+use crate::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias};
 use crate::plan::Action;
 use crate::tun;
 
@@ -631,9 +629,6 @@ fn parse_rule(r: &RuleMessage) -> Option<RuleSpec> {
     }
     if spec.fwmark == Some(0) {
         spec.fwmark = None;
-    }
-    if spec.table == 0 {
-        spec.table = MAIN_TABLE;
     }
     ours.then_some(spec)
 }
