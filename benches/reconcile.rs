@@ -81,6 +81,7 @@ fn planning(c: &mut Criterion) {
             },
         )]
         .into(),
+        rules: BTreeSet::new(),
     };
     let owned = Owned::from_desired(&desired);
     let mut g = c.benchmark_group("plan");

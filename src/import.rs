@@ -105,6 +105,51 @@ pub struct ImportedPeer {
     pub persistent_keepalive: Option<u16>,
 }
 
+/// wg-quick's `Table` as `interface.table` writes it: a word or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImportedTable {
+    Id(u32),
+    Word(String),
+}
+
+/// wg-quick's `Table` value: `Ok(None)` for `auto`, an error message
+/// (a note) for what netman cannot take.
+fn import_table(value: &str) -> Result<Option<ImportedTable>, String> {
+    let v = value.trim();
+    let lower = v.to_ascii_lowercase();
+    match lower.as_str() {
+        "auto" => return Ok(None),
+        "off" | "main" => return Ok(Some(ImportedTable::Word(lower))),
+        _ => {}
+    }
+    match v.parse::<u32>() {
+        Ok(254) => Ok(Some(ImportedTable::Word("main".into()))),
+        Ok(n @ (0 | 253 | 255)) => Err(format!(
+            "table {n} is reserved by the kernel; interface.table takes main, off or another number"
+        )),
+        Ok(n) => Ok(Some(ImportedTable::Id(n))),
+        Err(_) => Err(
+            "interface.table takes main, off or a number (look the name up in /etc/iproute2/rt_tables)"
+                .into(),
+        ),
+    }
+}
+
+/// wg-quick's (wg's) `FwMark`: `off`, or a number, decimal or `0x` hex.
+fn import_fwmark(value: &str) -> Result<Option<u32>, String> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => v.parse::<u32>(),
+    }
+    .map_err(|_| "not a 32-bit number".to_string())?;
+    Ok((n != 0).then_some(n))
+}
+
 /// A parsed wg-quick configuration. Not `Debug`: it holds keys.
 pub struct Imported {
     pub interface: String,
@@ -112,6 +157,10 @@ pub struct Imported {
     pub addresses: Vec<IpNet>,
     pub listen_port: Option<u16>,
     pub mtu: Option<u32>,
+    /// `Table`, as `interface.table` (`auto` is the default: `None`).
+    pub table: Option<ImportedTable>,
+    /// `FwMark`, as `interface.fwmark` (`off`/0: `None`).
+    pub fwmark: Option<u32>,
     pub peers: Vec<ImportedPeer>,
     /// A forwarding sysctl or FORWARD rules in the scripts:
     /// `forwarding: true`.
@@ -192,6 +241,8 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
     let mut addresses = Vec::new();
     let mut listen_port = None;
     let mut mtu = None;
+    let mut table = None;
+    let mut fwmark = None;
     // Each note with the line it is about.
     let mut notes: Vec<(usize, String)> = Vec::new();
     let mut scripts: Vec<Script<'_>> = Vec::new();
@@ -334,10 +385,18 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                 "dns" => notes.push((line_no, format!(
                     "line {line_no}: DNS = {value} is not managed by netman; configure the resolver separately"
                 ))),
-                "table" => notes.push((line_no, format!(
-                    "line {line_no}: Table = {value} ignored: netman adds routes for allowed IPs to the main table"
-                ))),
-                "fwmark" => notes.push((line_no, format!("line {line_no}: FwMark = {value} ignored"))),
+                "table" => match import_table(value) {
+                    Ok(t) => table = t,
+                    Err(why) => notes.push((line_no, format!(
+                        "line {line_no}: Table = {value} not carried over: {why}"
+                    ))),
+                },
+                "fwmark" => match import_fwmark(value) {
+                    Ok(m) => fwmark = m,
+                    Err(why) => notes.push((line_no, format!(
+                        "line {line_no}: FwMark = {value} not carried over: {why}"
+                    ))),
+                },
                 "saveconfig" => notes.push((line_no, format!("line {line_no}: SaveConfig ignored"))),
                 other => {
                     return Err(syntax(
@@ -391,7 +450,7 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                             }
                             if trunc.prefix_len() == 0 {
                                 notes.push((line_no, format!(
-                                    "line {line_no}: AllowedIPs {trunc} routes everything through the tunnel; netman adds it to the main table (wg-quick uses policy routing); check it does not collide with your default route"
+                                    "line {line_no}: AllowedIPs {trunc} routes everything through the tunnel; unless interface.table says otherwise, netman (like wg-quick) keeps the tunnel's own datagrams out of it with a routing table, an fwmark and two policy rules of its own (see interface.table in the README)"
                                 )));
                             }
                             d.allowed_ips.push(trunc);
@@ -447,6 +506,8 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
         addresses,
         listen_port,
         mtu,
+        table,
+        fwmark,
         peers,
         forwarding: fw.forwarding,
         firewall: fw.rules,
@@ -528,6 +589,10 @@ struct DocInterface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     listen_port: Option<u16>,
     private_key_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<ImportedTable>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fwmark: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,6 +650,8 @@ pub fn render(imp: &Imported, name: &str, source: &str) -> Result<Output, Import
             mtu: imp.mtu,
             listen_port: imp.listen_port,
             private_key_file: key_file.clone(),
+            table: imp.table.clone(),
+            fwmark: imp.fwmark,
         },
         peers,
         forwarding: imp.forwarding.then_some(true),

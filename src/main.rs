@@ -551,8 +551,13 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         }
     };
     let in_sync = plan.is_empty() && engine.is_empty();
+    // Why table and fwmark were chosen automatically (a full tunnel).
+    let notes: Vec<String> = netman::model::Routing::of(&m).note.into_iter().collect();
     match output {
         Output::Text => {
+            for n in &notes {
+                println!("# {n}");
+            }
             if in_sync {
                 println!("in sync: deployment {}", m.name);
             } else {
@@ -577,6 +582,7 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
                 "actions": plan.kernel.actions,
                 "firewall": plan.firewall.changes,
                 "engine": engine,
+                "notes": notes,
                 "text": text,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);

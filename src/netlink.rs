@@ -18,13 +18,17 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 use thiserror::Error;
 
-use crate::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, link_alias};
+use crate::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias};
 use crate::plan::Action;
 use crate::tun;
+
+/// The kernel's `local` table (addresses of the host, broadcast).
+const LOCAL_TABLE: u32 = 255;
 
 /// How many independent requests may be in flight on the socket at once.
 const PIPELINE_DEPTH: usize = 256;
@@ -146,8 +150,9 @@ impl Netlink {
         }
     }
 
-    /// Observe the named links, their addresses and the main-table routes
-    /// through them.
+    /// Observe the named links, their addresses and the routes through
+    /// them (every table but `local`), and every policy rule with netman's
+    /// protocol.
     pub async fn observe<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
@@ -187,6 +192,34 @@ impl Netlink {
             link.routes = ours;
             link.foreign_routes = foreign;
             out.links.insert(name.to_string(), link);
+        }
+        out.rules = self.rules().await?;
+        Ok(out)
+    }
+
+    /// The policy rules with netman's protocol (IPv4 and IPv6).
+    async fn rules(&self) -> Result<BTreeSet<RuleSpec>, NetlinkError> {
+        let mut out = BTreeSet::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RuleMessage::default();
+            msg.header.family = family;
+            let replies = match self.dump(RouteNetlinkMessage::GetRule(msg)).await {
+                Ok(r) => r,
+                // No IPv6 in this namespace or kernel: no IPv6 rules.
+                Err(e)
+                    if family == AddressFamily::Inet6 && errno(&e) == Some(libc::EAFNOSUPPORT) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(kernel("dump policy rules")(e)),
+            };
+            for r in replies {
+                if let RouteNetlinkMessage::NewRule(r) = r
+                    && let Some(spec) = parse_rule(&r)
+                {
+                    out.insert(spec);
+                }
+            }
         }
         Ok(out)
     }
@@ -234,7 +267,8 @@ impl Netlink {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family;
-            msg.header.table = RouteHeader::RT_TABLE_MAIN;
+            // Every table (strict checking filters by the oif alone).
+            msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
             msg.attributes.push(RouteAttribute::Oif(index));
             let replies = self
                 .dump(RouteNetlinkMessage::GetRoute(msg))
@@ -285,12 +319,16 @@ impl Netlink {
             // Resolve link indexes once per group (all actions name links).
             let mut indexes = Vec::with_capacity(group.len());
             for a in group {
+                let Some(link) = a.link() else {
+                    indexes.push(0);
+                    continue;
+                };
                 let idx = match &index_cache {
-                    Some((n, idx)) if n == a.link() => *idx,
+                    Some((n, idx)) if n == link => *idx,
                     _ if matches!(a, Action::CreateLink { .. }) => 0,
                     _ => {
-                        let idx = self.index_of(a.link()).await.map_err(|e| vec![e])?;
-                        index_cache = Some((a.link().to_string(), idx));
+                        let idx = self.index_of(link).await.map_err(|e| vec![e])?;
+                        index_cache = Some((link.to_string(), idx));
                         idx
                     }
                 };
@@ -390,6 +428,22 @@ impl Netlink {
                     r => r.map_err(kernel(format!("delete link {link}"))),
                 }
             }
+            Action::AddRule { rule } => self
+                .ack(
+                    RouteNetlinkMessage::NewRule(rule_msg(rule)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+                .await
+                .map_err(kernel(format!("add policy rule {rule}"))),
+            Action::DelRule { rule } => {
+                match self
+                    .ack(RouteNetlinkMessage::DelRule(rule_msg(rule)), 0)
+                    .await
+                {
+                    Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+                    r => r.map_err(kernel(format!("remove policy rule {rule}"))),
+                }
+            }
         }
     }
 
@@ -415,6 +469,8 @@ fn pipelinable(a: &Action) -> bool {
             | Action::DelAddress { .. }
             | Action::AddRoute { .. }
             | Action::DelRoute { .. }
+            | Action::AddRule { .. }
+            | Action::DelRule { .. }
     )
 }
 
@@ -452,7 +508,9 @@ fn route_msg(index: u32, r: &RouteSpec) -> RouteMessage {
         IpNet::V6(_) => AddressFamily::Inet6,
     };
     m.header.destination_prefix_length = r.dst.prefix_len();
-    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    // Tables above 255 exist only as the RTA_TABLE attribute.
+    m.header.table = u8::try_from(r.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    m.attributes.push(RouteAttribute::Table(r.table));
     m.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
     m.header.scope = match r.dst {
         IpNet::V4(_) => RouteScope::Link,
@@ -487,7 +545,7 @@ fn parse_route(r: &RouteMessage, index: u32) -> Option<(RouteSpec, u8)> {
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || oif != Some(index) {
+    if table == LOCAL_TABLE || oif != Some(index) {
         return None;
     }
     let dst = match (dst, r.header.address_family) {
@@ -498,5 +556,79 @@ fn parse_route(r: &RouteMessage, index: u32) -> Option<(RouteSpec, u8)> {
     };
     let net = IpNet::new(dst, r.header.destination_prefix_length).ok()?;
     let proto = u8::from(r.header.protocol);
-    Some((RouteSpec { dst: net, metric }, proto))
+    Some((
+        RouteSpec {
+            dst: net,
+            metric,
+            table,
+        },
+        proto,
+    ))
+}
+
+fn rule_msg(r: &RuleSpec) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = if r.v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.action = RuleAction::ToTable;
+    m.header.table = u8::try_from(r.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    if r.invert {
+        m.header.flags = RuleFlags::Invert;
+    }
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::Other(
+            ROUTE_PROTOCOL,
+        )));
+    if let Some(mark) = r.fwmark {
+        m.attributes.push(RuleAttribute::FwMark(mark));
+        m.attributes.push(RuleAttribute::FwMask(u32::MAX));
+    }
+    if let Some(n) = r.suppress_prefixlength {
+        m.attributes.push(RuleAttribute::SuppressPrefixLen(n));
+    }
+    m
+}
+
+/// A `lookup` rule with netman's protocol, in the shape netman writes
+/// (anything else, e.g. with a source prefix, is not netman's).
+fn parse_rule(r: &RuleMessage) -> Option<RuleSpec> {
+    if r.header.action != RuleAction::ToTable || r.header.src_len != 0 || r.header.dst_len != 0 {
+        return None;
+    }
+    let v6 = match r.header.family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    let mut spec = RuleSpec {
+        v6,
+        priority: 0,
+        fwmark: None,
+        invert: r.header.flags.contains(RuleFlags::Invert),
+        table: u32::from(r.header.table),
+        suppress_prefixlength: None,
+    };
+    let mut ours = false;
+    for attr in &r.attributes {
+        match attr {
+            RuleAttribute::Protocol(p) => ours = u8::from(*p) == ROUTE_PROTOCOL,
+            RuleAttribute::Priority(p) => spec.priority = *p,
+            RuleAttribute::Table(t) => spec.table = *t,
+            RuleAttribute::FwMark(m) => spec.fwmark = Some(*m),
+            // The kernel reports "none" as -1.
+            RuleAttribute::SuppressPrefixLen(n) if *n != u32::MAX => {
+                spec.suppress_prefixlength = Some(*n)
+            }
+            _ => {}
+        }
+    }
+    if spec.fwmark == Some(0) {
+        spec.fwmark = None;
+    }
+    ours.then_some(spec)
 }

@@ -7,7 +7,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::model::{Desired, LinkSpec, Observed, ObservedLink, Owned, RouteSpec, is_ours};
+use crate::model::{
+    Desired, LinkSpec, Observed, ObservedLink, Owned, RouteSpec, RuleSpec, is_ours,
+};
 
 /// One step towards the desired state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,14 +56,29 @@ pub enum Action {
     DeleteLink {
         link: String,
     },
+    /// Add a policy rule (with netman's protocol), after the routes of the
+    /// table it points to.
+    AddRule {
+        rule: RuleSpec,
+    },
+    /// Delete one of this deployment's policy rules.
+    DelRule {
+        rule: RuleSpec,
+    },
 }
 
 impl Action {
     /// The `+`/`-`/`~` sign of the action in text output.
     pub fn sign(&self) -> char {
         match self {
-            Action::CreateLink { .. } | Action::AddAddress { .. } | Action::AddRoute { .. } => '+',
-            Action::DelAddress { .. } | Action::DelRoute { .. } | Action::DeleteLink { .. } => '-',
+            Action::CreateLink { .. }
+            | Action::AddAddress { .. }
+            | Action::AddRoute { .. }
+            | Action::AddRule { .. } => '+',
+            Action::DelAddress { .. }
+            | Action::DelRoute { .. }
+            | Action::DeleteLink { .. }
+            | Action::DelRule { .. } => '-',
             Action::SetAlias { .. }
             | Action::SetMtu { .. }
             | Action::SetUp { .. }
@@ -69,9 +86,10 @@ impl Action {
         }
     }
 
-    /// The link the action is about.
-    pub fn link(&self) -> &str {
+    /// The link the action is about (none for a policy rule).
+    pub fn link(&self) -> Option<&str> {
         match self {
+            Action::AddRule { .. } | Action::DelRule { .. } => None,
             Action::CreateLink { link, .. }
             | Action::SetAlias { link }
             | Action::SetMtu { link, .. }
@@ -81,7 +99,7 @@ impl Action {
             | Action::DelRoute { link, .. }
             | Action::DelAddress { link, .. }
             | Action::SetDown { link }
-            | Action::DeleteLink { link } => link,
+            | Action::DeleteLink { link } => Some(link),
         }
     }
 }
@@ -104,7 +122,13 @@ impl fmt::Display for Action {
                 if let Some(m) = route.explicit_metric() {
                     write!(f, " metric {m}")?;
                 }
+                if route.table != crate::model::MAIN_TABLE {
+                    write!(f, " table {}", route.table)?;
+                }
                 Ok(())
+            }
+            Action::AddRule { rule } | Action::DelRule { rule } => {
+                write!(f, "{s} policy rule {rule}")
             }
         }
     }
@@ -171,6 +195,19 @@ pub fn plan(
     let mut down = Vec::new();
     let mut delete = Vec::new();
     let mut readd = Vec::new();
+    let mut add_rule = Vec::new();
+    let mut del_rule = Vec::new();
+
+    // Rules: this deployment's are the recorded ones; another deployment's
+    // rules (also with netman's protocol) are left alone.
+    for r in desired.rules.difference(&observed.rules) {
+        add_rule.push(Action::AddRule { rule: r.clone() });
+    }
+    for r in owned.rules.intersection(&observed.rules) {
+        if !desired.rules.contains(r) {
+            del_rule.push(Action::DelRule { rule: r.clone() });
+        }
+    }
 
     for (name, spec) in &desired.links {
         let recorded = owned.links.get(name);
@@ -244,9 +281,12 @@ pub fn plan(
         return Err(PlanErrors(errors));
     }
     // Links that go away are deleted first: their routes would otherwise
-    // collide (EEXIST) with the same routes on a renamed link.
+    // collide (EEXIST) with the same routes on a renamed link. Rules that
+    // go away go before that (traffic falls back to the main table rather
+    // than to an emptied one); new rules come once their table is filled.
     let actions = [
-        delete, create, alias, mtu, add_addr, up, add_route, del_route, del_addr, readd, down,
+        del_rule, delete, create, alias, mtu, add_addr, up, add_route, del_route, del_addr, readd,
+        add_rule, down,
     ]
     .into_iter()
     .flatten()
@@ -386,6 +426,11 @@ pub fn desired_from_snapshot(
             },
         );
     }
+    out.rules = owned_before
+        .rules
+        .intersection(&snapshot.rules)
+        .cloned()
+        .collect();
     out
 }
 
@@ -427,6 +472,7 @@ mod tests {
     fn desired() -> Desired {
         Desired {
             links: [("nm0".to_string(), spec())].into(),
+            rules: BTreeSet::new(),
         }
     }
 
@@ -454,6 +500,7 @@ mod tests {
         obs.addresses.insert(net("fe80::1234/64"));
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         let owned = Owned::from_desired(&desired());
         let p = plan("a", &desired(), &observed, &owned).expect("plan");
@@ -465,6 +512,7 @@ mod tests {
         let obs = observed_from(&spec(), "somebody");
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         let err = plan("a", &desired(), &observed, &Owned::default()).expect_err("foreign");
         assert!(
@@ -474,6 +522,7 @@ mod tests {
         let obs = observed_from(&spec(), "netman:b");
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         let err =
             plan("a", &desired(), &observed, &Owned::default()).expect_err("other deployment");
@@ -486,6 +535,7 @@ mod tests {
         obs.alias = None;
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         assert!(plan("a", &desired(), &observed, &Owned::default()).is_err());
         let p = plan("a", &desired(), &observed, &Owned::from_desired(&desired())).expect("adopt");
@@ -505,6 +555,7 @@ mod tests {
             .insert(RouteSpec::new(net("10.77.0.0/16"), None));
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         let mut owned = Owned::from_desired(&desired());
         owned
@@ -530,6 +581,7 @@ mod tests {
         obs.foreign_routes.insert(r);
         let observed = Observed {
             links: [("nm0".to_string(), obs)].into(),
+            ..Default::default()
         };
         let err = plan("a", &desired(), &observed, &Owned::from_desired(&desired()))
             .expect_err("conflict");
@@ -543,9 +595,11 @@ mod tests {
     fn renamed_interface_creates_new_then_deletes_old() {
         let observed = Observed {
             links: [("old0".to_string(), observed_from(&spec(), "netman:a"))].into(),
+            ..Default::default()
         };
         let owned = Owned {
             links: [("old0".to_string(), spec().addresses)].into(),
+            ..Default::default()
         };
         let p = plan("a", &desired(), &observed, &owned).expect("plan");
         let t = text(&p);
@@ -563,6 +617,7 @@ mod tests {
                 ("nm1".to_string(), observed_from(&spec(), "netman:zzz")),
             ]
             .into(),
+            ..Default::default()
         };
         let owned = Owned {
             links: [
@@ -571,6 +626,7 @@ mod tests {
                 ("gone".to_string(), BTreeSet::new()),
             ]
             .into(),
+            ..Default::default()
         };
         let p = plan("a", &Desired::default(), &observed, &owned).expect("plan");
         assert_eq!(text(&p), "- link nm0\n");
@@ -585,14 +641,17 @@ mod tests {
         before.routes = [RouteSpec::new(net("172.18.0.0/16"), None)].into();
         let snapshot = Observed {
             links: [("nm0".to_string(), before)].into(),
+            ..Default::default()
         };
         let owned_before = Owned {
             links: [("nm0".to_string(), [net("10.10.0.1/24")].into())].into(),
+            ..Default::default()
         };
         let target = desired_from_snapshot(&snapshot, &owned_before, "a");
         // Now: as desired() (after a partial apply).
         let now = Observed {
             links: [("nm0".to_string(), observed_from(&spec(), "netman:a"))].into(),
+            ..Default::default()
         };
         let owned_now = owned_before.union(&Owned::from_desired(&desired()));
         let p = plan("a", &target, &now, &owned_now).expect("plan");

@@ -256,6 +256,7 @@ fn nothing_is_written_through_a_planted_symlink() {
         peers: Vec::new(),
         watch: true,
         metrics: None,
+        fwmark: None,
     };
     let planted = engine::config_path(&sd, "site-a").with_extension("json.tmp");
     std::os::unix::fs::symlink(&v, &planted).expect("symlink");

@@ -620,7 +620,7 @@ fn rejection_cases() -> Vec<Case> {
         case(
             "unknown interface key",
             with_head(&["  mtu_bytes: 1400"]),
-            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, listen_port, private_key_file)",
+            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark)",
         ),
         case(
             "unknown peer key",
@@ -637,6 +637,56 @@ fn rejection_cases() -> Vec<Case> {
             "unknown route key",
             with_head(&["routes:", "  - to: 192.168.50.0/24", "    via: 10.10.0.2"]),
             "site-a.yaml:8:5: routes[0].via: unknown key `via` (expected one of: to, metric)",
+        ),
+        case(
+            "table: the kernel's default table",
+            with_head(&["  table: 253"]),
+            "site-a.yaml:6:10: interface.table: table 253 is the kernel's `default` table; choose another number",
+        ),
+        case(
+            "table: main by number",
+            with_head(&["  table: 254"]),
+            "site-a.yaml:6:10: interface.table: table 254 is the main table; write `main`",
+        ),
+        case(
+            "table: the local table",
+            with_head(&["  table: 255"]),
+            "site-a.yaml:6:10: interface.table: table 255 is the kernel's `local` table; choose another number",
+        ),
+        case(
+            "table 0",
+            with_head(&["  table: 0"]),
+            "site-a.yaml:6:10: interface.table: table 0 is not a table (1..=4294967295); omit table for the automatic choice",
+        ),
+        case(
+            "table out of range",
+            with_head(&["  table: 4294967296"]),
+            "site-a.yaml:6:10: interface.table: table 4294967296 is out of range (1..=4294967295)",
+        ),
+        case(
+            "table: an unknown word",
+            with_head(&["  table: auto"]),
+            "site-a.yaml:6:10: interface.table: expected main, off or a table number, found \"auto\"",
+        ),
+        case(
+            "table: a list",
+            with_head(&["  table: [1]"]),
+            "site-a.yaml:6:10: interface.table: expected main, off or a table number, found list",
+        ),
+        case(
+            "fwmark 0",
+            with_head(&["  fwmark: 0"]),
+            "site-a.yaml:6:11: interface.fwmark: fwmark 0 means no mark (1..=4294967295); omit fwmark instead",
+        ),
+        case(
+            "fwmark negative",
+            with_head(&["  fwmark: -1"]),
+            "site-a.yaml:6:11: interface.fwmark: fwmark -1 is out of range (1..=4294967295)",
+        ),
+        case(
+            "fwmark as a string",
+            with_head(&["  fwmark: \"0xca6c\""]),
+            "site-a.yaml:6:11: interface.fwmark: expected an integer, found string",
         ),
         case(
             "string where an integer is expected",
@@ -923,7 +973,7 @@ fn key_material_never_appears_in_messages() {
     assert_eq!(
         pasted,
         [
-            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, listen_port, private_key_file)"
+            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark)"
         ]
     );
 
@@ -948,6 +998,8 @@ fn minimal_manifest_gets_defaults_and_resolved_key_path() {
             listen_port: None,
             private_key_file: PathBuf::from("/etc/netman/a.key"),
             mss_clamp: MssClamp::Off,
+            table: None,
+            fwmark: None,
         }
     );
     assert_eq!(manifest::DEFAULT_MTU, 1420);
@@ -1029,6 +1081,8 @@ fn full_manifest_with_every_field() {
                 listen_port: Some(51820),
                 private_key_file: PathBuf::from("/srv/netman/keys/site-a.key"),
                 mss_clamp: MssClamp::Off,
+                table: None,
+                fwmark: None,
             },
             peers: vec![
                 Peer {

@@ -791,6 +791,18 @@ fn check_import(ns: &NetNs, dir: &TempDir, want: &WantConf) {
     assert_eq!(addrs, want.addresses, "{what}");
     assert_eq!(m.interface.listen_port, want.listen_port, "{what}");
     assert_eq!(m.interface.mtu, want.mtu, "{what}");
+    // wg-quick's `Table = off` is carried over (issue 13), not noted.
+    if want.text.contains("Table = off") {
+        assert_eq!(
+            m.interface.table,
+            Some(netman::manifest::RouteTable::Off),
+            "{what}"
+        );
+        assert!(
+            !err.contains("Table = off"),
+            "import {what}: Table noted:\n{err}"
+        );
+    }
     let key_file = &m.interface.private_key_file;
     assert_eq!(
         key_file,
@@ -934,7 +946,6 @@ fn import_round_trips_real_world_wg_quick_files() {
             "line 10: PostDown iptables -D FORWARD -i %i -j ACCEPT: not executed; understood as the undo of line 9",
             "line 10: PostDown iptables -t nat -D POSTROUTING -o eth0 -j MASQUERADE: not executed; understood as the undo of line 9",
             "line 9: FORWARD rules need a host that forwards: imported as `forwarding: true`",
-            "Table = off ignored",
             "SaveConfig ignored",
             "AllowedIPs 192.168.20.5/24 has host bits set; imported as 192.168.20.0/24",
         ],
@@ -1449,8 +1460,14 @@ fn imported_wg_quick_configs_of_two_sites_carry_traffic() {
     assert!(has_line(&out, "applied: deployment hub"), "{out}");
     let out = rw.apply(&rw_yaml);
     assert!(has_line(&out, "+ link wg-client (tun, mtu 1420)"), "{out}");
+    // A full tunnel: the default routes go into table 51820 (no listen
+    // port), with netman's policy rules (issue 13).
     assert!(
-        has_line(&out, "+ route 0.0.0.0/0 dev wg-client"),
+        has_line(&out, "+ route 0.0.0.0/0 dev wg-client table 51820")
+            && has_line(
+                &out,
+                "+ policy rule ipv4 32765: not fwmark 51820 lookup 51820"
+            ),
         "the client's default route is not applied:\n{out}"
     );
 

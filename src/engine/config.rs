@@ -69,6 +69,10 @@ pub struct EngineConfig {
     /// Prometheus endpoint, if any.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// SO_MARK of the UDP sockets (`interface.fwmark`, or chosen for a full
+    /// tunnel, see `model::Routing`).
+    #[serde(default)]
+    pub fwmark: Option<u32>,
 }
 
 fn default_true() -> bool {
@@ -153,6 +157,7 @@ impl EngineConfig {
             peers,
             watch: m.watch,
             metrics: m.metrics.as_ref().map(|x| x.listen),
+            fwmark: crate::model::Routing::of(m).fwmark,
         })
     }
 
@@ -242,6 +247,10 @@ pub enum EngineChange {
         from: Option<SocketAddr>,
         to: Option<SocketAddr>,
     },
+    Fwmark {
+        from: Option<u32>,
+        to: Option<u32>,
+    },
     AddPeer {
         name: String,
         public_key: String,
@@ -318,6 +327,9 @@ impl fmt::Display for EngineChange {
             EngineChange::Metrics { from, to } => {
                 write!(f, "{s} engine metrics {} -> {}", opt(from), opt(to))
             }
+            EngineChange::Fwmark { from, to } => {
+                write!(f, "{s} engine fwmark {} -> {}", opt(from), opt(to))
+            }
             EngineChange::AddPeer { name, public_key } => {
                 write!(f, "{s} peer {name} ({public_key})")
             }
@@ -377,6 +389,12 @@ pub fn diff_configs(
         out.push(EngineChange::PrivateKey {
             from: cur_keys.private.public_key().to_base64(),
             to: new_keys.private.public_key().to_base64(),
+        });
+    }
+    if cur.fwmark != new.fwmark {
+        out.push(EngineChange::Fwmark {
+            from: cur.fwmark,
+            to: new.fwmark,
         });
     }
     if cur.mtu != new.mtu {
@@ -500,6 +518,7 @@ mod tests {
             peers,
             watch: true,
             metrics: None,
+            fwmark: None,
         }
     }
 

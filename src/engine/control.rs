@@ -306,6 +306,7 @@ mod tests {
             peers: Vec::new(),
             watch: true,
             metrics: None,
+            fwmark: None,
         };
         let line = serde_json::to_vec(&Request::Configure {
             config: cfg.clone(),

@@ -154,6 +154,13 @@ fn bind(port: Option<u16>) -> Result<UdpSockets, EngineError> {
     })
 }
 
+fn set_mark(udp: &UdpSockets, mark: u32) -> Result<(), EngineError> {
+    udp.set_mark(mark).map_err(|source| EngineError::Io {
+        what: "set the fwmark of the UDP sockets",
+        source,
+    })
+}
+
 fn peer_config(spec: &super::config::PeerSpec, keys: &LoadedKeys, i: usize) -> PeerConfig {
     let (public, psk) = &keys.peers[i];
     let mut pc = PeerConfig::new(*public);
@@ -226,6 +233,9 @@ impl DataPlane {
         let keys = config.load_keys()?;
         let tun = attach_tun(&config.interface)?;
         let udp = bind(config.listen_port)?;
+        if let Some(mark) = config.fwmark {
+            set_mark(&udp, mark)?;
+        }
         let mut device = new_device(&keys, config.mtu)?;
         let handshakes = Identity::new(&keys.private, &udp)
             .and_then(Handshakes::new)
@@ -710,6 +720,13 @@ impl DataPlane {
         } else {
             None
         };
+        match (&new_udp, new.fwmark) {
+            (Some(u), Some(mark)) => set_mark(u, mark)?,
+            (None, mark) if mark != self.config.fwmark => {
+                set_mark(&self.udp, mark.unwrap_or(0))?;
+            }
+            _ => {}
+        }
         let rekey = self.keys.private != new_keys.private;
         let (device, ids) = if rekey {
             // A new identity: a new protocol device with every peer, built

@@ -474,6 +474,7 @@ mod tests {
                 peers: vec![],
                 watch: true,
                 metrics: None,
+                fwmark: None,
             },
             watch: None,
             watch_counters: None,

@@ -370,6 +370,7 @@ mod tests {
             ],
             watch: true,
             metrics: None,
+            fwmark: None,
         }
     }
 

@@ -194,7 +194,10 @@ pub fn serve_conn(
                 }
                 gets += 1;
                 match snapshot() {
-                    Some(status) => encode_get(&status, fwmark).into(),
+                    // The mark in force, live (a configure may change it).
+                    Some(status) => {
+                        encode_get(&status, status.config.fwmark.unwrap_or(fwmark)).into()
+                    }
                     None => GET_FAILED.into(),
                 }
             }
@@ -572,6 +575,7 @@ mod tests {
             peers: Vec::new(),
             watch: true,
             metrics: None,
+            fwmark: None,
         };
         let peer = |name: &str, key: [u8; 32]| PeerStatus {
             name: name.into(),

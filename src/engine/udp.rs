@@ -56,6 +56,18 @@ impl UdpSockets {
         Err(last_err.unwrap_or_else(|| io::Error::other("no free UDP port")))
     }
 
+    /// Put `mark` (SO_MARK; 0: none) on both sockets' datagrams, so
+    /// policy rules keep them out of the tunnel they carry (a full
+    /// tunnel). Needs CAP_NET_ADMIN, which the engine keeps.
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        let mark = libc::c_int::from_ne_bytes(mark.to_ne_bytes());
+        setsockopt_int(self.v4.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark)?;
+        if let Some(v6) = &self.v6 {
+            setsockopt_int(v6.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, mark)?;
+        }
+        Ok(())
+    }
+
     /// The socket for datagrams to `dst`.
     pub fn for_dst(&self, dst: &SocketAddr) -> Option<&Socket> {
         match dst {

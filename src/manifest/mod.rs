@@ -321,6 +321,13 @@ pub struct Interface {
     /// `Auto` with `forwarding: true`, `Off` otherwise).
     #[serde(default)]
     pub mss_clamp: MssClamp,
+    /// `interface.table` as written (`None`: automatic, see
+    /// [`crate::model::Routing`]).
+    #[serde(default)]
+    pub table: Option<RouteTable>,
+    /// `interface.fwmark` as written: the mark on the engine's UDP sockets.
+    #[serde(default)]
+    pub fwmark: Option<u32>,
 }
 
 /// `interface.mss_clamp`: the MSS of TCP SYNs forwarded into and out of
@@ -357,6 +364,18 @@ impl fmt::Display for MssClamp {
             MssClamp::Fixed(n) => write!(f, "{n}"),
         }
     }
+}
+
+/// Where the routes of a deployment go (`interface.table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteTable {
+    /// The main table (254).
+    Main,
+    /// No routes at all.
+    Off,
+    /// A numbered table, 1..=2^32-1 except 253, 254 and 255.
+    Id(u32),
 }
 
 /// A remote site.

@@ -97,6 +97,16 @@ pub struct RawInterface {
     #[serde(default)]
     #[schemars(with = "Option<MssClampSchema>")]
     pub mss_clamp: Option<Spanned<IntOrWord>>,
+    /// Routing table of the routes: `main` (default), `off` (no routes) or
+    /// a number (1..=4294967295 except 253, 254, 255). Automatic when absent
+    /// and a peer's allowed_ips hold a default route.
+    #[serde(default)]
+    #[schemars(with = "Option<RawTableSchema>")]
+    pub table: Option<Spanned<IntOrWord>>,
+    /// Firewall mark (1..=4294967295) on the engine's UDP sockets.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub fwmark: Option<Spanned<Int>>,
 }
 
 /// The schema of `interface.mss_clamp` (documentation only).
@@ -114,6 +124,23 @@ enum MssClampSchema {
 enum MssClampWord {
     Off,
     Auto,
+}
+
+/// The schema of `interface.table`: a word or a number.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawTableSchema {
+    Word(RawTableWord),
+    Id(u32),
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum RawTableWord {
+    Main,
+    Off,
 }
 
 /// One entry of `peers:`.
@@ -252,6 +279,84 @@ impl Int {
     }
 }
 
+/// An integer or a word (`interface.table`, `interface.mss_clamp`; a YAML
+/// 1.1 boolean read as `on`/`off`), any other node kept as its
+/// kind for a positioned error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntOrWord {
+    Int(Int),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrWord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+
+        impl<'de> Visitor<'de> for V {
+            type Value = IntOrWord;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a word")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Word(v.chars().take(64).collect()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(i128::from(v))))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(i128::from(v))))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(v)))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::Value(
+                    i128::try_from(v).unwrap_or(i128::MAX),
+                )))
+            }
+
+            fn visit_f64<E: de::Error>(self, _v: f64) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("floating point number")))
+            }
+
+            // YAML 1.1 reads a plain `off` as false, `on` as true.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Word(if v { "on" } else { "off" }.to_owned()))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("null")))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("null")))
+            }
+
+            fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<IntOrWord, E> {
+                Ok(IntOrWord::Int(Int::NotInteger("binary")))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntOrWord, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Int(Int::NotInteger("list")))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntOrWord, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IntOrWord::Int(Int::NotInteger("mapping")))
+            }
+        }
+
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for Int {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct IntVisitor;
@@ -315,83 +420,5 @@ impl<'de> Deserialize<'de> for Int {
         }
 
         deserializer.deserialize_any(IntVisitor)
-    }
-}
-
-/// A YAML integer or word (`off`, `auto`, `main`...), or what was found
-/// instead. Like [`Int`], a wrong kind is not a deserialisation error but
-/// [`IntOrWord::Other`], reported by validation at the value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum IntOrWord {
-    Int(i128),
-    Word(String),
-    /// The kind of node found instead: "list", "mapping", ...
-    Other(&'static str),
-}
-
-impl<'de> Deserialize<'de> for IntOrWord {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-
-        impl<'de> Visitor<'de> for V {
-            type Value = IntOrWord;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an integer or a word")
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Int(i128::from(v)))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Int(i128::from(v)))
-            }
-
-            fn visit_i128<E: de::Error>(self, v: i128) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Int(v))
-            }
-
-            fn visit_u128<E: de::Error>(self, v: u128) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Int(i128::try_from(v).unwrap_or(i128::MAX)))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Word(v.to_owned()))
-            }
-
-            // YAML 1.1 reads a plain `off` as false, `on` as true.
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Word(if v { "on" } else { "off" }.to_owned()))
-            }
-
-            fn visit_f64<E: de::Error>(self, _v: f64) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Other("floating point number"))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Other("null"))
-            }
-
-            fn visit_none<E: de::Error>(self) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Other("null"))
-            }
-
-            fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<IntOrWord, E> {
-                Ok(IntOrWord::Other("binary"))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IntOrWord, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IntOrWord::Other("list"))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IntOrWord, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IntOrWord::Other("mapping"))
-            }
-        }
-
-        deserializer.deserialize_any(V)
     }
 }

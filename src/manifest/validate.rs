@@ -43,7 +43,7 @@ use super::overlap::{self, Claim, Finding};
 use super::raw::{Int, IntOrWord, RawInterface, RawManifest, RawPeer, RawRoute};
 use super::{
     DEFAULT_MTU, Endpoint, Firewall, Interface, Manifest, Metrics, MssClamp, Peer, PublicKey,
-    Route, Source,
+    Route, RouteTable, Source,
 };
 
 const MAX_NAME_LEN: usize = 32;
@@ -391,6 +391,33 @@ fn interface(
         return None;
     }
 
+    let table = match &raw.table {
+        None => Some(None),
+        Some(t) => ctx
+            .check(t, || "interface.table".to_owned(), table_value)
+            .map(Some),
+    };
+    let fwmark = match &raw.fwmark {
+        None => Some(None),
+        Some(m) => ctx
+            .check(
+                m,
+                || "interface.fwmark".to_owned(),
+                |&n: &Int| {
+                    let v = n.get()?;
+                    match u32::try_from(v) {
+                        Ok(0) => Err(
+                            "fwmark 0 means no mark (1..=4294967295); omit fwmark instead"
+                                .to_owned(),
+                        ),
+                        Ok(v) => Ok(v),
+                        Err(_) => Err(format!("fwmark {v} is out of range (1..=4294967295)")),
+                    }
+                },
+            )
+            .map(Some),
+    };
+
     let addresses = all_ok.then_some(addresses);
     Some(Interface {
         name: name?,
@@ -399,6 +426,8 @@ fn interface(
         listen_port: listen_port?,
         private_key_file: private_key_file?,
         mss_clamp: mss_clamp?,
+        table: table?,
+        fwmark: fwmark?,
     })
 }
 
@@ -414,7 +443,7 @@ fn mss_clamp(v: &IntOrWord) -> Result<MssClamp, String> {
     match v {
         IntOrWord::Word(w) if w == "off" => Ok(MssClamp::Off),
         IntOrWord::Word(w) if w == "auto" => Ok(MssClamp::Auto),
-        IntOrWord::Int(n) => u16::try_from(*n)
+        IntOrWord::Int(Int::Value(n)) => u16::try_from(*n)
             .ok()
             .filter(|n| (MssClamp::MIN..=MssClamp::MAX).contains(n))
             .map(MssClamp::Fixed)
@@ -423,10 +452,41 @@ fn mss_clamp(v: &IntOrWord) -> Result<MssClamp, String> {
             "expected off, auto or an MSS ({}), found {w:?}",
             range()
         )),
-        IntOrWord::Other(kind) => Err(format!(
+        IntOrWord::Int(Int::NotInteger(kind)) => Err(format!(
             "expected off, auto or an MSS ({}), found {kind}",
             range()
         )),
+    }
+}
+
+/// `interface.table`: `main`, `off` or a table number that is not one of
+/// the kernel's reserved ones.
+fn table_value(v: &IntOrWord) -> Result<RouteTable, String> {
+    match v {
+        IntOrWord::Word(w) if w == "main" => Ok(RouteTable::Main),
+        IntOrWord::Word(w) if w == "off" => Ok(RouteTable::Off),
+        IntOrWord::Word(w) => Err(format!("expected main, off or a table number, found {w:?}")),
+        IntOrWord::Int(Int::NotInteger(kind)) => Err(format!(
+            "expected main, off or a table number, found {kind}"
+        )),
+        IntOrWord::Int(Int::Value(v)) => {
+            let v = *v;
+            match u32::try_from(v) {
+                Ok(0) => Err(
+                    "table 0 is not a table (1..=4294967295); omit table for the automatic choice"
+                        .to_owned(),
+                ),
+                Ok(253) => Err(
+                    "table 253 is the kernel's `default` table; choose another number".to_owned(),
+                ),
+                Ok(254) => Err("table 254 is the main table; write `main`".to_owned()),
+                Ok(255) => {
+                    Err("table 255 is the kernel's `local` table; choose another number".to_owned())
+                }
+                Ok(t) => Ok(RouteTable::Id(t)),
+                Err(_) => Err(format!("table {v} is out of range (1..=4294967295)")),
+            }
+        }
     }
 }
 

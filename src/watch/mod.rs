@@ -133,6 +133,8 @@ impl Watcher {
             rtnetlink::MulticastGroup::Ipv6Ifaddr,
             rtnetlink::MulticastGroup::Ipv4Route,
             rtnetlink::MulticastGroup::Ipv6Route,
+            rtnetlink::MulticastGroup::Ipv4Rule,
+            rtnetlink::MulticastGroup::Ipv6Rule,
         ])?;
         let conn_task = tokio::spawn(conn);
         let result = loop {
@@ -211,6 +213,17 @@ impl Watcher {
                 .attributes
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Oif(o) if *o == idx)),
+            // Policy rules are not tied to the link: any of netman's
+            // (full tunnel, see `model::Routing`).
+            RouteNetlinkMessage::NewRule(r) | RouteNetlinkMessage::DelRule(r) => {
+                r.attributes.iter().any(|a| {
+                    matches!(
+                        a,
+                        netlink_packet_route::rule::RuleAttribute::Protocol(p)
+                            if u8::from(*p) == crate::model::ROUTE_PROTOCOL
+                    )
+                })
+            }
             _ => false,
         }
     }
