@@ -219,6 +219,64 @@ fn diff_exits_0_in_sync_1_changes_pending_2_error() {
         .to_string();
     let (out, _) = expect("diff of a changed manifest", nm.out(&["diff", &more]), 1);
     assert!(out.contains("+ route 192.168.50.0/24 dev nm0"), "{out}");
+    // Overlapping allowed IPs of two peers: the plan as usual (1) and a
+    // warning naming both entries on stderr; `apply` warns the same way
+    // and applies. A peer left with no address at all is an error (2).
+    let c = |nets: &str, key: &str| {
+        format!("  - name: c\n    public_key: \"{key}\"\n    allowed_ips: {nets}\n")
+    };
+    let other_key = "mcnWOnyqUDAHqtjNjLoHAH0y3VNyMoVjfdi61FZWSUg=";
+    let overlap = s
+        .dir
+        .write(
+            "overlap.yaml",
+            &manifest(
+                "site-a",
+                &s.key.private_file,
+                SOME_PUBLIC_KEY,
+                &c("[172.18.5.0/24]", other_key),
+            ),
+        )
+        .display()
+        .to_string();
+    let warning =
+        "peers[0].allowed_ips[1]: warning: 172.18.0.0/16 contains 172.18.5.0/24 of peer `c`";
+    let (out, err) = expect(
+        "diff with overlapping allowed IPs",
+        nm.out(&["diff", &overlap]),
+        1,
+    );
+    assert!(out.contains("+ route 172.18.5.0/24 dev nm0"), "{out}");
+    assert!(err.contains(warning), "{err}");
+    let (_, err) = expect(
+        "apply with overlapping allowed IPs",
+        nm.out(&["apply", &overlap]),
+        0,
+    );
+    assert!(err.contains(warning), "{err}");
+    let shadowed = s
+        .dir
+        .write(
+            "shadowed.yaml",
+            &manifest(
+                "site-a",
+                &s.key.private_file,
+                SOME_PUBLIC_KEY,
+                &format!(
+                    "{}  - name: d\n    public_key: \"etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=\"\n    allowed_ips: [10.10.0.3/32]\n",
+                    c("[10.10.0.2/31]", other_key)
+                ),
+            ),
+        )
+        .display()
+        .to_string();
+    let (_, err) = expect(
+        "diff with a peer left unreachable",
+        nm.out(&["diff", &shadowed]),
+        2,
+    );
+    assert!(err.contains("peer `c` is unreachable"), "{err}");
+    nm.ok(&["apply", &good]);
 
     // 2: runtime errors.
     // - nft cannot be run, and the manifest needs it;
