@@ -20,10 +20,8 @@
 //! starts it through the ready hook `engine::serve` takes. What it reports
 //! (`status`, metrics) goes into the engine's [`Shared`].
 
-use std::ffi::CString;
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +31,6 @@ use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::RouteAttribute;
-use tokio::io::unix::AsyncFd;
 
 use crate::clock::now_unix_ms;
 use crate::deploy::{self, DeployError, EngineStep, Resolved};
@@ -149,7 +146,7 @@ impl Watcher {
                         self.policy.kernel_event(Instant::now());
                     }
                 }
-                r = inotify_event(self.inotify.as_ref()) => {
+                r = inotify_event(self.inotify.as_mut()) => {
                     match r {
                         Ok(true) if watching => self.policy.file_event(Instant::now()),
                         Ok(_) => {}
@@ -528,93 +525,45 @@ fn log_plan(applied: &crate::reconcile::Applied) {
 }
 
 /// An inotify watch on the directory of one file, reporting events that
-/// concern that file (written, replaced by rename, created, deleted).
+/// concern that file (written, replaced by rename, created, deleted),
+/// through the `inotify` crate's tokio event stream.
 struct Inotify {
-    fd: AsyncFd<OwnedFd>,
-    name: Vec<u8>,
+    events: inotify::EventStream<[u8; 4096]>,
+    name: std::ffi::OsString,
 }
 
 impl Inotify {
     fn new(path: &Path) -> io::Result<Inotify> {
+        use inotify::WatchMask;
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let name = path
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
-        // SAFETY: inotify_init1 returns a new descriptor or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cdir = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("path contains NUL"))?;
-        let mask = libc::IN_CLOSE_WRITE
-            | libc::IN_MOVED_TO
-            | libc::IN_CREATE
-            | libc::IN_DELETE
-            | libc::IN_MOVED_FROM
-            | libc::IN_ATTRIB;
-        // SAFETY: valid descriptor and NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is an owned inotify descriptor that stays open as
-        // long as the AsyncFd holds it, and nothing else registers it.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        Ok(Inotify { fd, name })
-    }
-
-    /// Read pending events; true if one concerns the file.
-    fn drain(&self) -> io::Result<bool> {
-        let mut buf = [0u8; 4096];
-        let mut hit = false;
-        loop {
-            // SAFETY: reading into a live buffer of its size.
-            let n = unsafe {
-                libc::read(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(hit);
-                }
-                return Err(e);
-            }
-            let n = n as usize;
-            let mut off = 0;
-            let header = std::mem::size_of::<libc::inotify_event>();
-            while off + header <= n {
-                // SAFETY: the kernel wrote whole events; read the header
-                // unaligned from the buffer.
-                let ev: libc::inotify_event =
-                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-                let len = ev.len as usize;
-                let name_bytes = buf.get(off + header..off + header + len).unwrap_or(&[]);
-                let name: Vec<u8> = name_bytes.iter().copied().take_while(|b| *b != 0).collect();
-                if name == self.name || ev.mask & libc::IN_IGNORED != 0 {
-                    hit = true;
-                }
-                off += header + len;
-            }
-        }
+        let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+        let watch = inotify::Inotify::init()?;
+        watch.watches().add(
+            dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::MOVED_FROM
+                | WatchMask::ATTRIB,
+        )?;
+        let events = watch.into_event_stream([0u8; 4096])?;
+        Ok(Inotify { events, name })
     }
 }
 
-/// Wait for an inotify event about the file (forever without a watch).
-async fn inotify_event(i: Option<&Inotify>) -> io::Result<bool> {
+/// Wait for the next inotify event (forever without a watch): true if it
+/// concerns the file (or the watch itself went away).
+async fn inotify_event(i: Option<&mut Inotify>) -> io::Result<bool> {
     let Some(i) = i else {
         return std::future::pending().await;
     };
-    let mut guard = i.fd.readable().await?;
-    let hit = i.drain();
-    guard.clear_ready();
-    hit
+    match i.events.next().await {
+        Some(Ok(ev)) => Ok(ev.name.as_deref() == Some(i.name.as_os_str())
+            || ev.mask.contains(inotify::EventMask::IGNORED)),
+        Some(Err(e)) => Err(e),
+        None => Err(io::Error::other("inotify stream ended")),
+    }
 }
 
 #[cfg(test)]
