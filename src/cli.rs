@@ -111,8 +111,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff): netman(1), or netman-COMMAND(1).
+    Man {
+        /// A subcommand whose page to print (e.g. `apply`).
+        command: Option<String>,
+    },
     /// Convert a wg-quick configuration (wg0.conf) into a manifest.
     ///
     /// Writes DIR/<name>.yaml and the keys to DIR/keys/ (mode 0600); scripts

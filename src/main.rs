@@ -362,8 +362,19 @@ fn run(cli: Cli) -> Result<u8> {
             clap_complete::generate(shell, &mut cmd, "netman", &mut std::io::stdout());
             Ok(EXIT_OK)
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
+        Command::Man { command } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            if let Some(name) = command {
+                // Built, so that the page is titled netman-NAME and its
+                // synopsis reads `netman NAME ...` (and `help`, which
+                // netman(1) lists too, exists).
+                cmd.build();
+                let sub = cmd
+                    .get_subcommands()
+                    .find(|c| c.get_name() == name && !c.is_hide_set())
+                    .cloned();
+                cmd = sub.ok_or_else(|| anyhow!("no subcommand {name:?} (see `netman --help`)"))?;
+            }
             clap_mangen::Man::new(cmd)
                 .render(&mut std::io::stdout())
                 .map_err(|e| anyhow!("write man page: {e}"))?;

@@ -654,6 +654,45 @@ fn man_page_renders_and_documents_every_subcommand() {
         assert!(rendered.contains(o), "the man page lacks {o}:\n{rendered}");
     }
     assert!(!rendered.contains("netman-engine"), "{rendered}");
+
+    // Every netman-COMMAND(1) it refers to exists: `netman man COMMAND`.
+    for c in visible_subcommands() {
+        let out = run(Command::new(netman_bin()).args(["man", &c]));
+        assert!(
+            out.status.success(),
+            "netman man {c}: {}",
+            text(&out.stderr)
+        );
+        let roff = text(&out.stdout);
+        assert!(
+            roff.lines()
+                .any(|l| l.starts_with(&format!(".TH netman-{c} 1"))),
+            "netman man {c} is not netman-{c}(1):\n{roff}"
+        );
+        let page = dir.join(format!("netman-{c}.1"));
+        std::fs::write(&page, &roff).expect("write man page");
+        let check = run(Command::new("groff")
+            .args(["-man", "-Tascii", "-ww", "-z"])
+            .arg(&page));
+        assert!(
+            check.status.success() && check.stderr.is_empty(),
+            "groff warns about netman-{c}(1): {}",
+            text(&check.stderr)
+        );
+        let rendered = run_ok(
+            Command::new("groff")
+                .args(["-man", "-Tascii", "-P-cbou"])
+                .arg(&page),
+        );
+        // groff justifies lines with extra spaces.
+        let words = rendered.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains(&format!("SYNOPSIS netman {c}")),
+            "netman-{c}(1) has no synopsis `netman {c} ...`:\n{rendered}"
+        );
+    }
+    let out = run(Command::new(netman_bin()).args(["man", "engine"]));
+    assert!(!out.status.success(), "the hidden `engine` has a page");
 }
 
 // ---------------------------------------------------------------------------
