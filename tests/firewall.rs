@@ -1125,16 +1125,20 @@ fn mss_clamping_carries_tcp_across_a_pmtu_black_hole() {
         ]
     );
     assert_eq!(p.a.nm().out(&["diff", &ma]).0, 0, "not in sync after apply");
-    let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", 7102, BYTES, 20);
-    assert!(
-        done,
-        "the transfer stalled with clamping\nclient: {client}\nserver: {server}"
-    );
-    // The client sends with the server's clamped MSS (SYN-ACK out of the
-    // tunnel), the server with the client's (SYN into it); both less the
-    // 12 bytes of the timestamp option.
-    assert_eq!(reported_mss(&client), Some(1368), "client: {client}");
-    assert_eq!(reported_mss(&server), Some(1368), "server: {server}");
+    // The exchange completes, and each side sends with the MSS `mss`: the
+    // client with the server's clamped one (SYN-ACK out of the tunnel), the
+    // server with the client's (SYN into it); both less the 12 bytes of the
+    // timestamp option.
+    let completes_with = |port: u16, mss: u32, what: &str| {
+        let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", port, BYTES, 20);
+        assert!(
+            done,
+            "the transfer stalled {what}\nclient: {client}\nserver: {server}"
+        );
+        assert_eq!(reported_mss(&client), Some(mss), "{what}: client: {client}");
+        assert_eq!(reported_mss(&server), Some(mss), "{what}: server: {server}");
+    };
+    completes_with(7102, 1368, "with clamping");
 
     // A fixed MSS.
     let ma = p.a.write(
@@ -1142,13 +1146,7 @@ fn mss_clamping_carries_tcp_across_a_pmtu_black_hole() {
         &text.replace("  mss_clamp: off\n", "  mss_clamp: 1200\n"),
     );
     p.a.nm().ok(&["apply", &ma]);
-    let (done, client, server) = mss_exchange(&ca, &cb, "172.18.2.2", 7103, BYTES, 20);
-    assert!(
-        done,
-        "the transfer stalled with a fixed clamp\nclient: {client}\nserver: {server}"
-    );
-    assert_eq!(reported_mss(&client), Some(1188), "client: {client}");
-    assert_eq!(reported_mss(&server), Some(1188), "server: {server}");
+    completes_with(7103, 1188, "with a fixed clamp");
 
     // `down` takes the chain (and netman's table) away.
     p.a.nm().ok(&["down", "site-a"]);

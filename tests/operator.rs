@@ -622,24 +622,27 @@ fn man_page_renders_and_documents_every_subcommand() {
         assert!(has_line(&roff, section), "no {section}:\n{roff}");
     }
     let dir = TempDir::new("man");
-    let page = dir.join("netman.1");
-    std::fs::write(&page, &roff).expect("write man page");
-    // groff accepts it without a single warning ...
-    let check = run(Command::new("groff")
-        .args(["-man", "-Tascii", "-ww", "-z"])
-        .arg(&page));
-    assert!(
-        check.status.success() && check.stderr.is_empty(),
-        "groff warns about the man page: {}",
-        text(&check.stderr)
-    );
-    // ... and the rendered page names the program, every subcommand and
-    // the global options (and not the hidden `engine`).
-    let rendered = run_ok(
-        Command::new("groff")
-            .args(["-man", "-Tascii", "-P-cbou"])
-            .arg(&page),
-    );
+    // groff accepts a page without a single warning; the page as text.
+    let groff = |file: &str, roff: &str| -> String {
+        let page = dir.join(file);
+        std::fs::write(&page, roff).expect("write man page");
+        let check = run(Command::new("groff")
+            .args(["-man", "-Tascii", "-ww", "-z"])
+            .arg(&page));
+        assert!(
+            check.status.success() && check.stderr.is_empty(),
+            "groff warns about {file}: {}",
+            text(&check.stderr)
+        );
+        run_ok(
+            Command::new("groff")
+                .args(["-man", "-Tascii", "-P-cbou"])
+                .arg(&page),
+        )
+    };
+    // The rendered page names the program, every subcommand and the
+    // global options (and not the hidden `engine`).
+    let rendered = groff("netman.1", &roff);
     assert!(
         rendered.contains("netman - Declarative site-to-site VPN manager"),
         "{rendered}"
@@ -669,21 +672,7 @@ fn man_page_renders_and_documents_every_subcommand() {
                 .any(|l| l.starts_with(&format!(".TH netman-{c} 1"))),
             "netman man {c} is not netman-{c}(1):\n{roff}"
         );
-        let page = dir.join(format!("netman-{c}.1"));
-        std::fs::write(&page, &roff).expect("write man page");
-        let check = run(Command::new("groff")
-            .args(["-man", "-Tascii", "-ww", "-z"])
-            .arg(&page));
-        assert!(
-            check.status.success() && check.stderr.is_empty(),
-            "groff warns about netman-{c}(1): {}",
-            text(&check.stderr)
-        );
-        let rendered = run_ok(
-            Command::new("groff")
-                .args(["-man", "-Tascii", "-P-cbou"])
-                .arg(&page),
-        );
+        let rendered = groff(&format!("netman-{c}.1"), &roff);
         // groff justifies lines with extra spaces.
         let words = rendered.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
