@@ -177,7 +177,7 @@ pub fn stop_engine(sd: &StateDir, name: &str, step: EngineStep<'_>) -> Result<bo
             engine::stop(sd, name).map_err(|e| e.to_string())?
         }
     };
-    let _ = std::fs::remove_file(engine::config_path(sd, name));
-    let _ = std::fs::remove_file(engine::log_path(sd, name));
+    let _ = std::fs::remove_file(sd.engine_config(name));
+    let _ = std::fs::remove_file(sd.engine_log(name));
     Ok(stopped)
 }

@@ -154,7 +154,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// again. Nothing is written into any other.
 fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
     let loaded = if matches!(StateDir::at(state_dir).check(), Ok(true)) {
-        manifest::load_cached(path, &state_dir.join("cache"))
+        manifest::load_cached(path, &StateDir::at(state_dir).cache_dir())
     } else {
         manifest::load(path)
     };

@@ -249,7 +249,39 @@ impl StateDir {
     }
 
     fn file(&self, name: &str) -> PathBuf {
+        self.state_file(name)
+    }
+
+    // Every path under the state dir is named here.
+
+    /// `<dir>/<name>.json`: what deployment `name` created (the state file).
+    pub fn state_file(&self, name: &str) -> PathBuf {
         self.path.join(format!("{name}.json"))
+    }
+
+    /// `<dir>/<name>.engine.json`: the engine configuration in force.
+    pub fn engine_config(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.engine.json"))
+    }
+
+    /// `<dir>/<name>.log`: a detached engine's log.
+    pub fn engine_log(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.log"))
+    }
+
+    /// `<dir>/<name>.sock`: the engine's control socket.
+    pub fn control_socket(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.sock"))
+    }
+
+    /// `<dir>/lock`: serialises netman commands.
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+
+    /// `<dir>/cache`: the authenticated parse cache.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path.join("cache")
     }
 
     /// Refuse the directory if it cannot be trusted; `Ok(false)`: it does
@@ -261,7 +293,7 @@ impl StateDir {
     /// Take the exclusive lock, waiting for another netman that holds it.
     pub fn lock(&self) -> Result<StateLock, StateError> {
         self.check()?;
-        let p = self.path.join("lock");
+        let p = self.lock_file();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -258,11 +258,11 @@ fn nothing_is_written_through_a_planted_symlink() {
         metrics: None,
         fwmark: None,
     };
-    let planted = engine::config_path(&sd, "site-a").with_extension("json.tmp");
+    let planted = sd.engine_config("site-a").with_extension("json.tmp");
     std::os::unix::fs::symlink(&v, &planted).expect("symlink");
     engine::write_config(&sd, &cfg).expect("write config despite a stale temp symlink");
     assert_eq!(std::fs::read_to_string(&v).expect("victim"), "precious\n");
-    let meta = std::fs::symlink_metadata(engine::config_path(&sd, "site-a")).expect("stat");
+    let meta = std::fs::symlink_metadata(sd.engine_config("site-a")).expect("stat");
     assert!(meta.file_type().is_file());
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(
@@ -274,7 +274,7 @@ fn nothing_is_written_through_a_planted_symlink() {
 
     // The state file and the engine config themselves are not read through
     // a symlink either.
-    let cfg_path = engine::config_path(&sd, "site-a");
+    let cfg_path = sd.engine_config("site-a");
     std::fs::remove_file(&cfg_path).expect("rm");
     std::os::unix::fs::symlink(&v, &cfg_path).expect("symlink");
     let e = engine::read_config(&sd, "site-a")

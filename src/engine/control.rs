@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig};
-use crate::state::StateDir;
 
 /// Longest request line the engine reads, newline included; a longer one
 /// is refused unread. As large as the largest manifest (16 MiB), so any
@@ -25,11 +24,6 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// The largest response read from a control socket (a status of 1,000
 /// peers is a few hundred KiB).
 const MAX_RESPONSE_BYTES: u64 = 64 << 20;
-
-/// Path of the control socket of deployment `name`.
-pub fn socket_path(sd: &StateDir, name: &str) -> PathBuf {
-    sd.path().join(format!("{name}.sock"))
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]

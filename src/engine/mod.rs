@@ -61,24 +61,13 @@ pub enum ServeError {
     Signal { name: String, reason: String },
 }
 
-/// `<state-dir>/<name>.engine.json`: the engine configuration in force (or
-/// to start with).
-pub fn config_path(sd: &StateDir, name: &str) -> PathBuf {
-    sd.path().join(format!("{name}.engine.json"))
-}
-
-/// `<state-dir>/<name>.log`: output of a detached engine.
-pub fn log_path(sd: &StateDir, name: &str) -> PathBuf {
-    sd.path().join(format!("{name}.log"))
-}
-
 /// The largest engine config read back (1,000 peers take about 1 MiB).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
 /// Record `cfg` in `<state-dir>/<name>.engine.json` (mode 0600, through a
 /// fresh temp file, never through a symlink).
 pub fn write_config(sd: &StateDir, cfg: &EngineConfig) -> Result<(), ServeError> {
-    let path = config_path(sd, &cfg.deployment);
+    let path = sd.engine_config(&cfg.deployment);
     let err = |reason: String| ServeError::ConfigFile {
         path: path.clone(),
         reason,
@@ -97,7 +86,7 @@ pub fn write_config(sd: &StateDir, cfg: &EngineConfig) -> Result<(), ServeError>
 
 /// The engine config recorded for `name` (not read through a symlink).
 pub fn read_config(sd: &StateDir, name: &str) -> Result<EngineConfig, ServeError> {
-    let path = config_path(sd, name);
+    let path = sd.engine_config(name);
     let err = |reason: String| ServeError::ConfigFile {
         path: path.clone(),
         reason,
@@ -109,7 +98,7 @@ pub fn read_config(sd: &StateDir, name: &str) -> Result<EngineConfig, ServeError
 
 /// Ask the engine of `name` something.
 pub fn request(sd: &StateDir, name: &str, req: &Request) -> Result<Response, ControlError> {
-    control::request(&control::socket_path(sd, name), req, CONTROL_TIMEOUT)
+    control::request(&sd.control_socket(name), req, CONTROL_TIMEOUT)
 }
 
 /// The pid of the running engine of `name`, if one answers.
@@ -130,7 +119,7 @@ pub type ReadyHook = Box<dyn FnOnce(Arc<EngineCtx>) -> io::Result<()> + Send>;
 
 pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<(), ServeError> {
     let name = cfg.deployment.clone();
-    let sock = control::socket_path(sd, &name);
+    let sock = sd.control_socket(&name);
     if let Some(pid) = running_pid(sd, &name) {
         return Err(ServeError::AlreadyRunning { name, pid });
     }
@@ -502,7 +491,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
 pub fn spawn_detached(sd: &StateDir, cfg: &EngineConfig) -> Result<u32, ServeError> {
     let name = cfg.deployment.clone();
     write_config(sd, cfg)?;
-    let log = log_path(sd, &name);
+    let log = sd.engine_log(&name);
     let fail = |reason: String| ServeError::StartFailed {
         name: name.clone(),
         reason,
@@ -586,7 +575,7 @@ fn log_tail(path: &Path, from: u64) -> String {
 /// socket (`SO_PEERCRED`), never the pid the engine reports, and only if it
 /// runs as root (or as the user running netman).
 pub fn stop(sd: &StateDir, name: &str) -> Result<bool, ServeError> {
-    let sock = control::socket_path(sd, name);
+    let sock = sd.control_socket(name);
     let (reported, cred) = match control::request_peer(&sock, &Request::Ping, CONTROL_TIMEOUT) {
         Ok((Response::Pong { pid, .. }, cred)) => (pid, cred),
         _ => {
