@@ -216,6 +216,26 @@ pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| "no addresses".to_string())
 }
 
+/// A configuration for unit tests: deployment `site-a` on `nm0`, MTU
+/// 1420, port 51820, no peers; tests change what they need with
+/// `EngineConfig { .., ..EngineConfig::example() }`.
+#[cfg(test)]
+impl EngineConfig {
+    pub(crate) fn example() -> EngineConfig {
+        EngineConfig {
+            deployment: "site-a".into(),
+            interface: "nm0".into(),
+            mtu: 1420,
+            listen_port: Some(51820),
+            private_key_file: "/k".into(),
+            peers: Vec::new(),
+            watch: true,
+            metrics: None,
+            fwmark: None,
+        }
+    }
+}
+
 /// One change the engine makes (or would make) to reach a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -511,14 +531,8 @@ mod tests {
     fn config(peers: Vec<PeerSpec>) -> EngineConfig {
         EngineConfig {
             deployment: "a".into(),
-            interface: "nm0".into(),
-            mtu: 1420,
-            listen_port: Some(51820),
-            private_key_file: "/k".into(),
             peers,
-            watch: true,
-            metrics: None,
-            fwmark: None,
+            ..EngineConfig::example()
         }
     }
 

@@ -291,17 +291,7 @@ mod tests {
             let r = decode_request(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
             assert_eq!(format!("{r:?}"), want);
         }
-        let cfg = EngineConfig {
-            deployment: "site-a".into(),
-            interface: "nm0".into(),
-            mtu: 1420,
-            listen_port: Some(51820),
-            private_key_file: "/k".into(),
-            peers: Vec::new(),
-            watch: true,
-            metrics: None,
-            fwmark: None,
-        };
+        let cfg = EngineConfig::example();
         let line = serde_json::to_vec(&Request::Configure {
             config: cfg.clone(),
             dry_run: true,

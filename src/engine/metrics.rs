@@ -466,15 +466,8 @@ mod tests {
             drops: [("replay".to_string(), 7u64)].into(),
             udp_gso_refused: 0,
             config: EngineConfig {
-                deployment: "site-a".into(),
-                interface: "nm0".into(),
-                mtu: 1420,
                 listen_port: None,
-                private_key_file: "/k".into(),
-                peers: vec![],
-                watch: true,
-                metrics: None,
-                fwmark: None,
+                ..EngineConfig::example()
             },
             watch: None,
             watch_counters: None,

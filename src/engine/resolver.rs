@@ -337,10 +337,7 @@ mod tests {
     fn cfg(endpoint: &str, refresh: u32, stale: u32) -> EngineConfig {
         EngineConfig {
             deployment: "a".into(),
-            interface: "nm0".into(),
-            mtu: 1420,
             listen_port: None,
-            private_key_file: "/k".into(),
             peers: vec![
                 PeerSpec {
                     name: "hub".into(),
@@ -368,9 +365,7 @@ mod tests {
                     endpoint_name: None,
                 },
             ],
-            watch: true,
-            metrics: None,
-            fwmark: None,
+            ..EngineConfig::example()
         }
     }
 

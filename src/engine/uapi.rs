@@ -566,17 +566,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn status() -> EngineStatus {
-        let cfg = crate::engine::config::EngineConfig {
-            deployment: "site-a".into(),
-            interface: "nm0".into(),
-            mtu: 1420,
-            listen_port: Some(51820),
-            private_key_file: "/k".into(),
-            peers: Vec::new(),
-            watch: true,
-            metrics: None,
-            fwmark: None,
-        };
+        let cfg = crate::engine::config::EngineConfig::example();
         let peer = |name: &str, key: [u8; 32]| PeerStatus {
             name: name.into(),
             public_key: PublicKey::from_bytes(key).to_base64(),
