@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use netman::deploy::{self, DeployError, EngineStep};
 use netman::engine::config::EngineConfig;
-use netman::engine::control::{ControlError, EngineStatus, Request, Response};
+use netman::engine::control::{ControlError, Request, Response};
 use netman::engine::{self};
 use netman::firewall::FirewallError;
 use netman::keys;
@@ -654,132 +654,14 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
                 if i > 0 {
                     println!();
                 }
-                print_status(n, st.as_ref(), engine.as_ref(), now);
+                print!(
+                    "{}",
+                    netman::cli::status::text(n, st.as_ref(), engine.as_ref(), now)
+                );
             }
         }
     }
     Ok(EXIT_OK)
-}
-
-fn ago(now: u64, t: u64) -> String {
-    let d = now.saturating_sub(t);
-    match d {
-        0 => "just now".to_string(),
-        1..=119 => format!("{d} seconds ago"),
-        120..=7199 => format!("{} minutes, {} seconds ago", d / 60, d % 60),
-        _ => format!("{} hours, {} minutes ago", d / 3600, (d % 3600) / 60),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
-
-fn print_status(
-    name: &str,
-    st: Option<&netman::state::DeploymentState>,
-    engine: Option<&EngineStatus>,
-    now: u64,
-) {
-    println!("deployment: {name}");
-    if let Some(m) = st.and_then(|s| s.manifest.as_ref()) {
-        println!(
-            "  manifest: {} (sha256 {})",
-            m.path.display(),
-            &m.sha256[..m.sha256.len().min(12)]
-        );
-    }
-    if let Some(t) = st.and_then(|s| s.applied_at) {
-        println!("  applied: {}", ago(now, t));
-    }
-    let Some(e) = engine else {
-        println!("  engine: not running");
-        return;
-    };
-    println!(
-        "  engine: running (pid {}, started {})",
-        e.pid,
-        ago(now, e.started_at)
-    );
-    if let Some(w) = &e.watch {
-        // What the watcher could not do, as in `watch` of the JSON form.
-        let lines = |title: &str, text: &Option<String>| {
-            if let Some(t) = text {
-                println!("  {title}:");
-                for l in t.lines() {
-                    println!("    {l}");
-                }
-            }
-        };
-        lines(
-            "manifest error (not applied; the running configuration stays)",
-            &w.manifest_error,
-        );
-        lines("last error", &w.last_error);
-    }
-    println!("interface: {}", e.interface);
-    println!("  public key: {}", e.public_key);
-    println!("  private key: (hidden)");
-    println!("  listening port: {}", e.listen_port);
-    for p in &e.peers {
-        println!();
-        println!("peer: {} ({})", p.name, p.public_key);
-        if p.preshared_key {
-            println!("  preshared key: (hidden)");
-        }
-        match (p.endpoint, &p.endpoint_name) {
-            (Some(ep), Some(name)) => println!("  endpoint: {ep} ({name})"),
-            (Some(ep), None) => println!("  endpoint: {ep}"),
-            (None, Some(name)) => println!("  endpoint: (none) ({name})"),
-            (None, None) => {}
-        }
-        if let Some(err) = &p.endpoint_error {
-            println!("  endpoint error: {err} (the last good address stays in use)");
-        }
-        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
-        println!(
-            "  allowed ips: {}",
-            if ips.is_empty() {
-                "(none)".to_string()
-            } else {
-                ips.join(", ")
-            }
-        );
-        match p.latest_handshake {
-            Some(t) => println!("  latest handshake: {}", ago(now, t)),
-            None => println!("  latest handshake: (none)"),
-        }
-        println!(
-            "  transfer: {} received, {} sent",
-            bytes(p.rx_bytes),
-            bytes(p.tx_bytes)
-        );
-        if let Some(k) = p.persistent_keepalive {
-            println!("  persistent keepalive: every {k} seconds");
-        }
-    }
-    // Every reason is listed, zeros included; show the ones that happened.
-    let d: Vec<String> = e
-        .drops
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    if !d.is_empty() {
-        println!();
-        println!("dropped: {}", d.join(", "));
-    }
 }
 
 /// The manifest recorded by the last apply of the only deployment.

@@ -1,6 +1,9 @@
 //! Command-line interface definition (clap derive). Kept apart from the
 //! command implementations so completions and the man page can be
-//! generated from it.
+//! generated from it; the output formats of the commands live beside it
+//! ([`status`]).
+
+pub mod status;
 
 use std::path::PathBuf;
 

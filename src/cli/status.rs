@@ -1,0 +1,174 @@
+//! `netman status` as text: what the state file and the running engine
+//! say about a deployment, formatted for people (the JSON form is the
+//! engine's status as it is). Pure: time is a parameter.
+
+use std::fmt::Write as _;
+
+use crate::engine::control::EngineStatus;
+use crate::state::DeploymentState;
+
+/// How long ago `t` was, at `now` (Unix seconds).
+pub fn ago(now: u64, t: u64) -> String {
+    let d = now.saturating_sub(t);
+    match d {
+        0 => "just now".to_string(),
+        1..=119 => format!("{d} seconds ago"),
+        120..=7199 => format!("{} minutes, {} seconds ago", d / 60, d % 60),
+        _ => format!("{} hours, {} minutes ago", d / 3600, (d % 3600) / 60),
+    }
+}
+
+/// A byte count in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// The text form of one deployment's status.
+pub fn text(
+    name: &str,
+    st: Option<&DeploymentState>,
+    engine: Option<&EngineStatus>,
+    now: u64,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "deployment: {name}");
+    if let Some(m) = st.and_then(|s| s.manifest.as_ref()) {
+        let _ = writeln!(
+            out,
+            "  manifest: {} (sha256 {})",
+            m.path.display(),
+            &m.sha256[..m.sha256.len().min(12)]
+        );
+    }
+    if let Some(t) = st.and_then(|s| s.applied_at) {
+        let _ = writeln!(out, "  applied: {}", ago(now, t));
+    }
+    let Some(e) = engine else {
+        let _ = writeln!(out, "  engine: not running");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "  engine: running (pid {}, started {})",
+        e.pid,
+        ago(now, e.started_at)
+    );
+    if let Some(w) = &e.watch {
+        // What the watcher could not do, as in `watch` of the JSON form.
+        let mut lines = |title: &str, text: &Option<String>| {
+            if let Some(t) = text {
+                let _ = writeln!(out, "  {title}:");
+                for l in t.lines() {
+                    let _ = writeln!(out, "    {l}");
+                }
+            }
+        };
+        lines(
+            "manifest error (not applied; the running configuration stays)",
+            &w.manifest_error,
+        );
+        lines("last error", &w.last_error);
+    }
+    let _ = writeln!(out, "interface: {}", e.interface);
+    let _ = writeln!(out, "  public key: {}", e.public_key);
+    let _ = writeln!(out, "  private key: (hidden)");
+    let _ = writeln!(out, "  listening port: {}", e.listen_port);
+    for p in &e.peers {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "peer: {} ({})", p.name, p.public_key);
+        if p.preshared_key {
+            let _ = writeln!(out, "  preshared key: (hidden)");
+        }
+        match (p.endpoint, &p.endpoint_name) {
+            (Some(ep), Some(name)) => {
+                let _ = writeln!(out, "  endpoint: {ep} ({name})");
+            }
+            (Some(ep), None) => {
+                let _ = writeln!(out, "  endpoint: {ep}");
+            }
+            (None, Some(name)) => {
+                let _ = writeln!(out, "  endpoint: (none) ({name})");
+            }
+            (None, None) => {}
+        }
+        if let Some(err) = &p.endpoint_error {
+            let _ = writeln!(
+                out,
+                "  endpoint error: {err} (the last good address stays in use)"
+            );
+        }
+        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  allowed ips: {}",
+            if ips.is_empty() {
+                "(none)".to_string()
+            } else {
+                ips.join(", ")
+            }
+        );
+        match p.latest_handshake {
+            Some(t) => {
+                let _ = writeln!(out, "  latest handshake: {}", ago(now, t));
+            }
+            None => {
+                let _ = writeln!(out, "  latest handshake: (none)");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  transfer: {} received, {} sent",
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes)
+        );
+        if let Some(k) = p.persistent_keepalive {
+            let _ = writeln!(out, "  persistent keepalive: every {k} seconds");
+        }
+    }
+    // Every reason is listed, zeros included; show the ones that happened.
+    let d: Vec<String> = e
+        .drops
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !d.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "dropped: {}", d.join(", "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes_read_as_people_say_them() {
+        assert_eq!(ago(100, 100), "just now");
+        assert_eq!(ago(100, 10), "90 seconds ago");
+        assert_eq!(ago(1000, 10), "16 minutes, 30 seconds ago");
+        assert_eq!(ago(10_000, 10), "2 hours, 46 minutes ago");
+        assert_eq!(ago(10, 100), "just now", "a time in the future");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(5 << 30), "5.00 GiB");
+    }
+
+    #[test]
+    fn a_deployment_without_engine_says_so() {
+        let t = text("site-a", None, None, 0);
+        assert_eq!(t, "deployment: site-a\n  engine: not running\n");
+    }
+}
