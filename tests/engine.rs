@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{
     Bg, KeyPair, NetNs, Relay, RelayFaults, Site, TempDir, Userspace, UserspaceWg, iperf_tcp,
     netman_genkey, netman_pubkey, parse_ping, ping, ping_fails, ping_ok, require_tool, run, run_ok,
-    tcp_transfer, unique, unix_now, veth, wait_ping, wait_until, write_mode,
+    tcp_transfer, underlay, unique, unix_now, veth, wait_ping, wait_until, write_mode,
 };
 
 /// Port every site listens on (each site has its own namespace).
@@ -156,14 +156,7 @@ struct Pair {
 fn pair(tag: &str, a_extra: &[&str], b_extra: &[&str], psk: Option<&Path>) -> Pair {
     let a = Site::new(&format!("{tag}a"), "site-a");
     let b = Site::new(&format!("{tag}b"), "site-b");
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     let mut a_ips = vec!["10.10.0.2/32", "fd10::2/128"];
     a_ips.extend_from_slice(a_extra);
     let mut b_ips = vec!["10.10.0.1/32", "fd10::1/128"];
@@ -454,14 +447,7 @@ fn interop(kind: Userspace, netman_initiates: bool) {
     let n = Site::new("ion", "site-n");
     let peer_ns = NetNs::new("iop");
     let peer_dir = TempDir::new("iop");
-    veth(
-        &n.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &peer_ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&n.ns, &peer_ns);
     let pk = wg_keypair(&peer_dir.path, "peer");
     // The key formats agree both ways.
     assert_eq!(netman_pubkey(&pk.private), pk.public);

@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Bg, NetNs, Site, require_tool, run, veth, wait_ping, wait_until};
+use common::{Bg, NetNs, Site, require_tool, run, underlay, veth, wait_ping, wait_until};
 
 const WG_PORT: u16 = 51820;
 /// The longest the flooder may send; it is stopped (SIGINT) as soon as the
@@ -111,14 +111,7 @@ fn a_handshake_flood_does_not_starve_the_tunnel() {
     let a = Site::new("fla", "site-a");
     let b = Site::new("flb", "site-b");
     let f = NetNs::new("flf");
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     veth(
         &f,
         "ul0",

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Bg, KeyPair, NetNs, Netman, Site, TempDir, netman_bin, netman_genkey, netman_pubkey, ping,
-    ping_ok, require_tool, run, run_ok, unix_now, veth, wait_ping, wait_until,
+    ping_ok, require_tool, run, run_ok, underlay, unix_now, veth, wait_ping, wait_until,
 };
 
 /// Port every site listens on (each site has its own namespace).
@@ -379,14 +379,7 @@ fn u64_of(v: &serde_json::Value) -> u64 {
 fn pair(tag: &str, a_extra: &str) -> (Site, Site, String, String) {
     let a = Site::new(&format!("{tag}a"), "site-a");
     let b = Site::new(&format!("{tag}b"), "site-b");
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     let ma = a.write(
         "site-a.yaml",
         &manifest(
@@ -1423,14 +1416,7 @@ fn imported_wg_quick_configs_of_two_sites_carry_traffic() {
     require_tool("nft", "the Debian package nftables");
     let hub = Site::new("ihub", "hub");
     let rw = Site::new("irw", "roadwarrior");
-    veth(
-        &hub.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &rw.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&hub.ns, &rw.ns);
     // A LAN address behind the hub, reached through the client's 0.0.0.0/0.
     hub.ns.ip(&["addr", "add", "172.16.5.1/32", "dev", "lo"]);
     let psk = netman_genkey();
@@ -1584,14 +1570,7 @@ fn imported_hub_forwards_and_masquerades_like_wg_quick() {
     let branch = Site::new("ifwbr", "branch");
     // The host on the hub's uplink side (the "internet").
     let far = NetNs::new("ifwfar");
-    veth(
-        &hub.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &branch.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&hub.ns, &branch.ns);
     // The hub's uplink, `eth0` in the guides.
     veth(
         &hub.ns,

@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Site, ping_ok, unique, veth, wait_ping, wait_until};
+use common::{Site, ping_ok, underlay, unique, veth, wait_ping, wait_until};
 
 const WG_PORT: u16 = 51820;
 
@@ -80,14 +80,7 @@ fn setup(watch: bool) -> Setup {
         "resolv.conf",
         "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
     );
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     veth(
         &a.ns,
         "ul1",

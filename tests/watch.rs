@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Bg, Monitor, NetNs, OTHER_PUBLIC_KEY, SOME_PUBLIC_KEY, Site, holds_for, ping_ok, poll_until,
-    require_tool, run, veth, wait_ping, wait_until,
+    require_tool, run, underlay, wait_ping, wait_until,
 };
 use sha2::{Digest, Sha256};
 
@@ -368,14 +368,7 @@ struct Pair {
 fn pair(tag: &str) -> Pair {
     let a = Site::new(&format!("{tag}a"), "site-a");
     let b = Site::new(&format!("{tag}b"), "site-b");
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     let spec = |s: &Site, addrs: [&str; 2], peer: &Site, peer_ul: &str, allowed: [&str; 2]| Spec {
         name: s.deployment.clone(),
         addresses: addrs.iter().map(ToString::to_string).collect(),

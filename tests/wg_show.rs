@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{
-    NetNs, Site, UAPI_DIR, UapiSocketGuard, netman_genkey, ping_ok, require_tool, run, unique,
-    veth, wait_ping, write_mode,
+    NetNs, Site, UAPI_DIR, UapiSocketGuard, netman_genkey, ping_ok, require_tool, run, underlay,
+    unique, wait_ping, write_mode,
 };
 
 const WG_PORT: u16 = 51820;
@@ -199,14 +199,7 @@ fn wg_show_reads_the_live_state_and_wg_set_is_refused() {
     let _socks = (UapiSocketGuard::new(&ia), UapiSocketGuard::new(&ib));
     let a = Site::new("wsa", "site-a");
     let b = Site::new("wsb", "site-b");
-    veth(
-        &a.ns,
-        "ul0",
-        Some("192.0.2.1/24"),
-        &b.ns,
-        "ul0",
-        Some("192.0.2.2/24"),
-    );
+    underlay(&a.ns, &b.ns);
     let psk = netman_genkey();
     let (psk_a, psk_b) = (a.dir.join("ab.psk"), b.dir.join("ab.psk"));
     write_mode(&psk_a, &format!("{psk}\n"), 0o600);

@@ -106,6 +106,29 @@ pub struct PeerStatus {
     pub endpoint_error: Option<String>,
 }
 
+/// A peer's status for unit tests: nothing sent, received or configured
+/// beyond its name and key; tests set what they need.
+#[cfg(test)]
+impl PeerStatus {
+    pub(crate) fn example(name: &str, public_key: &str) -> PeerStatus {
+        PeerStatus {
+            name: name.into(),
+            public_key: public_key.into(),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            latest_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: None,
+            handshakes: 0,
+            handshake_attempts: 0,
+            preshared_key: false,
+            endpoint_name: None,
+            endpoint_error: None,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ControlError {
     /// Nothing listens: the engine is not running.

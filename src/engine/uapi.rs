@@ -567,20 +567,8 @@ mod tests {
 
     fn status() -> EngineStatus {
         let cfg = crate::engine::config::EngineConfig::example();
-        let peer = |name: &str, key: [u8; 32]| PeerStatus {
-            name: name.into(),
-            public_key: PublicKey::from_bytes(key).to_base64(),
-            endpoint: None,
-            allowed_ips: Vec::new(),
-            latest_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            persistent_keepalive: None,
-            handshakes: 0,
-            handshake_attempts: 0,
-            preshared_key: false,
-            endpoint_name: None,
-            endpoint_error: None,
+        let peer = |name: &str, key: [u8; 32]| {
+            PeerStatus::example(name, &PublicKey::from_bytes(key).to_base64())
         };
         let mut b = peer("site-b", [0x11; 32]);
         b.endpoint = Some("192.0.2.2:51820".parse().expect("addr"));

@@ -500,6 +500,19 @@ pub fn veth(
     }
 }
 
+/// The underlay of a pair of sites: a veth `ul0` with 192.0.2.1/24 in `a`
+/// and 192.0.2.2/24 in `b`.
+pub fn underlay(a: &NetNs, b: &NetNs) {
+    veth(
+        a,
+        "ul0",
+        Some("192.0.2.1/24"),
+        b,
+        "ul0",
+        Some("192.0.2.2/24"),
+    );
+}
+
 /// Write `contents` to a new file of mode `mode` (umask notwithstanding).
 pub fn write_mode(path: &Path, contents: &str, mode: u32) {
     let _ = std::fs::remove_file(path);
