@@ -49,6 +49,7 @@
 
 mod error;
 mod firewall;
+mod interface;
 mod locate;
 mod overlap;
 pub mod raw;
