@@ -14,9 +14,9 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use netman::engine::udp::TxQueue;
+use netman::link::model::{Desired, Observed, ObservedLink, Owned, link_alias};
+use netman::link::plan::plan;
 use netman::manifest;
-use netman::model::{Desired, Observed, ObservedLink, Owned, link_alias};
-use netman::plan::plan;
 
 const KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
 

@@ -9,8 +9,8 @@ use thiserror::Error;
 use crate::engine::config::{ConfigError, EngineChange, EngineConfig};
 use crate::engine::control::{ControlError, Request, Response};
 use crate::engine::{self, EngineCtx};
+use crate::link::netlink::Netlink;
 use crate::manifest::{self, Manifest};
-use crate::netlink::Netlink;
 use crate::reconcile::{self, Applied, ApplyOptions, ReconcileError};
 use crate::state::StateDir;
 

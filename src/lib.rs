@@ -1,15 +1,16 @@
 //! netman: declarative site-to-site VPN manager.
 //!
-//! The shape: [`manifest`] (parse + validate) → [`netlink`] observe (live
-//! kernel state into the [`model`]) → [`plan`] (a pure function: desired ×
-//! observed → ordered actions) → [`netlink`] execute → verify → revert on
-//! failure, orchestrated by [`reconcile`] and recorded in [`state`]. The
+//! The shape: [`manifest`] (parse + validate) → [`link`] observe (live
+//! kernel state into the [`link::model`]) → [`link::plan`] (a pure
+//! function: desired × observed → ordered actions) → [`link::netlink`]
+//! execute → verify → revert on failure, orchestrated by [`reconcile`] and
+//! recorded in [`state`]. The
 //! [`firewall`] (nftables rules, forwarding sysctls) follows the same shape.
 //!
 //! Layers point down only: [`cli`] and the binary → [`watch`] (follows the
 //! manifest and the kernel) → [`deploy`] (apply, run, down) → [`reconcile`]
 //! and [`engine`] (the data plane; it knows nothing above it and starts
-//! the watcher through a ready hook) → [`manifest`], [`netlink`],
+//! the watcher through a ready hook) → [`manifest`], [`link`],
 //! [`firewall`], [`state`] → `netman-proto`.
 
 pub mod cli;
@@ -22,11 +23,8 @@ pub mod firewall;
 pub mod fuzzing;
 pub mod import;
 pub mod keys;
+pub mod link;
 pub mod manifest;
-pub mod model;
-pub mod netlink;
-pub mod plan;
 pub mod reconcile;
 pub mod state;
-pub mod tun;
 pub mod watch;

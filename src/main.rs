@@ -20,8 +20,8 @@ use netman::engine::control::{ControlError, Request, Response};
 use netman::engine::{self};
 use netman::firewall::FirewallError;
 use netman::keys;
+use netman::link::netlink::Netlink;
 use netman::manifest::{self, Manifest};
-use netman::netlink::Netlink;
 use netman::reconcile::{self, ApplyOptions, ReconcileError};
 use netman::state::StateDir;
 use netman::watch;
@@ -563,7 +563,10 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     };
     let in_sync = plan.is_empty() && engine.is_empty();
     // Why table and fwmark were chosen automatically (a full tunnel).
-    let notes: Vec<String> = netman::model::Routing::of(&m).note.into_iter().collect();
+    let notes: Vec<String> = netman::link::model::Routing::of(&m)
+        .note
+        .into_iter()
+        .collect();
     match output {
         Output::Text => {
             for n in &notes {

@@ -9,10 +9,10 @@ use thiserror::Error;
 
 use crate::clock::now_unix_ms;
 use crate::firewall::{self, FirewallError};
+use crate::link::model::{Desired, Observed, Owned};
+use crate::link::netlink::{Netlink, NetlinkError};
+use crate::link::plan::{Plan, PlanErrors, desired_from_snapshot, plan};
 use crate::manifest::Manifest;
-use crate::model::{Desired, Observed, Owned};
-use crate::netlink::{Netlink, NetlinkError};
-use crate::plan::{Plan, PlanErrors, desired_from_snapshot, plan};
 use crate::state::{DeploymentState, ManifestRecord, PendingConfirm, StateDir, StateError};
 
 #[derive(Debug, Error)]

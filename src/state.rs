@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use crate::files;
 use crate::firewall;
-use crate::model::Owned;
+use crate::link::model::Owned;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/run/netman";

@@ -11,9 +11,9 @@ mod common;
 use std::fs;
 use std::path::Path;
 
+use netman::link::model::{Desired, Observed, Owned};
+use netman::link::plan::plan;
 use netman::manifest;
-use netman::model::{Desired, Observed, Owned};
-use netman::plan::plan;
 
 fn run_case(dir: &Path) -> Result<(&'static str, String), String> {
     let read = |f: &str| fs::read_to_string(dir.join(f));

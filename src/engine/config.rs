@@ -157,7 +157,7 @@ impl EngineConfig {
             peers,
             watch: m.watch,
             metrics: m.metrics.as_ref().map(|x| x.listen),
-            fwmark: crate::model::Routing::of(m).fwmark,
+            fwmark: crate::link::model::Routing::of(m).fwmark,
         })
     }
 

@@ -323,7 +323,7 @@ pub struct Interface {
     #[serde(default)]
     pub mss_clamp: MssClamp,
     /// `interface.table` as written (`None`: automatic, see
-    /// [`crate::model::Routing`]).
+    /// [`crate::link::model::Routing`]).
     #[serde(default)]
     pub table: Option<RouteTable>,
     /// `interface.fwmark` as written: the mark on the engine's UDP sockets.

@@ -36,8 +36,8 @@ use crate::clock::now_unix_ms;
 use crate::deploy::{self, DeployError, EngineStep, Resolved};
 use crate::engine::EngineCtx;
 use crate::engine::shared::Shared;
+use crate::link::netlink::Netlink;
 use crate::manifest::{self, Manifest};
-use crate::netlink::Netlink;
 use crate::reconcile::{ApplyOptions, ReconcileError};
 use crate::state::{DeploymentState, Stamp, StateDir};
 
@@ -217,7 +217,7 @@ impl Watcher {
                     matches!(
                         a,
                         netlink_packet_route::rule::RuleAttribute::Protocol(p)
-                            if u8::from(*p) == crate::model::ROUTE_PROTOCOL
+                            if u8::from(*p) == crate::link::model::ROUTE_PROTOCOL
                     )
                 })
             }

@@ -23,9 +23,9 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 use thiserror::Error;
 
-use crate::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias};
-use crate::plan::Action;
-use crate::tun;
+use super::tun;
+use crate::link::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias};
+use crate::link::plan::Action;
 
 /// The kernel's `local` table (addresses of the host, broadcast).
 const LOCAL_TABLE: u32 = 255;

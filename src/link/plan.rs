@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::model::{
+use crate::link::model::{
     Desired, LinkSpec, Observed, ObservedLink, Owned, RouteSpec, RuleSpec, is_ours,
 };
 
@@ -122,7 +122,7 @@ impl fmt::Display for Action {
                 if let Some(m) = route.explicit_metric() {
                     write!(f, " metric {m}")?;
                 }
-                if route.table != crate::model::MAIN_TABLE {
+                if route.table != crate::link::model::MAIN_TABLE {
                     write!(f, " table {}", route.table)?;
                 }
                 Ok(())
