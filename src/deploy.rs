@@ -8,11 +8,12 @@ use thiserror::Error;
 
 use crate::engine::config::{ConfigError, EngineChange, EngineConfig};
 use crate::engine::control::{ControlError, Request, Response};
-use crate::engine::{self, EngineCtx};
+use crate::engine::{self, CtxError, EngineCtx, ServeError};
+use crate::error::ErrorKind;
 use crate::link::netlink::Netlink;
 use crate::manifest::{self, Manifest};
 use crate::reconcile::{self, Applied, ApplyOptions, ReconcileError};
-use crate::state::StateDir;
+use crate::state::{StateDir, StateError};
 
 /// How the data plane is brought to the manifest's configuration.
 #[derive(Clone, Copy)]
@@ -26,6 +27,19 @@ pub enum EngineStep<'a> {
     InProcess(&'a EngineCtx),
 }
 
+/// Why the engine step of an apply (or a stop) failed.
+#[derive(Debug, Error)]
+pub enum EngineStepError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Start(#[from] ServeError),
+    #[error(transparent)]
+    InProcess(#[from] CtxError),
+    #[error("engine: unexpected answer {0}")]
+    Unexpected(String),
+}
+
 #[derive(Debug, Error)]
 pub enum DeployError {
     /// The manifest cannot work (endpoint, key file): nothing was changed.
@@ -35,6 +49,17 @@ pub enum DeployError {
     Reconcile(#[from] ReconcileError),
     #[error("recorded manifest of deployment {name}: {reason}")]
     Recorded { name: String, reason: String },
+}
+
+impl DeployError {
+    /// What kind of failure this is: the watcher backs off by it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DeployError::Config(e) => e.kind(),
+            DeployError::Reconcile(e) => e.kind(),
+            DeployError::Recorded { .. } => ErrorKind::Invalid,
+        }
+    }
 }
 
 /// The engine configuration of `m`, with its key files read and checked.
@@ -72,7 +97,7 @@ pub async fn apply(
         _ => engine_config(m)?,
     };
     cfg.watch = watching(sd, m, opts.no_watch);
-    let applied = reconcile::apply(nl, sd, m, opts, async || {
+    let applied = reconcile::apply(nl, sd, m, opts, async || -> Result<_, EngineStepError> {
         let changes = match step {
             EngineStep::Skip => return Ok(Vec::new()),
             EngineStep::Detached => push_engine(sd, &cfg)?,
@@ -85,34 +110,40 @@ pub async fn apply(
 }
 
 /// Bring the detached engine to `cfg`: configure it in place, or start it.
-pub fn push_engine(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
+pub fn push_engine(
+    sd: &StateDir,
+    cfg: &EngineConfig,
+) -> Result<Vec<EngineChange>, EngineStepError> {
     let req = Request::Configure {
         config: cfg.clone(),
         dry_run: false,
     };
     match engine::request(sd, &cfg.deployment, &req) {
         Ok(Response::Configured { changes }) => Ok(changes),
-        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
+        Ok(other) => Err(EngineStepError::Unexpected(format!("{other:?}"))),
         Err(ControlError::NotRunning(_)) => {
-            engine::spawn_detached(sd, cfg).map_err(|e| e.to_string())?;
+            engine::spawn_detached(sd, cfg)?;
             Ok(vec![engine::start_change(&cfg.deployment)])
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// What the engine would change to reach `cfg` (a dry run), or its start
 /// if none runs.
-pub fn engine_diff(sd: &StateDir, cfg: &EngineConfig) -> Result<Vec<EngineChange>, String> {
+pub fn engine_diff(
+    sd: &StateDir,
+    cfg: &EngineConfig,
+) -> Result<Vec<EngineChange>, EngineStepError> {
     let req = Request::Configure {
         config: cfg.clone(),
         dry_run: true,
     };
     match engine::request(sd, &cfg.deployment, &req) {
         Ok(Response::Configured { changes }) => Ok(changes),
-        Ok(other) => Err(format!("engine: unexpected answer {other:?}")),
+        Ok(other) => Err(EngineStepError::Unexpected(format!("{other:?}"))),
         Err(ControlError::NotRunning(_)) => Ok(vec![engine::start_change(&cfg.deployment)]),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -165,17 +196,34 @@ pub async fn resolve_pending(
     }
 }
 
+/// `netman confirm`: keep the configuration of an apply made with
+/// `--confirm-timeout`. Whether one was waiting (`false`: nothing to
+/// confirm, it may already have been reverted).
+pub fn confirm(sd: &StateDir, name: &str) -> Result<bool, StateError> {
+    let _lock = sd.lock()?;
+    match sd.load(name)? {
+        Some(mut st) if st.pending_confirm.is_some() => {
+            st.pending_confirm = None;
+            sd.save(&st)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Stop the engine of `name` (for `down`) and forget its files. Whether
 /// an engine was running (and is stopped now).
-pub fn stop_engine(sd: &StateDir, name: &str, step: EngineStep<'_>) -> Result<bool, String> {
+pub fn stop_engine(
+    sd: &StateDir,
+    name: &str,
+    step: EngineStep<'_>,
+) -> Result<bool, EngineStepError> {
     let stopped = match step {
         EngineStep::InProcess(engine) => {
             engine.stop()?;
             true
         }
-        EngineStep::Detached | EngineStep::Skip => {
-            engine::stop(sd, name).map_err(|e| e.to_string())?
-        }
+        EngineStep::Detached | EngineStep::Skip => engine::stop(sd, name)?,
     };
     let _ = std::fs::remove_file(sd.engine_config(name));
     let _ = std::fs::remove_file(sd.engine_log(name));

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod deploy;
 pub mod engine;
+pub mod error;
 pub mod files;
 pub mod firewall;
 #[doc(hidden)]

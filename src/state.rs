@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use std::collections::BTreeMap;
 
+use crate::error::ErrorKind;
 use crate::files;
 use crate::firewall;
 use crate::link::model::Owned;
@@ -49,6 +50,17 @@ pub enum StateError {
     File { path: PathBuf, reason: String },
     #[error("state dir {path}: {reason}")]
     Untrusted { path: PathBuf, reason: String },
+}
+
+impl StateError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StateError::Io { .. } => ErrorKind::Transient,
+            StateError::Corrupt { .. } | StateError::File { .. } | StateError::Untrusted { .. } => {
+                ErrorKind::Invalid
+            }
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -138,6 +150,99 @@ impl DeploymentState {
             applied_by_watcher: false,
             no_watch: false,
         }
+    }
+}
+
+/// What a successful apply leaves in force, for
+/// [`DeploymentState::record_apply`].
+#[derive(Clone, Debug)]
+pub struct ApplyOutcome {
+    pub manifest: ManifestRecord,
+    /// What netman created (no longer the intent's superset).
+    pub owned: Owned,
+    pub firewall: Option<firewall::Record>,
+    pub sysctls: BTreeMap<String, String>,
+    /// The kernel or firewall plan was not empty (the intent was recorded).
+    pub changed: bool,
+    /// The engine changed something.
+    pub engine_changed: bool,
+    /// `--confirm-timeout`: when the automatic revert is due (Unix ms).
+    pub confirm_deadline_ms: Option<u64>,
+    /// This apply is the revert of an unconfirmed one.
+    pub resolves_pending: bool,
+    /// `--no-watch` given (`Some(true)`), or watching asked for again.
+    pub no_watch: Option<bool>,
+    /// The watcher applied (a changed file, or drift).
+    pub by_watcher: bool,
+    /// Unix time (seconds) of the apply.
+    pub now_secs: u64,
+}
+
+impl DeploymentState {
+    /// Fold a successful apply into the record. Whether anything in it
+    /// changed (then the state file must be saved; an apply that changed
+    /// nothing writes nothing).
+    pub fn record_apply(&mut self, o: ApplyOutcome) -> bool {
+        let manifest_changed = self.manifest.as_ref() != Some(&o.manifest);
+        let pending = match o.confirm_deadline_ms {
+            _ if o.resolves_pending => None,
+            Some(deadline_ms) if manifest_changed || o.changed || o.engine_changed => {
+                Some(PendingConfirm {
+                    deadline_ms,
+                    previous: self.manifest.clone(),
+                })
+            }
+            // The watcher applied this very file moments ago (the operator
+            // saved it, then ran `apply --confirm-timeout`): the timeout
+            // covers the watcher's change.
+            Some(deadline_ms) if self.applied_by_watcher && self.previous_manifest.is_some() => {
+                Some(PendingConfirm {
+                    deadline_ms,
+                    previous: self.previous_manifest.clone(),
+                })
+            }
+            _ => self.pending_confirm.clone(),
+        };
+        let by_watcher = if manifest_changed {
+            o.by_watcher
+        } else {
+            self.applied_by_watcher && o.by_watcher
+        };
+        let unchanged = !o.changed
+            && !manifest_changed
+            && !self.in_progress
+            && self.owned == o.owned
+            && self.firewall == o.firewall
+            && self.sysctls == o.sysctls
+            && self.pending_confirm == pending
+            && !o.resolves_pending
+            && o.no_watch.is_none_or(|v| v == self.no_watch)
+            && self.applied_by_watcher == by_watcher;
+        if unchanged {
+            return false;
+        }
+        if manifest_changed {
+            self.previous_manifest = self.manifest.clone();
+        }
+        self.applied_by_watcher = by_watcher;
+        self.reverted_sha256 = if o.resolves_pending {
+            self.manifest.as_ref().map(|m| m.sha256.clone())
+        } else if manifest_changed {
+            None
+        } else {
+            self.reverted_sha256.take()
+        };
+        self.pending_confirm = pending;
+        if let Some(v) = o.no_watch {
+            self.no_watch = v;
+        }
+        self.owned = o.owned;
+        self.firewall = o.firewall;
+        self.sysctls = o.sysctls;
+        self.manifest = Some(o.manifest);
+        self.applied_at = Some(o.now_secs);
+        self.in_progress = false;
+        true
     }
 }
 
@@ -429,6 +534,131 @@ impl StateDir {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn rec(text: &str) -> ManifestRecord {
+        ManifestRecord {
+            path: PathBuf::from("/etc/netman/a.yaml"),
+            sha256: format!("sha-{text}"),
+            text: text.to_string(),
+        }
+    }
+
+    /// An apply of `m` that changed nothing in the kernel, with what a
+    /// state already holding `st`'s ownership would record.
+    fn outcome(st: &DeploymentState, m: &ManifestRecord) -> ApplyOutcome {
+        ApplyOutcome {
+            manifest: m.clone(),
+            owned: st.owned.clone(),
+            firewall: st.firewall.clone(),
+            sysctls: st.sysctls.clone(),
+            changed: false,
+            engine_changed: false,
+            confirm_deadline_ms: None,
+            resolves_pending: false,
+            no_watch: None,
+            by_watcher: false,
+            now_secs: 1_000,
+        }
+    }
+
+    fn applied(m: &ManifestRecord) -> DeploymentState {
+        let mut st = DeploymentState::new("a");
+        assert!(st.record_apply(outcome(&st, m)));
+        st
+    }
+
+    #[test]
+    fn an_apply_that_changes_nothing_writes_nothing() {
+        let m = rec("v1");
+        let mut st = applied(&m);
+        let before = st.clone();
+        let mut o = outcome(&st, &m);
+        o.now_secs = 2_000;
+        assert!(!st.record_apply(o), "same manifest, nothing changed");
+        assert_eq!(st, before, "not even applied_at moves");
+        // An interrupted apply's flag is cleared, though.
+        st.in_progress = true;
+        assert!(st.record_apply(outcome(&st, &m)));
+        assert!(!st.in_progress);
+    }
+
+    #[test]
+    fn a_new_manifest_becomes_the_previous_one_later() {
+        let (v1, v2) = (rec("v1"), rec("v2"));
+        let mut st = applied(&v1);
+        assert_eq!(st.applied_at, Some(1_000));
+        let mut o = outcome(&st, &v2);
+        o.by_watcher = true;
+        assert!(st.record_apply(o));
+        assert_eq!(st.manifest.as_ref(), Some(&v2));
+        assert_eq!(st.previous_manifest.as_ref(), Some(&v1));
+        assert!(st.applied_by_watcher);
+        // The same file applied by a command: no longer the watcher's.
+        assert!(st.record_apply(outcome(&st, &v2)));
+        assert!(!st.applied_by_watcher);
+    }
+
+    #[test]
+    fn confirm_timeout_records_what_to_go_back_to() {
+        let (v1, v2) = (rec("v1"), rec("v2"));
+        let mut st = applied(&v1);
+        let mut o = outcome(&st, &v2);
+        o.confirm_deadline_ms = Some(5_000);
+        assert!(st.record_apply(o));
+        assert_eq!(
+            st.pending_confirm,
+            Some(PendingConfirm {
+                deadline_ms: 5_000,
+                previous: Some(v1.clone()),
+            })
+        );
+        // Nothing changed and no new manifest: the pending one stays.
+        let mut o = outcome(&st, &v2);
+        o.confirm_deadline_ms = Some(9_000);
+        assert!(!st.record_apply(o));
+        assert_eq!(
+            st.pending_confirm.as_ref().map(|p| p.deadline_ms),
+            Some(5_000)
+        );
+        // The revert resolves it and remembers what was reverted.
+        let mut o = outcome(&st, &v1);
+        o.resolves_pending = true;
+        assert!(st.record_apply(o));
+        assert_eq!(st.pending_confirm, None);
+        assert_eq!(st.reverted_sha256.as_deref(), Some("sha-v2"));
+        assert_eq!(st.manifest.as_ref(), Some(&v1));
+    }
+
+    #[test]
+    fn confirm_timeout_after_the_watcher_applied_the_file_covers_its_change() {
+        let (v1, v2) = (rec("v1"), rec("v2"));
+        let mut st = applied(&v1);
+        let mut o = outcome(&st, &v2);
+        o.by_watcher = true;
+        assert!(st.record_apply(o));
+        // `apply --confirm-timeout` of the file the watcher just applied.
+        let mut o = outcome(&st, &v2);
+        o.confirm_deadline_ms = Some(7_000);
+        assert!(st.record_apply(o));
+        assert_eq!(
+            st.pending_confirm
+                .as_ref()
+                .and_then(|p| p.previous.as_ref()),
+            Some(&v1)
+        );
+    }
+
+    #[test]
+    fn no_watch_is_recorded_only_when_said() {
+        let m = rec("v1");
+        let mut st = applied(&m);
+        let mut o = outcome(&st, &m);
+        o.no_watch = Some(true);
+        assert!(st.record_apply(o));
+        assert!(st.no_watch);
+        assert!(!st.record_apply(outcome(&st, &m)), "None keeps it");
+        assert!(st.no_watch);
+    }
 
     #[test]
     fn save_load_list_remove() {

@@ -11,6 +11,7 @@ use netman_proto::keys::{PresharedKey, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::error::ErrorKind;
 use crate::keys::{self, KeyFileError};
 use crate::manifest::{Endpoint, Manifest};
 
@@ -93,6 +94,19 @@ pub enum ConfigError {
     PublicKey { peer: String },
     #[error("peer {peer}: its public key is this interface's own public key")]
     OwnKey { peer: String },
+}
+
+impl ConfigError {
+    /// A name that does not resolve may resolve later; a bad key does not
+    /// mend itself.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConfigError::Resolve { .. } => ErrorKind::Transient,
+            ConfigError::KeyFile(_)
+            | ConfigError::PublicKey { .. }
+            | ConfigError::OwnKey { .. } => ErrorKind::Invalid,
+        }
+    }
 }
 
 impl EngineConfig {

@@ -61,6 +61,22 @@ pub enum ServeError {
     Signal { name: String, reason: String },
 }
 
+/// Why the running engine did not take a command from this process (the
+/// watcher's configure or stop).
+#[derive(Debug, Error)]
+pub enum CtxError {
+    #[error("this engine serves deployment {serves}, not {asked}")]
+    WrongDeployment { serves: String, asked: String },
+    /// The data plane thread has ended (the engine is stopping).
+    #[error("the data plane has stopped")]
+    Stopped,
+    #[error("the data plane did not answer")]
+    NoAnswer,
+    /// The data plane refused the configuration (its reason).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// The largest engine config read back (1,000 peers take about 1 MiB).
 const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
@@ -322,23 +338,26 @@ impl EngineCtx {
         &self,
         config: EngineConfig,
         dry_run: bool,
-    ) -> Result<Vec<EngineChange>, String> {
+    ) -> Result<Vec<EngineChange>, CtxError> {
         if config.deployment != self.name {
-            return Err(format!(
-                "this engine serves deployment {}, not {}",
-                self.name, config.deployment
-            ));
+            return Err(CtxError::WrongDeployment {
+                serves: self.name.clone(),
+                asked: config.deployment,
+            });
         }
         let (tx, rx) = mpsc::channel();
         let saved = config.clone();
-        self.control.send(DpCommand::Configure {
-            config: Box::new(config),
-            dry_run,
-            reply: tx,
-        })?;
+        self.control
+            .send(DpCommand::Configure {
+                config: Box::new(config),
+                dry_run,
+                reply: tx,
+            })
+            .map_err(|_| CtxError::Stopped)?;
         let changes = rx
             .recv_timeout(CONTROL_TIMEOUT)
-            .map_err(|_| "the data plane did not answer".to_string())??;
+            .map_err(|_| CtxError::NoAnswer)?
+            .map_err(CtxError::Refused)?;
         if !dry_run {
             if let Err(e) = write_config(&self.sd, &saved) {
                 tracing::warn!(error = %e, "could not record the engine config");
@@ -359,8 +378,10 @@ impl EngineCtx {
     }
 
     /// Stop the data plane (and so the engine).
-    pub fn stop(&self) -> Result<(), String> {
-        self.control.send(DpCommand::Stop)
+    pub fn stop(&self) -> Result<(), CtxError> {
+        self.control
+            .send(DpCommand::Stop)
+            .map_err(|_| CtxError::Stopped)
     }
 }
 
@@ -481,7 +502,7 @@ fn handle(ctx: &EngineCtx, req: Request) -> Response {
         }
         Request::Configure { config, dry_run } => match ctx.configure(config, dry_run) {
             Ok(changes) => Response::Configured { changes },
-            Err(e) => err(e),
+            Err(e) => err(e.to_string()),
         },
     }
 }

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::error::ErrorKind;
 use crate::manifest::{Interface, MSS_CLAMP_CHAIN, Manifest, MssClamp, Pos};
 
 pub use diff::{Change, Plan, SysctlSet, TableOp, plan};
@@ -351,6 +352,20 @@ pub enum FirewallError {
     Sysctl { key: String, reason: String },
     #[error("verification failed: {0}")]
     Verify(String),
+}
+
+impl FirewallError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FirewallError::NftMissing(_) | FirewallError::Rejected(_) | FirewallError::Plan(_) => {
+                ErrorKind::Invalid
+            }
+            FirewallError::Nft { .. }
+            | FirewallError::Parse { .. }
+            | FirewallError::Sysctl { .. }
+            | FirewallError::Verify(_) => ErrorKind::Transient,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

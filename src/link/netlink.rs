@@ -24,6 +24,7 @@ use rtnetlink::Handle;
 use thiserror::Error;
 
 use super::tun;
+use crate::error::ErrorKind;
 use crate::link::model::{Observed, ObservedLink, ROUTE_PROTOCOL, RouteSpec, RuleSpec, link_alias};
 use crate::link::plan::Action;
 
@@ -43,6 +44,13 @@ pub enum NetlinkError {
     Tun(#[from] tun::TunError),
     #[error("interrupted by a signal")]
     Interrupted,
+}
+
+impl NetlinkError {
+    /// Netlink failures are the kernel's answer of the moment: worth a retry.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Transient
+    }
 }
 
 /// The kernel's reason for a failed request, as `strerror` text.

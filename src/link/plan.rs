@@ -7,6 +7,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::error::ErrorKind;
+
 use crate::link::model::{
     Desired, LinkSpec, Observed, ObservedLink, Owned, RouteSpec, RuleSpec, is_ours,
 };
@@ -173,6 +175,13 @@ pub enum PlanError {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct PlanErrors(pub Vec<PlanError>);
+
+impl PlanErrors {
+    /// A conflict with what netman does not own stays until that changes.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Invalid
+    }
+}
 
 /// Compute the ordered actions that take `observed` to `desired` for
 /// deployment `deployment`, changing or removing only what `owned` records

@@ -33,12 +33,13 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::RouteAttribute;
 
 use crate::clock::now_unix_ms;
-use crate::deploy::{self, DeployError, EngineStep, Resolved};
+use crate::deploy::{self, EngineStep, Resolved};
 use crate::engine::EngineCtx;
 use crate::engine::shared::Shared;
+use crate::error::ErrorKind;
 use crate::link::netlink::Netlink;
 use crate::manifest::{self, Manifest};
-use crate::reconcile::{ApplyOptions, ReconcileError};
+use crate::reconcile::ApplyOptions;
 use crate::state::{DeploymentState, Stamp, StateDir};
 
 mod policy;
@@ -257,7 +258,7 @@ impl Watcher {
             }
             Ok(None) => {}
             Err(e) => {
-                self.policy.failed(Instant::now());
+                self.policy.failed_as(Instant::now(), e.kind());
                 tracing::error!(error = %e, "automatic revert failed");
                 self.shared
                     .set_last_error(Some(format!("automatic revert: {e}")));
@@ -402,18 +403,15 @@ impl Watcher {
             Err(e) => {
                 // Refused while an apply waits for `netman confirm`: no
                 // failure, the revert or the confirmation comes later.
-                let pending = matches!(
-                    e,
-                    DeployError::Reconcile(ReconcileError::PendingConfirm { .. })
-                );
+                let kind = e.kind();
                 let e = e.to_string();
                 if from_file {
                     self.shared.set_manifest_error(Some(e.clone()));
                 }
-                if pending {
+                if kind == ErrorKind::Busy {
                     return;
                 }
-                self.policy.failed(Instant::now());
+                self.policy.failed_as(Instant::now(), kind);
                 tracing::error!(cause = ?trigger, "reconcile failed: {e}");
                 self.shared.set_last_error(Some(e));
                 self.shared

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::error::ErrorKind;
+
 /// Debounce after a kernel event (our own changes come as bursts).
 pub const KERNEL_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Debounce after a manifest file event (editors write in several steps).
@@ -133,6 +135,23 @@ impl Policy {
         self.streak = self.streak.saturating_add(1);
         let d = Duration::from_secs(1u64 << self.streak.min(4).saturating_sub(1)).min(RESYNC);
         self.quiet_until = Some(now + d);
+    }
+
+    /// A reconcile failed at `now` with an error of `kind`: a transient
+    /// one backs off as [`Policy::failed`]; an invalid input (the manifest,
+    /// a key file, a rule nft rejects) cannot succeed before something
+    /// changes, so kernel events wait the longest back-off at once (a file
+    /// change still applies at once); `Busy` (an apply waits for `netman
+    /// confirm`) is no failure.
+    pub fn failed_as(&mut self, now: Instant, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Busy => {}
+            ErrorKind::Transient => self.failed(now),
+            ErrorKind::Invalid => {
+                self.streak = self.streak.saturating_add(1);
+                self.quiet_until = Some(now + RESYNC);
+            }
+        }
     }
 
     /// Keep the earlier time. A file change wins over a kernel event, and a
@@ -306,6 +325,31 @@ mod tests {
         assert_eq!(p.quiet_until, None);
         p.failed(now);
         assert_eq!(p.quiet_until, Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_invalid_input_backs_off_the_longest_at_once_and_busy_not_at_all() {
+        let t0 = Instant::now();
+        let mut p = started(t0);
+        p.failed_as(t0, ErrorKind::Busy);
+        assert_eq!(
+            p.quiet_until, None,
+            "waiting for a confirmation is no failure"
+        );
+        p.failed_as(t0, ErrorKind::Transient);
+        assert_eq!(p.quiet_until, Some(t0 + Duration::from_secs(1)));
+        p.failed_as(t0, ErrorKind::Invalid);
+        assert_eq!(p.quiet_until, Some(t0 + RESYNC));
+        // Kernel events wait for it; a file change (the fix) does not.
+        p.kernel_event(t0);
+        assert_eq!(p.step(t0 + RESYNC - ms(1), None, true), None);
+        p.file_event(t0);
+        assert_eq!(
+            p.step(t0 + FILE_DEBOUNCE, None, true),
+            Some(Step::Reconcile(Trigger::File))
+        );
+        p.succeeded();
+        assert_eq!(p.quiet_until, None);
     }
 
     #[test]

@@ -8,12 +8,18 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::clock::now_unix_ms;
+use crate::error::ErrorKind;
 use crate::firewall::{self, FirewallError};
 use crate::link::model::{Desired, Observed, Owned};
 use crate::link::netlink::{Netlink, NetlinkError};
-use crate::link::plan::{Plan, PlanErrors, desired_from_snapshot, plan};
+use crate::link::plan::{Plan, PlanErrors, plan};
 use crate::manifest::Manifest;
-use crate::state::{DeploymentState, ManifestRecord, PendingConfirm, StateDir, StateError};
+use crate::state::{DeploymentState, ManifestRecord, StateDir, StateError};
+
+mod txn;
+
+pub use txn::StepError;
+use txn::{Transaction, converge};
 
 #[derive(Debug, Error)]
 pub enum ReconcileError {
@@ -43,7 +49,7 @@ pub enum ReconcileError {
 pub struct Failure {
     /// What went wrong (kernel errors naming the object, or a failed
     /// verification).
-    pub errors: Vec<String>,
+    pub errors: Vec<StepError>,
     /// Errors while reverting; empty when the system is back as it was.
     pub revert_errors: Vec<String>,
     /// The revert plan that was carried out.
@@ -97,6 +103,32 @@ impl ManifestRecord {
             sha256: m.source.sha256.clone(),
             text: m.source.text.clone(),
         }
+    }
+}
+
+impl ReconcileError {
+    /// What kind of failure this is (for the watcher's back-off).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::State(e) => e.kind(),
+            ReconcileError::Netlink(e) => e.kind(),
+            ReconcileError::Plan(e) => e.kind(),
+            ReconcileError::Firewall(e) => e.kind(),
+            ReconcileError::Failed(f) => f.kind(),
+            ReconcileError::UnknownDeployment(_) => ErrorKind::Invalid,
+            ReconcileError::PendingConfirm { .. } => ErrorKind::Busy,
+            ReconcileError::DownFailed(_) => ErrorKind::Transient,
+        }
+    }
+}
+
+impl Failure {
+    /// The gravest kind among the errors.
+    pub fn kind(&self) -> ErrorKind {
+        self.errors
+            .iter()
+            .map(StepError::kind)
+            .fold(ErrorKind::Transient, ErrorKind::worst)
     }
 }
 
@@ -242,11 +274,12 @@ impl ApplyOptions {
 
 /// Make the live state match `manifest`: the kernel first (links, then
 /// nftables and sysctls), then the data plane through `engine` (called once
-/// the kernel is verified; it returns the changes it made, as lines). If
-/// any step fails, the kernel is reverted to the snapshot and the recorded
-/// state is left as it was. An empty plan writes nothing to the kernel (no
-/// netlink request, no nft transaction, no sysctl write).
-pub async fn apply<F>(
+/// the kernel is verified; it returns the changes it made, as lines), as
+/// one [`txn::Transaction`]. If any step fails, the kernel is reverted to
+/// the snapshot and the recorded state is left as it was. An empty plan
+/// writes nothing to the kernel (no netlink request, no nft transaction, no
+/// sysctl write).
+pub async fn apply<F, E>(
     nl: &Netlink,
     sd: &StateDir,
     manifest: &Manifest,
@@ -254,7 +287,8 @@ pub async fn apply<F>(
     engine: F,
 ) -> Result<Applied, ReconcileError>
 where
-    F: AsyncFnOnce() -> Result<Vec<String>, String>,
+    F: AsyncFnOnce() -> Result<Vec<String>, E>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _lock = sd.lock()?;
     let name = manifest.name.as_str();
@@ -277,282 +311,11 @@ where
         // Confirmed (or reverted) while this revert waited for the lock.
         return Ok(Applied::default());
     }
-    let owned_before = prior.as_ref().map(|s| s.owned.clone()).unwrap_or_default();
-    let desired = Desired::from_manifest(manifest);
-    let names = link_names(&desired, &owned_before);
-    let before = observe(nl, &names).await?;
-    let todo = plan(name, &desired, &before, &owned_before)?;
-    // Planned and checked by nft before anything changes.
-    let fw = plan_firewall(manifest, prior.as_ref())?;
-    let record = ManifestRecord::of(manifest);
-
-    // Record the intent before touching the kernel: the links, the chains
-    // netman's rules may end up in, and the sysctl values about to change.
-    let intent = owned_before.union(&Owned::from_desired(&desired));
-    let fw_intent = fw.plan.touches_nft().then(|| {
-        let mut r = fw.record.clone().unwrap_or_default();
-        r.chains.extend(fw.desired.insert_chains());
-        r
-    });
-    let mut saved = fw.saved.clone();
-    if fw.desired.forwarding {
-        for s in &fw.plan.sysctls {
-            saved.entry(s.key.clone()).or_insert_with(|| s.from.clone());
-        }
+    let mut tx = Transaction::begin(nl, sd, manifest, prior).await?;
+    match tx.forward(&opts, engine).await {
+        Ok((fw_record, lines)) => tx.commit(&opts, fw_record, lines),
+        Err(errors) => Err(tx.rollback(errors).await),
     }
-    let changing = !todo.is_empty() || !fw.plan.is_empty();
-    let mut st = prior.clone().unwrap_or_else(|| DeploymentState::new(name));
-    if changing {
-        st.owned = intent.clone();
-        if fw_intent.is_some() {
-            st.firewall = fw_intent.clone();
-        }
-        st.sysctls = saved.clone();
-        st.in_progress = true;
-        sd.save(&st)?;
-    }
-
-    let kernel = if todo.is_empty() {
-        Ok(())
-    } else {
-        match nl.execute(name, &todo.actions, || opts.stop()).await {
-            Ok(()) => verify(nl, name, &desired, &names, &intent).await,
-            Err(errs) => Err(errs.iter().map(ToString::to_string).collect()),
-        }
-    };
-    let mut fw_touched = false;
-    let fw_outcome = match kernel {
-        Ok(()) if opts.stop() => Err(vec!["interrupted by a signal".to_string()]),
-        Ok(()) => {
-            fw_touched = !fw.plan.is_empty();
-            apply_firewall(name, &fw, &saved).map_err(|e| vec![e])
-        }
-        Err(e) => Err(e),
-    };
-    let outcome = match fw_outcome {
-        Ok(_) if opts.stop() => Err(vec!["interrupted by a signal".to_string()]),
-        Ok(fw_record) => engine()
-            .await
-            .map(|lines| (fw_record, lines))
-            .map_err(|e| vec![e]),
-        Err(e) => Err(e),
-    };
-    match outcome {
-        Ok((fw_record, engine)) => {
-            let owned = Owned::from_desired(&desired);
-            let sysctls = if fw.desired.forwarding {
-                saved
-            } else {
-                BTreeMap::new()
-            };
-            let manifest_changed = st.manifest.as_ref() != Some(&record);
-            let deadline =
-                |t: std::time::Duration| now_unix_ms().saturating_add(t.as_millis() as u64);
-            let pending = match opts.confirm_timeout {
-                _ if opts.resolves_pending => None,
-                Some(t) if manifest_changed || changing || !engine.is_empty() => {
-                    Some(PendingConfirm {
-                        deadline_ms: deadline(t),
-                        previous: prior.as_ref().and_then(|p| p.manifest.clone()),
-                    })
-                }
-                // The watcher applied this very file moments ago (the
-                // operator saved it, then ran `apply --confirm-timeout`):
-                // the timeout covers the watcher's change.
-                Some(t) if st.applied_by_watcher && st.previous_manifest.is_some() => {
-                    Some(PendingConfirm {
-                        deadline_ms: deadline(t),
-                        previous: st.previous_manifest.clone(),
-                    })
-                }
-                _ => st.pending_confirm.clone(),
-            };
-            let by_watcher = if manifest_changed {
-                opts.by_watcher
-            } else {
-                st.applied_by_watcher && opts.by_watcher
-            };
-            if changing
-                || st.manifest.as_ref() != Some(&record)
-                || st.in_progress
-                || st.owned != owned
-                || st.firewall != fw_record
-                || st.sysctls != sysctls
-                || st.pending_confirm != pending
-                || (st.reverted_sha256.is_some() && st.manifest.as_ref() != Some(&record))
-                || opts.resolves_pending
-                || opts.no_watch.is_some_and(|v| v != st.no_watch)
-                || st.applied_by_watcher != by_watcher
-            {
-                if manifest_changed {
-                    st.previous_manifest = st.manifest.clone();
-                }
-                st.applied_by_watcher = by_watcher;
-                st.reverted_sha256 = if opts.resolves_pending {
-                    prior
-                        .as_ref()
-                        .and_then(|p| p.manifest.as_ref())
-                        .map(|m| m.sha256.clone())
-                } else if st.manifest.as_ref() == Some(&record) {
-                    st.reverted_sha256.take()
-                } else {
-                    None
-                };
-                st.pending_confirm = pending;
-                if let Some(v) = opts.no_watch {
-                    st.no_watch = v;
-                }
-                st.owned = owned;
-                st.firewall = fw_record;
-                st.sysctls = sysctls;
-                st.manifest = Some(record);
-                st.applied_at = Some(crate::clock::now_unix_secs());
-                st.in_progress = false;
-                sd.save(&st)?;
-            }
-            Ok(Applied {
-                kernel: todo,
-                firewall: fw.plan,
-                engine,
-            })
-        }
-        Err(errors) => {
-            let mut revert_errors = Vec::new();
-            if !fw_touched {
-                // nftables and sysctls were not touched: forget the intent.
-                st.firewall = fw.record.clone();
-                st.sysctls = fw.saved.clone();
-            } else {
-                match firewall::revert(
-                    name,
-                    &fw.desired,
-                    &fw.before,
-                    fw.record.as_ref(),
-                    fw_intent.as_ref().or(fw.record.as_ref()),
-                    &saved,
-                ) {
-                    Ok(rec) => {
-                        st.firewall = rec;
-                        st.sysctls = fw.saved.clone();
-                    }
-                    Err(errs) => revert_errors.extend(errs),
-                }
-            }
-            let reverted = if todo.is_empty() {
-                Plan::default()
-            } else {
-                let target = desired_from_snapshot(&before, &owned_before, name);
-                let (reverted, errs) = converge(nl, name, &target, &names, &intent).await;
-                revert_errors.extend(errs);
-                reverted
-            };
-            if changing {
-                if !todo.is_empty() {
-                    let after = observe(nl, &names).await?;
-                    st.owned = intent.retain_existing(&after, name);
-                }
-                st.in_progress = false;
-                st.manifest = prior.as_ref().and_then(|p| p.manifest.clone());
-                st.applied_at = prior.as_ref().and_then(|p| p.applied_at);
-                if prior.is_none()
-                    && st.owned.is_empty()
-                    && st.firewall.is_none()
-                    && st.sysctls.is_empty()
-                {
-                    sd.remove(name)?;
-                } else {
-                    sd.save(&st)?;
-                }
-            }
-            Err(ReconcileError::Failed(Failure {
-                errors,
-                revert_errors,
-                reverted,
-                firewall_reverted: fw_touched,
-            }))
-        }
-    }
-}
-
-/// Carry out the firewall plan (one nft transaction, then the sysctls) and
-/// verify it; returns the record of what is now in place.
-fn apply_firewall(
-    name: &str,
-    fw: &FirewallPlanned,
-    saved: &BTreeMap<String, String>,
-) -> Result<Option<firewall::Record>, String> {
-    let observed = if fw.plan.is_empty() {
-        fw.before.clone()
-    } else {
-        firewall::execute(&fw.script, &fw.plan.sysctls).map_err(|e| e.to_string())?;
-        let record = fw.record.clone().map(|mut r| {
-            r.chains.extend(fw.desired.insert_chains());
-            r
-        });
-        firewall::observe(name, &fw.desired, record.as_ref(), saved)
-            .map_err(|e| format!("verification failed: {e}"))?
-    };
-    let new_record = firewall::record_after(&fw.desired, &observed)
-        .map_err(|e| format!("verification failed: {e}"))?;
-    let sysctls = if fw.desired.forwarding {
-        saved.clone()
-    } else {
-        BTreeMap::new()
-    };
-    match firewall::plan(name, &fw.desired, &observed, new_record.as_ref(), &sysctls) {
-        Ok(p) if p.is_empty() => Ok(new_record),
-        Ok(p) => Err(format!(
-            "verification failed: after applying, the firewall still differs:\n{}",
-            p.to_string().trim_end()
-        )),
-        Err(e) => Err(format!("verification failed: {e}")),
-    }
-}
-
-/// Re-observe and check that nothing is left to do.
-async fn verify(
-    nl: &Netlink,
-    name: &str,
-    desired: &Desired,
-    names: &BTreeSet<String>,
-    owned: &Owned,
-) -> Result<(), Vec<String>> {
-    let after = observe(nl, names).await.map_err(|e| vec![e.to_string()])?;
-    match plan(name, desired, &after, owned) {
-        Ok(p) if p.is_empty() => Ok(()),
-        Ok(p) => Err(vec![format!(
-            "verification failed: after applying, the kernel still differs:\n{}",
-            p.to_string().trim_end()
-        )]),
-        Err(e) => Err(vec![format!("verification failed: {e}")]),
-    }
-}
-
-/// Best effort: plan towards `target` and carry it out, continuing past
-/// failures. Returns what was planned and the errors met.
-async fn converge(
-    nl: &Netlink,
-    name: &str,
-    target: &Desired,
-    names: &BTreeSet<String>,
-    owned: &Owned,
-) -> (Plan, Vec<String>) {
-    let now = match observe(nl, names).await {
-        Ok(o) => o,
-        Err(e) => return (Plan::default(), vec![e.to_string()]),
-    };
-    let p = match plan(name, target, &now, owned) {
-        Ok(p) => p,
-        Err(e) => return (Plan::default(), vec![e.to_string()]),
-    };
-    let mut errors = Vec::new();
-    // One action at a time, so that one failure does not stop the rest.
-    for a in &p.actions {
-        if let Err(errs) = nl.execute(name, std::slice::from_ref(a), || false).await {
-            errors.extend(errs.iter().map(ToString::to_string));
-        }
-    }
-    (p, errors)
 }
 
 /// What `down` removed: the link actions and the firewall changes.
@@ -571,20 +334,21 @@ impl fmt::Display for Removed {
 /// Remove everything deployment `name` created, from the recorded state
 /// alone (no manifest, no DNS): its links, its nftables table and inserted
 /// rules, and the sysctls it changed (restored). Returns what was done.
-pub async fn down<F>(
+pub async fn down<F, E>(
     nl: &Netlink,
     sd: &StateDir,
     name: &str,
     stop_engine: F,
 ) -> Result<Removed, ReconcileError>
 where
-    F: FnOnce() -> Result<(), String>,
+    F: FnOnce() -> Result<(), E>,
+    E: fmt::Display,
 {
     let _lock = sd.lock()?;
     let Some(mut st) = sd.load(name)? else {
         return Err(ReconcileError::UnknownDeployment(name.to_string()));
     };
-    stop_engine().map_err(|e| ReconcileError::DownFailed(vec![e]))?;
+    stop_engine().map_err(|e| ReconcileError::DownFailed(vec![e.to_string()]))?;
     let names = link_names(&Desired::default(), &st.owned);
     let before = observe(nl, &names).await?;
     for (link, obs) in &before.links {
