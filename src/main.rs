@@ -1,24 +1,25 @@
-use std::io::IsTerminal;
+//! The binary's edge: parse the command line, run the command, turn the
+//! outcome into output and an exit code. Everything a command does lives
+//! in the library (`deploy`, `reconcile`, `engine`, `manifest`); how its
+//! output looks lives in `netman::cli`.
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
 
-use netman::cli::{Cli, Command, LogFormat, Output};
+use netman::cli::diff::DiffReport;
+use netman::cli::exit::{self, DIFF_CHANGES, DIFF_ERROR, FAILED, INVALID, OK};
+use netman::cli::log::{self, ERR, NOTICE, WARNING, report};
+use netman::cli::signals::{interrupted, revert_on_signals};
+use netman::cli::{Cli, Command, Output};
 use netman::clock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
 use netman::deploy::{self, DeployError, EngineStep};
 use netman::engine::config::EngineConfig;
 use netman::engine::control::{ControlError, Request, Response};
 use netman::engine::{self};
-use netman::firewall::FirewallError;
 use netman::keys;
 use netman::link::netlink::Netlink;
 use netman::manifest::{self, Manifest};
@@ -29,21 +30,9 @@ use netman::watch;
 /// `eprintln!` for errors, in the log format.
 macro_rules! report_err {
     ($($arg:tt)*) => {
-        report(3, &format!($($arg)*))
+        report(ERR, &format!($($arg)*))
     };
 }
-
-/// Exit codes: the README's table "Commands and exit codes" is the contract.
-const EXIT_OK: u8 = 0;
-/// The command failed (`apply`: and was reverted). Never used by `diff`.
-const EXIT_FAILED: u8 = 1;
-/// The manifest is invalid.
-const EXIT_INVALID: u8 = 2;
-/// `diff`: the live state differs from the manifest.
-const EXIT_DIFF_CHANGES: u8 = 1;
-/// `diff`: it could not tell (any error, an invalid manifest included), so
-/// a failing `diff` never reads as "changes pending".
-const EXIT_DIFF_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`netman status | head`), like other
@@ -51,90 +40,13 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.log_format);
+    log::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report_err!("netman: {e}");
-            ExitCode::from(EXIT_FAILED)
+            ExitCode::from(FAILED)
         }
-    }
-}
-
-/// How messages for the operator (errors, notes) are printed: set only
-/// when asked for (`--log-format`) or when stderr goes to the journal
-/// (`JOURNAL_STREAM`); a plain `netman validate` in a CI job keeps plain
-/// `FILE:LINE:COL: ...` lines.
-static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
-
-/// Print a message for the operator on stderr in the log format: as is
-/// (human), with the syslog priority on every line (journald), or as one
-/// JSON object (json).
-fn report(priority: u8, msg: &str) {
-    match LOG_FORMAT.get() {
-        Some(LogFormat::Journald) => {
-            for line in msg.lines() {
-                eprintln!("<{priority}>{line}");
-            }
-        }
-        Some(LogFormat::Json) if priority <= 3 => tracing::error!(target: "netman", "{msg}"),
-        Some(LogFormat::Json) => tracing::warn!(target: "netman", "{msg}"),
-        _ => eprintln!("{msg}"),
-    }
-}
-
-fn init_logging(verbose: u8, format: Option<LogFormat>) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("NETMAN_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let tty = std::io::stderr().is_terminal();
-    let explicit = format;
-    let format = format.unwrap_or(if tty {
-        LogFormat::Human
-    } else {
-        LogFormat::Journald
-    });
-    if explicit.is_some() || std::env::var_os("JOURNAL_STREAM").is_some() {
-        let _ = LOG_FORMAT.set(format);
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.with_ansi(tty).try_init(),
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Journald => builder.with_ansi(false).event_format(Journald).try_init(),
-    };
-}
-
-/// systemd-journald's stderr convention: a `<N>` syslog priority prefix,
-/// no timestamp (the journal adds its own), no colours.
-struct Journald;
-
-impl<S, N> FormatEvent<S, N> for Journald
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        write!(writer, "<{priority}>")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
     }
 }
 
@@ -173,31 +85,7 @@ fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
 /// The manifest's warnings (legal but suspicious values), on stderr.
 fn report_warnings(m: &Manifest) {
     for w in &m.warnings {
-        report(4, &w.warning());
-    }
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-/// From now on SIGINT and SIGTERM make a running apply stop and revert
-/// what it had done, instead of killing the process half way.
-fn revert_on_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing a handler that only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+        report(WARNING, &w.warning());
     }
 }
 
@@ -217,12 +105,12 @@ fn run(cli: Cli) -> Result<u8> {
                     }
                 }
             }
-            Ok(if ok { EXIT_OK } else { EXIT_INVALID })
+            Ok(if ok { OK } else { INVALID })
         }
         Command::Diff { file, output } => {
             Ok(diff(&cli.state_dir, file, output).unwrap_or_else(|e| {
                 report_err!("netman: {e}");
-                EXIT_DIFF_ERROR
+                DIFF_ERROR
             }))
         }
         Command::Apply {
@@ -232,7 +120,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let sd = StateDir::open(&cli.state_dir)?;
             let Some(m) = load_manifest(&file, &cli.state_dir) else {
-                return Ok(EXIT_INVALID);
+                return Ok(INVALID);
             };
             revert_on_signals();
             if let Some(code) = settle_pending(&sd, &m.name)? {
@@ -245,7 +133,7 @@ fn run(cli: Cli) -> Result<u8> {
                 ..ApplyOptions::default()
             };
             let code = apply(&sd, &m, EngineStep::Detached, opts)?;
-            if code == EXIT_OK {
+            if code == OK {
                 // Let the watcher see a new pending confirmation at once.
                 let _ = engine::request(&sd, &m.name, &Request::Poke);
                 if let Ok(Some(st)) = sd.load(&m.name)
@@ -265,32 +153,21 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Confirm { name } => {
             let sd = StateDir::open(&cli.state_dir)?;
             let name = resolve_deployment(&sd, name.as_deref())?;
-            let confirmed = {
-                let _lock = sd.lock()?;
-                match sd.load(&name)? {
-                    Some(mut st) if st.pending_confirm.is_some() => {
-                        st.pending_confirm = None;
-                        sd.save(&st)?;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if confirmed {
+            if deploy::confirm(&sd, &name)? {
                 let _ = engine::request(&sd, &name, &Request::Poke);
                 println!("confirmed: deployment {name} keeps its configuration");
-                Ok(EXIT_OK)
+                Ok(OK)
             } else {
                 report_err!(
                     "netman: nothing to confirm for deployment {name}: no apply is waiting (it may already have been reverted)"
                 );
-                Ok(EXIT_FAILED)
+                Ok(FAILED)
             }
         }
         Command::Run { file, no_watch } => {
             let sd = StateDir::open(&cli.state_dir)?;
             let Some(m) = load_manifest(&file, &cli.state_dir) else {
-                return Ok(EXIT_INVALID);
+                return Ok(INVALID);
             };
             if let Some(pid) = engine::running_pid(&sd, &m.name) {
                 bail!(
@@ -303,19 +180,19 @@ fn run(cli: Cli) -> Result<u8> {
                 ..ApplyOptions::default()
             };
             let code = apply(&sd, &m, EngineStep::Skip, opts)?;
-            if code != EXIT_OK {
+            if code != OK {
                 return Ok(code);
             }
             let mut cfg = deploy::engine_config(&m)?;
             cfg.watch = deploy::watching(&sd, &m, Some(no_watch));
             engine::serve(&sd, cfg, watch::ready_hook())?;
-            Ok(EXIT_OK)
+            Ok(OK)
         }
         Command::Engine { name } => {
             let sd = StateDir::open(&cli.state_dir)?;
             let cfg = engine::read_config(&sd, &name)?;
             engine::serve(&sd, cfg, watch::ready_hook())?;
-            Ok(EXIT_OK)
+            Ok(OK)
         }
         Command::Down { target } => {
             let sd = StateDir::at(&cli.state_dir);
@@ -327,7 +204,7 @@ fn run(cli: Cli) -> Result<u8> {
                     if deploy::stop_engine(&sd, &name, EngineStep::Detached)? {
                         println!("- engine {name}");
                     }
-                    Ok(())
+                    Ok::<(), deploy::EngineStepError>(())
                 })
                 .await
             });
@@ -335,11 +212,11 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(plan) => {
                     print!("{plan}");
                     println!("down: deployment {name}");
-                    Ok(EXIT_OK)
+                    Ok(OK)
                 }
                 Err(e) => {
                     report_err!("netman: down {name}: {e}");
-                    Ok(EXIT_FAILED)
+                    Ok(FAILED)
                 }
             }
         }
@@ -349,36 +226,15 @@ fn run(cli: Cli) -> Result<u8> {
                 "{}",
                 serde_json::to_string_pretty(&manifest::json_schema())?
             );
-            Ok(EXIT_OK)
+            Ok(OK)
         }
         Command::Completions { shell } => {
-            // clap_complete offers hidden subcommands too (clap-rs/clap#1335):
-            // complete a copy of the CLI without them.
-            let full = <Cli as clap::CommandFactory>::command();
-            let mut cmd = clap::Command::new("netman")
-                .version(env!("CARGO_PKG_VERSION"))
-                .args(full.get_arguments().cloned())
-                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
-            clap_complete::generate(shell, &mut cmd, "netman", &mut std::io::stdout());
-            Ok(EXIT_OK)
+            netman::cli::completions(shell, &mut std::io::stdout());
+            Ok(OK)
         }
         Command::Man { command } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            if let Some(name) = command {
-                // Built, so that the page is titled netman-NAME and its
-                // synopsis reads `netman NAME ...` (and `help`, which
-                // netman(1) lists too, exists).
-                cmd.build();
-                let sub = cmd
-                    .get_subcommands()
-                    .find(|c| c.get_name() == name && !c.is_hide_set())
-                    .cloned();
-                cmd = sub.ok_or_else(|| anyhow!("no subcommand {name:?} (see `netman --help`)"))?;
-            }
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|e| anyhow!("write man page: {e}"))?;
-            Ok(EXIT_OK)
+            netman::cli::man_page(command.as_deref(), &mut std::io::stdout())?;
+            Ok(OK)
         }
         Command::Import {
             file,
@@ -388,7 +244,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Genkey => {
             let k = keys::generate_private_key().map_err(|e| anyhow!("read OS randomness: {e}"))?;
             println!("{}", k.to_base64().as_str());
-            Ok(EXIT_OK)
+            Ok(OK)
         }
         Command::Pubkey => {
             // A descriptor of its own: stdin's buffered reader would keep a
@@ -406,7 +262,7 @@ fn run(cli: Cli) -> Result<u8> {
                     )
                 })?;
             println!("{}", k.public_key().to_base64());
-            Ok(EXIT_OK)
+            Ok(OK)
         }
     }
 }
@@ -421,14 +277,14 @@ fn import(file: &Path, name: Option<&str>, dir: &Path) -> Result<u8> {
         done.keys_dir.display()
     );
     for n in &done.notes {
-        report(4, &format!("note: {n}"));
+        report(WARNING, &format!("note: {n}"));
     }
     // The result must validate.
     match done.validation {
-        Ok(_) => Ok(EXIT_OK),
+        Ok(_) => Ok(OK),
         Err(e) => {
             report_err!("{e}");
-            Ok(EXIT_INVALID)
+            Ok(INVALID)
         }
     }
 }
@@ -460,7 +316,7 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
         && engine::spawn_detached(sd, &cfg).is_ok()
     {
         report(
-            5,
+            NOTICE,
             &format!("netman: restarted the engine of {name} so that it reverts on time"),
         );
     }
@@ -471,7 +327,7 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
             deadline_ms: p.deadline_ms
         }
     );
-    Ok(Some(EXIT_FAILED))
+    Ok(Some(FAILED))
 }
 
 /// Apply `m` and print what was done.
@@ -484,7 +340,7 @@ fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) 
     match result {
         Ok(done) if done.is_empty() => {
             println!("no changes");
-            Ok(EXIT_OK)
+            Ok(OK)
         }
         Ok(done) => {
             print!("{}{}", done.kernel, done.firewall);
@@ -492,32 +348,12 @@ fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) 
                 println!("{line}");
             }
             println!("applied: deployment {}", m.name);
-            Ok(EXIT_OK)
-        }
-        Err(e @ DeployError::Config(_)) => {
-            report_err!("netman: {e}");
-            Ok(EXIT_FAILED)
-        }
-        Err(DeployError::Reconcile(e @ ReconcileError::Plan(_))) => {
-            report_err!("netman: nothing applied: {e}");
-            Ok(EXIT_FAILED)
-        }
-        // Found while planning, before anything changed. A rule nft
-        // rejects makes the manifest invalid.
-        Err(DeployError::Reconcile(ReconcileError::Firewall(e))) => {
-            report_err!("netman: nothing applied: {e}");
-            Ok(match e {
-                FirewallError::Rejected(_) => EXIT_INVALID,
-                _ => EXIT_FAILED,
-            })
-        }
-        Err(DeployError::Reconcile(e @ ReconcileError::PendingConfirm { .. })) => {
-            report_err!("netman: {e}");
-            Ok(EXIT_FAILED)
+            Ok(OK)
         }
         Err(e) => {
-            report_err!("netman: apply failed: {e}");
-            Ok(EXIT_FAILED)
+            let (code, msg) = exit::apply_failure(&e);
+            report_err!("{msg}");
+            Ok(code)
         }
     }
 }
@@ -527,13 +363,13 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     let m = match file {
         Some(f) => match load_manifest(&f, state_dir) {
             Some(m) => m,
-            None => return Ok(EXIT_DIFF_ERROR),
+            None => return Ok(DIFF_ERROR),
         },
         None => match last_applied(&sd) {
             Ok(m) => m,
             Err(e) => {
                 report_err!("netman: {e}");
-                return Ok(EXIT_DIFF_ERROR);
+                return Ok(DIFF_ERROR);
             }
         },
     };
@@ -546,63 +382,37 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
         Ok(p) => p,
         Err(e) => {
             report_err!("netman: {e}");
-            return Ok(EXIT_DIFF_ERROR);
+            return Ok(DIFF_ERROR);
         }
     };
     let engine = match EngineConfig::from_manifest(&m)
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
         .and_then(|mut cfg| {
             cfg.watch = deploy::watching(&sd, &m, None);
-            deploy::engine_diff(&sd, &cfg)
+            Ok(deploy::engine_diff(&sd, &cfg)?)
         }) {
         Ok(c) => c,
         Err(e) => {
             report_err!("netman: {e}");
-            return Ok(EXIT_DIFF_ERROR);
+            return Ok(DIFF_ERROR);
         }
     };
-    let in_sync = plan.is_empty() && engine.is_empty();
     // Why table and fwmark were chosen automatically (a full tunnel).
     let notes: Vec<String> = netman::link::model::Routing::of(&m)
         .note
         .into_iter()
         .collect();
+    let report = DiffReport {
+        deployment: &m.name,
+        plan: &plan,
+        engine: &engine,
+        notes: &notes,
+    };
     match output {
-        Output::Text => {
-            for n in &notes {
-                println!("# {n}");
-            }
-            if in_sync {
-                println!("in sync: deployment {}", m.name);
-            } else {
-                print!("{plan}");
-                for c in &engine {
-                    println!("{c}");
-                }
-            }
-        }
-        Output::Json => {
-            let mut text: Vec<String> = plan
-                .kernel
-                .actions
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            text.extend(plan.firewall.changes.iter().map(ToString::to_string));
-            text.extend(engine.iter().map(ToString::to_string));
-            let v = serde_json::json!({
-                "deployment": m.name,
-                "in_sync": in_sync,
-                "actions": plan.kernel.actions,
-                "firewall": plan.firewall.changes,
-                "engine": engine,
-                "notes": notes,
-                "text": text,
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
+        Output::Text => print!("{}", report.text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
     }
-    Ok(if in_sync { EXIT_OK } else { EXIT_DIFF_CHANGES })
+    Ok(if report.in_sync() { OK } else { DIFF_CHANGES })
 }
 
 fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> {
@@ -635,20 +445,7 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
     }
     match output {
         Output::Json => {
-            let v: Vec<serde_json::Value> = all
-                .iter()
-                .map(|(n, st, engine)| {
-                    serde_json::json!({
-                        "deployment": n,
-                        "manifest": st.as_ref().and_then(|s| s.manifest.as_ref()).map(|m| serde_json::json!({
-                            "path": m.path,
-                            "sha256": m.sha256,
-                        })),
-                        "applied_at": st.as_ref().and_then(|s| s.applied_at),
-                        "engine": engine,
-                    })
-                })
-                .collect();
+            let v = netman::cli::status::json(&all);
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
@@ -664,7 +461,7 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
             }
         }
     }
-    Ok(EXIT_OK)
+    Ok(OK)
 }
 
 /// The manifest recorded by the last apply of the only deployment.

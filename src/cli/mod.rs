@@ -1,8 +1,13 @@
 //! Command-line interface definition (clap derive). Kept apart from the
 //! command implementations so completions and the man page can be
 //! generated from it; the output formats of the commands live beside it
-//! ([`status`]).
+//! ([`status`], [`diff`]), with the exit codes ([`exit`]), the log set-up
+//! ([`log`]) and the signal flag an apply polls ([`signals`]).
 
+pub mod diff;
+pub mod exit;
+pub mod log;
+pub mod signals;
 pub mod status;
 
 use std::path::PathBuf;
@@ -135,4 +140,43 @@ pub enum Command {
     /// Run the engine of a recorded deployment (started by `apply`).
     #[command(hide = true)]
     Engine { name: String },
+}
+
+/// The completion script for `shell`. clap_complete offers hidden
+/// subcommands too (clap-rs/clap#1335): it completes a copy of the CLI
+/// without them.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut cmd = clap::Command::new("netman")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    clap_complete::generate(shell, &mut cmd, "netman", out);
+}
+
+/// Why `netman man` wrote no page.
+#[derive(Debug, thiserror::Error)]
+pub enum ManError {
+    #[error("no subcommand {0:?} (see `netman --help`)")]
+    NoSuchCommand(String),
+    #[error("write man page: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The man page netman(1), or netman-`command`(1).
+pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> Result<(), ManError> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    if let Some(name) = command {
+        // Built, so that the page is titled netman-NAME and its synopsis
+        // reads `netman NAME ...` (and `help`, which netman(1) lists too,
+        // exists).
+        cmd.build();
+        let sub = cmd
+            .get_subcommands()
+            .find(|c| c.get_name() == name && !c.is_hide_set())
+            .cloned();
+        cmd = sub.ok_or_else(|| ManError::NoSuchCommand(name.to_string()))?;
+    }
+    clap_mangen::Man::new(cmd).render(out)?;
+    Ok(())
 }

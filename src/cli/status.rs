@@ -7,6 +7,25 @@ use std::fmt::Write as _;
 use crate::engine::control::EngineStatus;
 use crate::state::DeploymentState;
 
+/// `netman status --output json`: per deployment, the manifest in force
+/// (path and hash, never its text), when it was applied, and the engine's
+/// status as it is.
+pub fn json(all: &[(String, Option<DeploymentState>, Option<EngineStatus>)]) -> serde_json::Value {
+    all.iter()
+        .map(|(n, st, engine)| {
+            serde_json::json!({
+                "deployment": n,
+                "manifest": st.as_ref().and_then(|s| s.manifest.as_ref()).map(|m| serde_json::json!({
+                    "path": m.path,
+                    "sha256": m.sha256,
+                })),
+                "applied_at": st.as_ref().and_then(|s| s.applied_at),
+                "engine": engine,
+            })
+        })
+        .collect()
+}
+
 /// How long ago `t` was, at `now` (Unix seconds).
 pub fn ago(now: u64, t: u64) -> String {
     let d = now.saturating_sub(t);
