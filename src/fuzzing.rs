@@ -133,7 +133,7 @@ pub fn import(data: &[u8]) -> bool {
     assert_eq!(m.peers.len(), imp.peers.len());
     for (mp, ip) in m.peers.iter().zip(&imp.peers) {
         assert_eq!(mp.name, ip.name);
-        assert!(mp.public_key.0 == *ip.public_key.as_bytes(), "peer key");
+        assert!(mp.public_key == ip.public_key, "peer key");
         assert_eq!(mp.endpoint.as_ref().map(ToString::to_string), ip.endpoint);
         assert_eq!(mp.allowed_ips, ip.allowed_ips);
         assert_eq!(mp.persistent_keepalive, ip.persistent_keepalive);

@@ -1414,7 +1414,7 @@ fn large_manifest_parses() {
         // Distinct keys, none of them zero (a low-order point).
         let mut keybytes = [0u8; 32];
         keybytes[..4].copy_from_slice(&(p + 1).to_be_bytes());
-        let k = PublicKey(keybytes);
+        let k = PublicKey::from_bytes(keybytes);
         let _ = writeln!(
             text,
             "  - name: peer-{p}\n    public_key: {k}\n    endpoint: 198.51.100.{}:{}",

@@ -17,29 +17,31 @@ pub const KEY_LEN: usize = 32;
 /// Length of a base64-encoded key.
 pub const KEY_BASE64_LEN: usize = 44;
 
-/// Errors parsing keys.
+/// Why a string is not a key. Never contains the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// Not 44 characters of standard base64 with padding.
-    #[error("key is not 44 characters of standard base64")]
-    InvalidBase64,
-    /// Decoded to something other than 32 bytes.
-    #[error("key does not decode to 32 bytes")]
-    WrongLength,
+    #[error(
+        "not valid base64 (expected 44 characters of standard base64 with `=` padding, as printed by `wg pubkey`)"
+    )]
+    NotBase64,
+    /// Decoded to this many bytes instead of 32.
+    #[error("decodes to {0} bytes (expected 32)")]
+    WrongLength(usize),
 }
 
 fn decode_key(s: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let s = s.trim();
     if s.len() != KEY_BASE64_LEN {
-        return Err(KeyError::InvalidBase64);
+        return Err(KeyError::NotBase64);
     }
     // 44 base64 characters decode to at most 33 bytes.
     let mut buf = Zeroizing::new([0u8; 33]);
     let n = STANDARD
         .decode_slice(s.as_bytes(), &mut buf[..])
-        .map_err(|_| KeyError::InvalidBase64)?;
+        .map_err(|_| KeyError::NotBase64)?;
     if n != KEY_LEN {
-        return Err(KeyError::WrongLength);
+        return Err(KeyError::WrongLength(n));
     }
     let mut out = Zeroizing::new([0u8; 32]);
     out.copy_from_slice(&buf[..32]);
@@ -236,6 +238,22 @@ impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::from_base64(s)
+    }
+}
+
+/// As base64 (`wg pubkey`), in manifests, engine configs and status.
+#[cfg(feature = "serde")]
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        PublicKey::from_base64(&s).map_err(serde::de::Error::custom)
     }
 }
 

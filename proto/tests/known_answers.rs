@@ -196,14 +196,14 @@ fn x25519_rfc7748_vector_and_key_encoding() {
 
 #[test]
 fn key_parsing_rejects_bad_input() {
-    assert_eq!(PublicKey::from_base64(""), Err(KeyError::InvalidBase64));
+    assert_eq!(PublicKey::from_base64(""), Err(KeyError::NotBase64));
     assert_eq!(
         PublicKey::from_base64("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo"),
-        Err(KeyError::InvalidBase64)
+        Err(KeyError::NotBase64)
     );
     assert_eq!(
         PublicKey::from_base64("hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo="),
-        Err(KeyError::InvalidBase64),
+        Err(KeyError::NotBase64),
         "URL-safe alphabet is not wg's"
     );
     assert!(PublicKey::from_base64("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!=").is_err());

@@ -58,10 +58,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Location;
@@ -426,68 +423,9 @@ pub struct Route {
     pub metric: Option<u32>,
 }
 
-/// A Curve25519 public key. Displays (and debugs) as standard base64, like `wg pubkey`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicKey(pub [u8; 32]);
-
-impl Serialize for PublicKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_base64())
-    }
-}
-
-impl<'de> Deserialize<'de> for PublicKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        PublicKey::from_base64(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Why a string is not a public key. Never contains the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    #[error(
-        "not valid base64 (expected 44 characters of standard base64 with `=` padding, as printed by `wg pubkey`)"
-    )]
-    NotBase64,
-    #[error("decodes to {0} bytes (expected 32)")]
-    WrongLength(usize),
-}
-
-impl PublicKey {
-    /// Decode a key in `wg genkey`/`wg pubkey` format (44 chars of padded standard base64).
-    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        let bytes = STANDARD.decode(s).map_err(|_| KeyError::NotBase64)?;
-        let len = bytes.len();
-        let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::WrongLength(len))?;
-        Ok(Self(key))
-    }
-
-    /// Encode as standard padded base64.
-    pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.0)
-    }
-}
-
-impl FromStr for PublicKey {
-    type Err = KeyError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::from_base64(s)
-    }
-}
-
-impl fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_base64())
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", self.to_base64())
-    }
-}
+/// The one public-key type (netman-proto's): base64 in and out, like
+/// `wg pubkey`; low-order points are refused at validation.
+pub use netman_proto::keys::{KeyError, PublicKey};
 
 /// Whether `name` is a deployment name (1 to 32 of `a-z`, `0-9` and `-`):
 /// the manifest's `name` rule, for names that come from elsewhere

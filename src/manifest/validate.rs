@@ -510,7 +510,7 @@ fn refresh_settings(
 /// nobody's real public key).
 fn public_key(s: &str) -> Result<PublicKey, String> {
     let key = PublicKey::from_base64(s).map_err(|e| e.to_string())?;
-    if netman_proto::PublicKey::from_bytes(key.0).is_low_order() {
+    if key.is_low_order() {
         return Err(
             "a low-order point, not a usable public key (no key exchange with it can succeed)"
                 .to_owned(),
