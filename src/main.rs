@@ -33,7 +33,8 @@ macro_rules! report_err {
     };
 }
 
-/// Exit codes: the README's table "Commands and exit codes" is the contract.
+/// Exit codes: the table "Commands and exit codes" in docs/operations.md is
+/// the contract.
 const EXIT_OK: u8 = 0;
 /// The command failed (`apply`: and was reverted). Never used by `diff`.
 const EXIT_FAILED: u8 = 1;
