@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench-flood.sh - a handshake flood against one end of an established
 # tunnel, for netman and other userspace WireGuard implementations (issue 11,
-# item 6; the figures in the README's Performance section come from here).
+# item 6; the figures in docs/performance.md come from here).
 #
 #   A [ula 10.210.0.1/24] ==veth== [ulb 10.210.0.2/24] B [ulf 10.211.0.1/24] ==veth== [ulf 10.211.0.2/24] F
 #   A [fdA 10.212.0.1/24] ========== tunnel ========== [fdB 10.212.0.2/24] B

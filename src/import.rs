@@ -450,7 +450,7 @@ pub fn parse(text: &str, file: &str, interface: &str) -> Result<Imported, Import
                             }
                             if trunc.prefix_len() == 0 {
                                 notes.push((line_no, format!(
-                                    "line {line_no}: AllowedIPs {trunc} routes everything through the tunnel; unless interface.table says otherwise, netman (like wg-quick) keeps the tunnel's own datagrams out of it with a routing table, an fwmark and two policy rules of its own (see interface.table in the README)"
+                                    "line {line_no}: AllowedIPs {trunc} routes everything through the tunnel; unless interface.table says otherwise, netman (like wg-quick) keeps the tunnel's own datagrams out of it with a routing table, an fwmark and two policy rules of its own (see interface.table in docs/manifest.md)"
                                 )));
                             }
                             d.allowed_ips.push(trunc);

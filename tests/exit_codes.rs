@@ -1,5 +1,5 @@
-//! The exit codes of every command, as README's "Commands and exit codes"
-//! table promises them: one test per command, one case per documented
+//! The exit codes of every command, as the "Commands and exit codes" table
+//! of docs/operations.md promises them: one test per command, one case per documented
 //! code. Commands that read or change the network run the real binary in
 //! their own uniquely named network namespaces (root required, as in CI),
 //! with their own temp and state dirs, all removed on drop; the others
@@ -47,7 +47,7 @@ fn expect(what: &str, got: (i32, String, String), code: i32) -> (String, String)
     let (c, out, err) = got;
     assert_eq!(
         c, code,
-        "{what}: exit {c}, README says {code}\nstdout: {out}\nstderr: {err}"
+        "{what}: exit {c}, docs/operations.md says {code}\nstdout: {out}\nstderr: {err}"
     );
     (out, err)
 }
@@ -637,7 +637,7 @@ fn schema_completions_and_man_exit_0() {
 }
 
 /// A command line that does not parse exits 2, whatever the command (as
-/// the README says under the table).
+/// docs/operations.md says under the table).
 #[test]
 fn a_command_line_that_does_not_parse_exits_2() {
     for args in [

@@ -19,8 +19,8 @@ const WG_PORT: u16 = 51820;
 const FLOOD_MAX_SECS: u32 = 60;
 /// Pings every 10 ms during the flood.
 const PINGS: u32 = 400;
-/// Average RTT bound through the tunnel during the flood. The README's
-/// target is 1 ms; this test runs a debug build on a 2-core machine that
+/// Average RTT bound through the tunnel during the flood. The target in
+/// docs/performance.md is 1 ms; this test runs a debug build on a 2-core machine that
 /// may be busy. The old design (all handshake work on the data-plane
 /// thread) averaged 88 ms under a ~150 k datagrams/s flood (issue 11) and
 /// still 6.6-12 ms on a machine so busy that the flooder managed only

@@ -1,5 +1,5 @@
-//! Exit codes: the README's table "Commands and exit codes" is the
-//! contract, and how a failed apply maps onto it.
+//! Exit codes: the table "Commands and exit codes" in docs/operations.md
+//! is the contract; and how a failed apply maps onto it.
 
 use crate::deploy::DeployError;
 use crate::firewall::FirewallError;

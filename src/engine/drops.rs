@@ -1,8 +1,8 @@
 //! Packets the data plane itself loses (TUN and UDP I/O), counted by
 //! reason next to the protocol core's `DropReason` counters: `status
 //! --output json` and the metrics endpoint list every reason of both, zeros
-//! included. The labels are stable snake_case names (documented in the
-//! README); none of them collides with a protocol-core label.
+//! included. The labels are stable snake_case names (documented in
+//! docs/engine.md); none of them collides with a protocol-core label.
 
 macro_rules! io_drop_reasons {
     ($($(#[$doc:meta])* $name:ident => $label:literal,)*) => {
