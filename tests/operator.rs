@@ -317,6 +317,22 @@ fn metrics_at(listen: &str) -> String {
 }
 
 impl Site {
+    /// `site-a.yaml`: deployment site-a on nm0 (10.10.0.1/24), no peers.
+    fn write_lone_site(&self) -> String {
+        self.write(
+            "site-a.yaml",
+            &manifest(
+                "site-a",
+                "nm0",
+                "10.10.0.1/24",
+                WG_PORT,
+                &self.key.private_file,
+                NO_PEERS,
+                "",
+            ),
+        )
+    }
+
     fn write(&self, file: &str, text: &str) -> String {
         self.dir.write(file, text).display().to_string()
     }
@@ -1989,18 +2005,7 @@ fn engine_keeps_only_cap_net_admin_no_new_privs_and_is_not_dumpable() {
     require_tool("setpriv", "the Debian package util-linux");
     let s = Site::new("cap", "site-a");
     let kp = KeyPair::generate(&s.dir.path, "site-p");
-    let ma = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let ma = s.write_lone_site();
     // A privileged listen port keeps CAP_NET_BIND_SERVICE too.
     let mp = s.write(
         "site-p.yaml",
@@ -2230,18 +2235,7 @@ fn raw_request_as_nobody(sock: &Path, line: &str) -> String {
 fn control_socket_is_root_only_and_the_engine_refuses_other_users() {
     require_tool("setpriv", "the Debian package util-linux");
     let s = Site::new("ctl", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
     s.apply(&m);
     let pid = s.pid_of("site-a");
     let sock = open_up_control_socket(&s);
@@ -2291,18 +2285,7 @@ fn an_oversized_control_request_is_refused_and_the_engine_keeps_serving() {
     use std::io::BufRead;
     let cap = netman::engine::control::MAX_REQUEST_BYTES;
     let s = Site::new("ctlbig", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
     s.apply(&m);
     let pid = s.pid_of("site-a");
     let sock = s.state_dir().join("site-a.sock");
@@ -2353,18 +2336,7 @@ fn an_oversized_control_request_is_refused_and_the_engine_keeps_serving() {
 fn every_refused_caller_gets_the_permission_denied_message() {
     require_tool("setpriv", "the Debian package util-linux");
     let s = Site::new("ctm", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
     s.apply(&m);
     open_up_control_socket(&s);
     let cpu = first_cpu();
@@ -2396,18 +2368,7 @@ fn every_refused_caller_gets_the_permission_denied_message() {
 #[test]
 fn run_notifies_systemd_ready_once_serving_and_stopping_on_sigterm() {
     let s = Site::new("ntf", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
     let path = s.dir.join("notify.sock");
     let notify = UnixDatagram::bind(&path).expect("bind the notify socket");
     notify
@@ -2485,18 +2446,7 @@ fn journald_prefix(l: &str) -> Option<u8> {
 #[test]
 fn log_formats_json_journald_and_human() {
     let s = Site::new("log", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
 
     // json: every line one object.
     let err = text(&run_then_stop(&s, &["-v", "--log-format", "json"], &m).stderr);
@@ -2562,18 +2512,7 @@ fn log_formats_json_journald_and_human() {
 #[test]
 fn journald_log_lines_carry_no_terminal_escapes() {
     let s = Site::new("logj", "site-a");
-    let m = s.write(
-        "site-a.yaml",
-        &manifest(
-            "site-a",
-            "nm0",
-            "10.10.0.1/24",
-            WG_PORT,
-            &s.key.private_file,
-            NO_PEERS,
-            "",
-        ),
-    );
+    let m = s.write_lone_site();
     let err = text(&run_then_stop(&s, &["-v", "--log-format", "journald"], &m).stderr);
     let bad: Vec<&str> = err.lines().filter(|l| l.contains('\u{1b}')).collect();
     assert!(
