@@ -303,10 +303,11 @@ impl<'a> Transaction<'a> {
             by_watcher: opts.by_watcher,
             now_secs: crate::clock::now_unix_secs(),
         };
-        self.finished = true;
         if self.st.record_apply(outcome) {
+            // On an error here the guard below logs: the intent stays.
             self.sd.save(&self.st)?;
         }
+        self.finished = true;
         Ok(Applied {
             kernel: std::mem::take(&mut self.links.plan),
             firewall: std::mem::take(&mut self.firewall.planned.plan),
