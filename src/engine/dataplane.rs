@@ -27,8 +27,10 @@ use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
 use super::control::{EngineStatus, PeerStatus};
 use super::drops::{IoDropReason, IoDrops};
 use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
+use super::pktio::tx::{FlushReport, TxQueue};
+use super::pktio::{RecvBatch, TunIo, UdpIo};
 use super::tunrx::TunRx;
-use super::udp::{FlushReport, RecvBatch, TxQueue, UdpSockets};
+use super::udp::{RealUdp, UdpSockets};
 use crate::keys::os_random;
 
 /// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
@@ -147,15 +149,17 @@ fn attach_tun(name: &str) -> Result<tun_rs::SyncDevice, EngineError> {
     Ok(dev)
 }
 
-fn bind(port: Option<u16>) -> Result<UdpSockets, EngineError> {
-    UdpSockets::bind(port.unwrap_or(0)).map_err(|source| EngineError::Bind {
-        port: port.unwrap_or(0),
-        source,
-    })
+fn bind(port: Option<u16>) -> Result<RealUdp, EngineError> {
+    UdpSockets::bind(port.unwrap_or(0))
+        .map(|socks| RealUdp::new(socks, TUN_BATCH))
+        .map_err(|source| EngineError::Bind {
+            port: port.unwrap_or(0),
+            source,
+        })
 }
 
-fn set_mark(udp: &UdpSockets, mark: u32) -> Result<(), EngineError> {
-    udp.set_mark(mark).map_err(|source| EngineError::Io {
+fn set_mark(udp: &RealUdp, mark: u32) -> Result<(), EngineError> {
+    udp.socks.set_mark(mark).map_err(|source| EngineError::Io {
         what: "set the fwmark of the UDP sockets",
         source,
     })
@@ -190,20 +194,21 @@ fn new_device(keys: &LoadedKeys, mtu: u32) -> Result<Device, EngineError> {
     Ok(d)
 }
 
-/// The running data plane.
-pub struct DataPlane {
+/// The running data plane, over the real TUN queue and sockets or (in
+/// tests) any other packet I/O (see [`super::pktio`]).
+pub struct DataPlane<T: TunIo = tun_rs::SyncDevice, U: UdpIo = RealUdp> {
     config: EngineConfig,
     keys: LoadedKeys,
     device: Device,
     /// Parallel to `config.peers`.
     ids: Vec<PeerId>,
-    tun: tun_rs::SyncDevice,
+    tun: T,
     /// Interface index of the device the queue is attached to.
     tun_index: u32,
     /// The device went away under the queue (deleted by hand): leave it
     /// out of `poll` until a configure re-attaches it.
     tun_dead: bool,
-    udp: UdpSockets,
+    udp: U,
     started_at: SystemTime,
     /// TUN reads split into segments (each at `HEADROOM`, encrypted in
     /// place).
@@ -236,7 +241,25 @@ impl DataPlane {
         if let Some(mark) = config.fwmark {
             set_mark(&udp, mark)?;
         }
-        let mut device = new_device(&keys, config.mtu)?;
+        let device = new_device(&keys, config.mtu)?;
+        let tun_index = tun.if_index().unwrap_or(0);
+        DataPlane::assemble(config, keys, device, tun, udp, tun_index, signals)
+    }
+}
+
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
+    /// The data plane over `tun` and `udp`, with the protocol `device`
+    /// (every peer of `config` is added to it). `tun_index`: the interface
+    /// index of the device `tun` is a queue of.
+    fn assemble(
+        config: EngineConfig,
+        keys: LoadedKeys,
+        mut device: Device,
+        tun: T,
+        udp: U,
+        tun_index: u32,
+        signals: Option<OwnedFd>,
+    ) -> Result<(DataPlane<T, U>, Control), EngineError> {
         let handshakes = Identity::new(&keys.private, &udp)
             .and_then(Handshakes::new)
             .map_err(|source| EngineError::Io {
@@ -273,13 +296,13 @@ impl DataPlane {
             config.mtu as usize,
             HEADROOM,
             TAILROOM,
-            tun.tcp_gso(),
+            tun.offload(),
         );
         tracing::info!(
-            offload = tun.tcp_gso(),
+            offload = tun.offload(),
             deployment = %config.deployment,
             interface = %config.interface,
-            port = udp.port,
+            port = udp.port(),
             peers = config.peers.len(),
             "engine started"
         );
@@ -289,7 +312,7 @@ impl DataPlane {
                 keys,
                 device,
                 ids,
-                tun_index: tun.if_index().unwrap_or(0),
+                tun_index,
                 tun_dead: false,
                 tun,
                 udp,
@@ -311,13 +334,34 @@ impl DataPlane {
     }
 
     pub fn listen_port(&self) -> u16 {
-        self.udp.port
+        self.udp.port()
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
+}
 
+/// Which descriptors `poll` found readable, for [`DataPlane::turn`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    pub tun: bool,
+    pub udp4: bool,
+    pub udp6: bool,
+    pub handshakes: bool,
+}
+
+impl Ready {
+    /// Everything: a step that looks at every source (what tests do).
+    pub const ALL: Ready = Ready {
+        tun: true,
+        udp4: true,
+        udp6: true,
+        handshakes: true,
+    };
+}
+
+impl DataPlane {
     /// Run until a stop command or a signal.
     pub fn run(&mut self) -> Result<(), EngineError> {
         self.handshakes.spawn().map_err(|source| EngineError::Io {
@@ -337,12 +381,13 @@ impl DataPlane {
             let tun_fd = if self.tun_dead {
                 -1
             } else {
-                self.tun.as_raw_fd()
+                self.tun.poll_fd()
             };
+            let [udp4, udp6] = self.udp.poll_fds();
             let mut fds = [
                 pollfd(tun_fd),
-                pollfd(self.udp.v4.as_raw_fd()),
-                pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
+                pollfd(udp4),
+                pollfd(udp6),
                 pollfd(self.wake.as_raw_fd()),
                 pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.handshakes.wake_fd()),
@@ -367,23 +412,15 @@ impl DataPlane {
                 );
                 self.tun_dead = true;
             }
-            let now = Instant::now();
-            if ready(1) {
-                self.udp_to_tun(false, now);
-            }
-            if ready(2) {
-                self.udp_to_tun(true, now);
-            }
-            if ready(0) {
-                self.tun_to_udp(now);
-            }
-            // Behind the transport batches.
-            if ready(5) {
-                self.finish_handshakes(now);
-            }
-            self.device.handle_timeout(now);
-            self.flush_transmits();
-            self.drain_events();
+            self.turn(
+                Ready {
+                    tun: ready(0),
+                    udp4: ready(1),
+                    udp6: ready(2),
+                    handshakes: ready(5),
+                },
+                Instant::now(),
+            );
             if ready(4) {
                 tracing::info!("signal received; stopping the engine");
                 return Ok(());
@@ -397,6 +434,30 @@ impl DataPlane {
                 }
             }
         }
+    }
+}
+
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
+    /// One step of the loop at `now`: move what the `ready` sources hold
+    /// (transport first, then the handshakes that passed the worker), then
+    /// the timers, the core's transmits and its events.
+    pub fn turn(&mut self, ready: Ready, now: Instant) {
+        if ready.udp4 {
+            self.udp_to_tun(false, now);
+        }
+        if ready.udp6 {
+            self.udp_to_tun(true, now);
+        }
+        if ready.tun {
+            self.tun_to_udp(now);
+        }
+        // Behind the transport batches.
+        if ready.handshakes {
+            self.finish_handshakes(now);
+        }
+        self.device.handle_timeout(now);
+        self.flush_transmits();
+        self.drain_events();
     }
 
     /// Read from the TUN device (splitting offloaded super-packets into as
@@ -413,7 +474,7 @@ impl DataPlane {
             ..
         } = self;
         // A re-attached queue may differ (offloads or not).
-        tun_rx.set_vnet(tun.tcp_gso());
+        tun_rx.set_vnet(tun.offload());
         let st = tun_rx.drain(
             TUN_BUDGET,
             |raw| tun.recv(raw),
@@ -422,7 +483,7 @@ impl DataPlane {
                     if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
                         let data = &buf[..len];
                         if !tx.push(data, dst) {
-                            note_flush(drops, tx.flush(udp, now));
+                            note_flush(drops, tx.flush(&mut *udp, now));
                             if !tx.push(data, dst) {
                                 // Larger than the whole queue: cannot be sent.
                                 drops.add(IoDropReason::UdpSendError, 1);
@@ -430,7 +491,7 @@ impl DataPlane {
                         }
                     }
                 }
-                note_flush(drops, tx.flush(udp, now));
+                note_flush(drops, tx.flush(&mut *udp, now));
             },
         );
         drops.add(IoDropReason::TunReadError, st.read_errors);
@@ -441,16 +502,11 @@ impl DataPlane {
     /// place, and write the inner packets to the TUN device, coalesced
     /// into super-packets where offloads allow.
     fn udp_to_tun(&mut self, v6: bool, now: Instant) {
+        if v6 && !self.udp.has_v6() {
+            return;
+        }
         for _round in 0..4 {
-            let sock = if v6 {
-                match &self.udp.v6 {
-                    Some(s) => s,
-                    None => return,
-                }
-            } else {
-                &self.udp.v4
-            };
-            let got = match self.rx.recv(sock) {
+            let got = match self.udp.recv(v6, &mut self.rx) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive failed");
@@ -479,14 +535,12 @@ impl DataPlane {
                             k += 1;
                             if k == TUN_BATCH {
                                 let t = &mut self.to_tun[..k];
-                                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
+                                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
                                 k = 0;
                             }
                         }
                         NetResult::Reply { dst, len } => {
-                            if let Some(s) = self.udp.for_dst(&dst)
-                                && s.send_to(&d[..len], &dst.into()).is_err()
-                            {
+                            if let Some(Err(_)) = self.udp.send_to(&d[..len], dst) {
                                 self.drops.add(IoDropReason::UdpSendError, 1);
                             }
                         }
@@ -497,7 +551,7 @@ impl DataPlane {
             }
             if k > 0 {
                 let t = &mut self.to_tun[..k];
-                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
+                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
             }
             self.handshakes.submit();
             // Handshake completions may have released staged packets.
@@ -519,9 +573,8 @@ impl DataPlane {
             };
             if let NetResult::Reply { dst, len } =
                 self.device.handle_gated(msg, &mut self.scratch, now)
-                && let Some(s) = self.udp.for_dst(&dst)
             {
-                let _ = s.send_to(&self.scratch[..len], &dst.into());
+                let _ = self.udp.send_to(&self.scratch[..len], dst);
             }
         }
         self.handshakes.rewake();
@@ -531,12 +584,11 @@ impl DataPlane {
     /// packets released by a new session).
     fn flush_transmits(&mut self) {
         while let Some((dst, len)) = self.device.poll_transmit(&mut self.scratch) {
-            match self.udp.for_dst(&dst) {
-                Some(s) => {
-                    if let Err(e) = s.send_to(&self.scratch[..len], &dst.into()) {
-                        tracing::debug!(%dst, error = %e, "UDP send failed");
-                        self.drops.add(IoDropReason::UdpSendError, 1);
-                    }
+            match self.udp.send_to(&self.scratch[..len], dst) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(%dst, error = %e, "UDP send failed");
+                    self.drops.add(IoDropReason::UdpSendError, 1);
                 }
                 None => self.drops.add(IoDropReason::NoIpv6Socket, 1),
             }
@@ -574,7 +626,9 @@ impl DataPlane {
             }
         }
     }
+}
 
+impl DataPlane {
     /// Returns true when the engine must stop.
     fn handle_commands(&mut self) -> bool {
         while let Ok(cmd) = self.cmd_rx.try_recv() {
@@ -600,7 +654,9 @@ impl DataPlane {
         }
         false
     }
+}
 
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     /// Point the peer with `public_key`, whose endpoint is the name
     /// `name`, at `addr` (see [`Command::SetEndpoint`]).
     fn set_endpoint(&mut self, public_key: &str, name: &str, addr: SocketAddr) {
@@ -666,7 +722,7 @@ impl DataPlane {
             deployment: self.config.deployment.clone(),
             pid: std::process::id(),
             interface: self.config.interface.clone(),
-            listen_port: self.udp.port,
+            listen_port: self.udp.port(),
             public_key: self.device.public_key().to_base64(),
             started_at: unix_secs(self.started_at),
             peers,
@@ -677,7 +733,9 @@ impl DataPlane {
             watch_counters: None,
         }
     }
+}
 
+impl DataPlane {
     /// Reach `new` in place; with `dry_run`, only report the changes.
     /// Either every change takes effect or none does: everything that can
     /// fail (the keys, the new peer set, a new TUN queue, socket or
@@ -867,8 +925,8 @@ fn check_peers(new: &EngineConfig, keys: &LoadedKeys) -> Result<(), EngineError>
 /// Write inner packets to the TUN device: with offloads, TCP segments and
 /// UDP datagrams of one flow are coalesced into super-packets (GRO, one
 /// write for many packets), anything else is written as it is.
-fn write_tun(
-    tun: &tun_rs::SyncDevice,
+fn write_tun<T: TunIo>(
+    tun: &mut T,
     gro: &mut tun_rs::GROTable,
     bufs: &mut [Vec<u8>],
     drops: &mut IoDrops,
