@@ -984,3 +984,6 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
 
 /// How long the CLI waits for the engine to answer.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests;
