@@ -10,6 +10,11 @@
 //! classified here and handed to their own queue and worker thread
 //! ([`super::handshake`]), so a handshake flood never sits in front of
 //! transport data.
+//!
+//! The TUN device and the sockets are reached through the packet-I/O
+//! traits of [`super::pktio`] (static dispatch); one iteration of the loop
+//! is [`DataPlane::turn`], which the unit tests (`dataplane/tests.rs`)
+//! drive over in-memory I/O without `poll`, root or devices.
 
 use std::collections::BTreeMap;
 use std::io;

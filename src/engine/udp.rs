@@ -1,6 +1,9 @@
 //! The UDP side of the data plane: one IPv4 and one IPv6 socket bound to the
 //! listen port, large kernel buffers, and batched receive/send with
-//! `recvmmsg`/`sendmmsg` (one system call for many datagrams).
+//! `recvmmsg`/`sendmmsg` (one system call for many datagrams). [`RealUdp`]
+//! is the real implementation of the packet-I/O seam's `UdpIo` (see
+//! `super::pktio`); what to send and how to react to a refusal is decided
+//! above it, in `pktio::tx`.
 
 use std::io;
 use std::mem;
