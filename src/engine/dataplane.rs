@@ -10,6 +10,11 @@
 //! classified here and handed to their own queue and worker thread
 //! ([`super::handshake`]), so a handshake flood never sits in front of
 //! transport data.
+//!
+//! The TUN device and the sockets are reached through the packet-I/O
+//! traits of [`super::pktio`] (static dispatch); one iteration of the loop
+//! is [`DataPlane::turn`], which the unit tests (`dataplane/tests.rs`)
+//! drive over in-memory I/O without `poll`, root or devices.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -23,12 +28,14 @@ use crate::clock::unix_secs;
 use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, TunResult};
 use thiserror::Error;
 
-use super::config::{EngineChange, EngineConfig, LoadedKeys, diff_configs};
+use super::config::{EngineChange, EngineConfig, LoadedKeys};
 use super::control::{EngineStatus, PeerStatus};
 use super::drops::{IoDropReason, IoDrops};
 use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
+use super::pktio::tx::{FlushReport, TxQueue};
+use super::pktio::{RecvBatch, TunIo, UdpIo};
 use super::tunrx::TunRx;
-use super::udp::{FlushReport, RecvBatch, TxQueue, UdpSockets};
+use super::udp::{RealUdp, UdpSockets};
 use crate::keys::os_random;
 
 /// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
@@ -147,15 +154,17 @@ fn attach_tun(name: &str) -> Result<tun_rs::SyncDevice, EngineError> {
     Ok(dev)
 }
 
-fn bind(port: Option<u16>) -> Result<UdpSockets, EngineError> {
-    UdpSockets::bind(port.unwrap_or(0)).map_err(|source| EngineError::Bind {
-        port: port.unwrap_or(0),
-        source,
-    })
+fn bind(port: Option<u16>) -> Result<RealUdp, EngineError> {
+    UdpSockets::bind(port.unwrap_or(0))
+        .map(|socks| RealUdp::new(socks, TUN_BATCH))
+        .map_err(|source| EngineError::Bind {
+            port: port.unwrap_or(0),
+            source,
+        })
 }
 
-fn set_mark(udp: &UdpSockets, mark: u32) -> Result<(), EngineError> {
-    udp.set_mark(mark).map_err(|source| EngineError::Io {
+fn set_mark(udp: &RealUdp, mark: u32) -> Result<(), EngineError> {
+    udp.socks.set_mark(mark).map_err(|source| EngineError::Io {
         what: "set the fwmark of the UDP sockets",
         source,
     })
@@ -190,20 +199,21 @@ fn new_device(keys: &LoadedKeys, mtu: u32) -> Result<Device, EngineError> {
     Ok(d)
 }
 
-/// The running data plane.
-pub struct DataPlane {
+/// The running data plane, over the real TUN queue and sockets or (in
+/// tests) any other packet I/O (see [`super::pktio`]).
+pub struct DataPlane<T: TunIo = tun_rs::SyncDevice, U: UdpIo = RealUdp> {
     config: EngineConfig,
     keys: LoadedKeys,
     device: Device,
     /// Parallel to `config.peers`.
     ids: Vec<PeerId>,
-    tun: tun_rs::SyncDevice,
+    tun: T,
     /// Interface index of the device the queue is attached to.
     tun_index: u32,
     /// The device went away under the queue (deleted by hand): leave it
     /// out of `poll` until a configure re-attaches it.
     tun_dead: bool,
-    udp: UdpSockets,
+    udp: U,
     started_at: SystemTime,
     /// TUN reads split into segments (each at `HEADROOM`, encrypted in
     /// place).
@@ -236,7 +246,25 @@ impl DataPlane {
         if let Some(mark) = config.fwmark {
             set_mark(&udp, mark)?;
         }
-        let mut device = new_device(&keys, config.mtu)?;
+        let device = new_device(&keys, config.mtu)?;
+        let tun_index = tun.if_index().unwrap_or(0);
+        DataPlane::assemble(config, keys, device, tun, udp, tun_index, signals)
+    }
+}
+
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
+    /// The data plane over `tun` and `udp`, with the protocol `device`
+    /// (every peer of `config` is added to it). `tun_index`: the interface
+    /// index of the device `tun` is a queue of.
+    fn assemble(
+        config: EngineConfig,
+        keys: LoadedKeys,
+        mut device: Device,
+        tun: T,
+        udp: U,
+        tun_index: u32,
+        signals: Option<OwnedFd>,
+    ) -> Result<(DataPlane<T, U>, Control), EngineError> {
         let handshakes = Identity::new(&keys.private, &udp)
             .and_then(Handshakes::new)
             .map_err(|source| EngineError::Io {
@@ -273,13 +301,13 @@ impl DataPlane {
             config.mtu as usize,
             HEADROOM,
             TAILROOM,
-            tun.tcp_gso(),
+            tun.offload(),
         );
         tracing::info!(
-            offload = tun.tcp_gso(),
+            offload = tun.offload(),
             deployment = %config.deployment,
             interface = %config.interface,
-            port = udp.port,
+            port = udp.port(),
             peers = config.peers.len(),
             "engine started"
         );
@@ -289,7 +317,7 @@ impl DataPlane {
                 keys,
                 device,
                 ids,
-                tun_index: tun.if_index().unwrap_or(0),
+                tun_index,
                 tun_dead: false,
                 tun,
                 udp,
@@ -311,13 +339,34 @@ impl DataPlane {
     }
 
     pub fn listen_port(&self) -> u16 {
-        self.udp.port
+        self.udp.port()
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
+}
 
+/// Which descriptors `poll` found readable, for [`DataPlane::turn`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    pub tun: bool,
+    pub udp4: bool,
+    pub udp6: bool,
+    pub handshakes: bool,
+}
+
+impl Ready {
+    /// Everything: a step that looks at every source (what tests do).
+    pub const ALL: Ready = Ready {
+        tun: true,
+        udp4: true,
+        udp6: true,
+        handshakes: true,
+    };
+}
+
+impl DataPlane {
     /// Run until a stop command or a signal.
     pub fn run(&mut self) -> Result<(), EngineError> {
         self.handshakes.spawn().map_err(|source| EngineError::Io {
@@ -337,12 +386,13 @@ impl DataPlane {
             let tun_fd = if self.tun_dead {
                 -1
             } else {
-                self.tun.as_raw_fd()
+                self.tun.poll_fd()
             };
+            let [udp4, udp6] = self.udp.poll_fds();
             let mut fds = [
                 pollfd(tun_fd),
-                pollfd(self.udp.v4.as_raw_fd()),
-                pollfd(self.udp.v6.as_ref().map_or(-1, |s| s.as_raw_fd())),
+                pollfd(udp4),
+                pollfd(udp6),
                 pollfd(self.wake.as_raw_fd()),
                 pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.handshakes.wake_fd()),
@@ -367,23 +417,15 @@ impl DataPlane {
                 );
                 self.tun_dead = true;
             }
-            let now = Instant::now();
-            if ready(1) {
-                self.udp_to_tun(false, now);
-            }
-            if ready(2) {
-                self.udp_to_tun(true, now);
-            }
-            if ready(0) {
-                self.tun_to_udp(now);
-            }
-            // Behind the transport batches.
-            if ready(5) {
-                self.finish_handshakes(now);
-            }
-            self.device.handle_timeout(now);
-            self.flush_transmits();
-            self.drain_events();
+            self.turn(
+                Ready {
+                    tun: ready(0),
+                    udp4: ready(1),
+                    udp6: ready(2),
+                    handshakes: ready(5),
+                },
+                Instant::now(),
+            );
             if ready(4) {
                 tracing::info!("signal received; stopping the engine");
                 return Ok(());
@@ -397,6 +439,30 @@ impl DataPlane {
                 }
             }
         }
+    }
+}
+
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
+    /// One step of the loop at `now`: move what the `ready` sources hold
+    /// (transport first, then the handshakes that passed the worker), then
+    /// the timers, the core's transmits and its events.
+    pub fn turn(&mut self, ready: Ready, now: Instant) {
+        if ready.udp4 {
+            self.udp_to_tun(false, now);
+        }
+        if ready.udp6 {
+            self.udp_to_tun(true, now);
+        }
+        if ready.tun {
+            self.tun_to_udp(now);
+        }
+        // Behind the transport batches.
+        if ready.handshakes {
+            self.finish_handshakes(now);
+        }
+        self.device.handle_timeout(now);
+        self.flush_transmits();
+        self.drain_events();
     }
 
     /// Read from the TUN device (splitting offloaded super-packets into as
@@ -413,7 +479,7 @@ impl DataPlane {
             ..
         } = self;
         // A re-attached queue may differ (offloads or not).
-        tun_rx.set_vnet(tun.tcp_gso());
+        tun_rx.set_vnet(tun.offload());
         let st = tun_rx.drain(
             TUN_BUDGET,
             |raw| tun.recv(raw),
@@ -422,7 +488,7 @@ impl DataPlane {
                     if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
                         let data = &buf[..len];
                         if !tx.push(data, dst) {
-                            note_flush(drops, tx.flush(udp, now));
+                            note_flush(drops, tx.flush(&mut *udp, now));
                             if !tx.push(data, dst) {
                                 // Larger than the whole queue: cannot be sent.
                                 drops.add(IoDropReason::UdpSendError, 1);
@@ -430,7 +496,7 @@ impl DataPlane {
                         }
                     }
                 }
-                note_flush(drops, tx.flush(udp, now));
+                note_flush(drops, tx.flush(&mut *udp, now));
             },
         );
         drops.add(IoDropReason::TunReadError, st.read_errors);
@@ -441,16 +507,11 @@ impl DataPlane {
     /// place, and write the inner packets to the TUN device, coalesced
     /// into super-packets where offloads allow.
     fn udp_to_tun(&mut self, v6: bool, now: Instant) {
+        if v6 && !self.udp.has_v6() {
+            return;
+        }
         for _round in 0..4 {
-            let sock = if v6 {
-                match &self.udp.v6 {
-                    Some(s) => s,
-                    None => return,
-                }
-            } else {
-                &self.udp.v4
-            };
-            let got = match self.rx.recv(sock) {
+            let got = match self.udp.recv(v6, &mut self.rx) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive failed");
@@ -479,14 +540,12 @@ impl DataPlane {
                             k += 1;
                             if k == TUN_BATCH {
                                 let t = &mut self.to_tun[..k];
-                                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
+                                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
                                 k = 0;
                             }
                         }
                         NetResult::Reply { dst, len } => {
-                            if let Some(s) = self.udp.for_dst(&dst)
-                                && s.send_to(&d[..len], &dst.into()).is_err()
-                            {
+                            if let Some(Err(_)) = self.udp.send_to(&d[..len], dst) {
                                 self.drops.add(IoDropReason::UdpSendError, 1);
                             }
                         }
@@ -497,7 +556,7 @@ impl DataPlane {
             }
             if k > 0 {
                 let t = &mut self.to_tun[..k];
-                write_tun(&self.tun, &mut self.gro, t, &mut self.drops);
+                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
             }
             self.handshakes.submit();
             // Handshake completions may have released staged packets.
@@ -519,9 +578,8 @@ impl DataPlane {
             };
             if let NetResult::Reply { dst, len } =
                 self.device.handle_gated(msg, &mut self.scratch, now)
-                && let Some(s) = self.udp.for_dst(&dst)
             {
-                let _ = s.send_to(&self.scratch[..len], &dst.into());
+                let _ = self.udp.send_to(&self.scratch[..len], dst);
             }
         }
         self.handshakes.rewake();
@@ -531,12 +589,11 @@ impl DataPlane {
     /// packets released by a new session).
     fn flush_transmits(&mut self) {
         while let Some((dst, len)) = self.device.poll_transmit(&mut self.scratch) {
-            match self.udp.for_dst(&dst) {
-                Some(s) => {
-                    if let Err(e) = s.send_to(&self.scratch[..len], &dst.into()) {
-                        tracing::debug!(%dst, error = %e, "UDP send failed");
-                        self.drops.add(IoDropReason::UdpSendError, 1);
-                    }
+            match self.udp.send_to(&self.scratch[..len], dst) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(%dst, error = %e, "UDP send failed");
+                    self.drops.add(IoDropReason::UdpSendError, 1);
                 }
                 None => self.drops.add(IoDropReason::NoIpv6Socket, 1),
             }
@@ -574,7 +631,9 @@ impl DataPlane {
             }
         }
     }
+}
 
+impl DataPlane {
     /// Returns true when the engine must stop.
     fn handle_commands(&mut self) -> bool {
         while let Ok(cmd) = self.cmd_rx.try_recv() {
@@ -600,7 +659,9 @@ impl DataPlane {
         }
         false
     }
+}
 
+impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     /// Point the peer with `public_key`, whose endpoint is the name
     /// `name`, at `addr` (see [`Command::SetEndpoint`]).
     fn set_endpoint(&mut self, public_key: &str, name: &str, addr: SocketAddr) {
@@ -666,7 +727,7 @@ impl DataPlane {
             deployment: self.config.deployment.clone(),
             pid: std::process::id(),
             interface: self.config.interface.clone(),
-            listen_port: self.udp.port,
+            listen_port: self.udp.port(),
             public_key: self.device.public_key().to_base64(),
             started_at: unix_secs(self.started_at),
             peers,
@@ -677,198 +738,13 @@ impl DataPlane {
             watch_counters: None,
         }
     }
-
-    /// Reach `new` in place; with `dry_run`, only report the changes.
-    /// Either every change takes effect or none does: everything that can
-    /// fail (the keys, the new peer set, a new TUN queue, socket or
-    /// protocol device, adding the new peers) comes before the first change
-    /// to what is running, and a failure undoes what it had done.
-    fn configure(
-        &mut self,
-        new: EngineConfig,
-        dry_run: bool,
-    ) -> Result<Vec<EngineChange>, EngineError> {
-        let new_keys = new.load_keys()?;
-        check_peers(&new, &new_keys)?;
-        let changes = diff_configs(&self.config, &self.keys, &new, &new_keys);
-        // The device was deleted and re-created (by the watcher, after
-        // someone deleted it): attach to the new one.
-        let current_index = if_index(&new.interface);
-        let reattach = new.interface != self.config.interface
-            || self.tun_dead
-            || current_index.is_some_and(|i| i != self.tun_index);
-        if !dry_run && changes.is_empty() && reattach {
-            let t = attach_tun(&new.interface)?;
-            self.tun_index = t.if_index().unwrap_or(0);
-            self.tun = t;
-            self.tun_dead = false;
-            tracing::info!(interface = %new.interface, "re-attached to the TUN device");
-        }
-        if dry_run || changes.is_empty() {
-            // Nothing to do (peers may be listed in another order: the
-            // running configuration, its ids and keys stay as they are).
-            return Ok(changes);
-        }
-        // Acquire every new resource first, so a failure changes nothing.
-        let new_tun = if reattach {
-            Some(attach_tun(&new.interface)?)
-        } else {
-            None
-        };
-        let new_udp = if new.listen_port != self.config.listen_port {
-            Some(bind(new.listen_port)?)
-        } else {
-            None
-        };
-        match (&new_udp, new.fwmark) {
-            (Some(u), Some(mark)) => set_mark(u, mark)?,
-            (None, mark) if mark != self.config.fwmark => {
-                set_mark(&self.udp, mark.unwrap_or(0))?;
-            }
-            _ => {}
-        }
-        let rekey = self.keys.private != new_keys.private;
-        let (device, ids) = if rekey {
-            // A new identity: a new protocol device with every peer, built
-            // aside.
-            let mut d = new_device(&new_keys, new.mtu)?;
-            let mut ids = Vec::with_capacity(new.peers.len());
-            for (i, p) in new.peers.iter().enumerate() {
-                ids.push(d.add_peer(peer_config(p, &new_keys, i)).map_err(|e| {
-                    EngineError::Peer {
-                        peer: p.name.clone(),
-                        reason: e.to_string(),
-                    }
-                })?);
-            }
-            (Some(d), ids)
-        } else {
-            // The last fallible step; nothing fails after it.
-            let ids = self.reconfigure_peers(&new, &new_keys)?;
-            self.device.set_mtu(Some(new.mtu as usize));
-            (None, ids)
-        };
-        if let Some(d) = device {
-            self.device = d;
-        }
-        if let Some(t) = new_tun {
-            self.tun_index = t.if_index().unwrap_or(0);
-            self.tun = t;
-            self.tun_dead = false;
-        }
-        let new_identity = rekey || new_udp.is_some();
-        if let Some(u) = new_udp {
-            self.udp = u;
-        }
-        if new_identity {
-            match Identity::new(&new_keys.private, &self.udp) {
-                Ok(id) => self.handshakes.replace(id),
-                Err(e) => tracing::warn!(error = %e, "handshake worker keeps its old identity"),
-            }
-        }
-        self.ids = ids;
-        self.keys = new_keys;
-        self.config = new;
-        for c in &changes {
-            tracing::info!(change = %c, "engine reconfigured");
-        }
-        Ok(changes)
-    }
-
-    /// Bring the running protocol device's peers to `new` (same private
-    /// key) and return their ids, parallel to `new.peers`. A kept peer
-    /// (same public key) keeps its sessions. Only adding a peer can fail,
-    /// so new peers are added first, without allowed IPs (they take no
-    /// prefix from anyone yet), and removed again when one is refused:
-    /// then nothing has changed. After that nothing fails: gone peers are
-    /// removed, then every peer gets its configuration.
-    fn reconfigure_peers(
-        &mut self,
-        new: &EngineConfig,
-        new_keys: &LoadedKeys,
-    ) -> Result<Vec<PeerId>, EngineError> {
-        let running = |pk: &netman_proto::PublicKey| {
-            self.keys
-                .peers
-                .iter()
-                .position(|(k, _)| k == pk)
-                .and_then(|j| self.ids.get(j).copied())
-                .filter(|id| self.device.peer_config(*id).is_some())
-        };
-        let kept: Vec<Option<PeerId>> = new_keys.peers.iter().map(|(pk, _)| running(pk)).collect();
-        let mut ids = Vec::with_capacity(new.peers.len());
-        let mut added = Vec::new();
-        for (i, p) in new.peers.iter().enumerate() {
-            if let Some(Some(id)) = kept.get(i) {
-                ids.push(*id);
-                continue;
-            }
-            let mut pc = peer_config(p, new_keys, i);
-            pc.allowed_ips.clear();
-            match self.device.add_peer(pc) {
-                Ok(id) => {
-                    ids.push(id);
-                    added.push(id);
-                }
-                Err(e) => {
-                    for id in added {
-                        let _ = self.device.remove_peer(id);
-                    }
-                    return Err(EngineError::Peer {
-                        peer: p.name.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            }
-        }
-        for id in &self.ids {
-            if !kept.contains(&Some(*id)) {
-                let _ = self.device.remove_peer(*id);
-            }
-        }
-        for (i, (p, id)) in new.peers.iter().zip(&ids).enumerate() {
-            // Same public key, a live id: cannot fail.
-            if let Err(e) = self.device.update_peer(*id, peer_config(p, new_keys, i)) {
-                tracing::error!(peer = %p.name, error = %e, "could not update a peer");
-            }
-        }
-        Ok(ids)
-    }
-}
-
-/// Refuse a peer set the protocol core would refuse, before anything
-/// changes: a low-order public key (the manifest's validation refuses it
-/// too), the interface's own public key, or one key twice.
-fn check_peers(new: &EngineConfig, keys: &LoadedKeys) -> Result<(), EngineError> {
-    let own = keys.private.public_key();
-    let mut seen: BTreeMap<netman_proto::PublicKey, &str> = BTreeMap::new();
-    for (p, (pk, _)) in new.peers.iter().zip(&keys.peers) {
-        let reason = if pk.is_low_order() {
-            Some(
-                "its public key is a low-order point (no key exchange with it can succeed)"
-                    .to_string(),
-            )
-        } else if *pk == own {
-            Some("its public key is this interface's own public key".to_string())
-        } else {
-            seen.insert(*pk, p.name.as_str())
-                .map(|first| format!("its public key is also peer {first}'s"))
-        };
-        if let Some(reason) = reason {
-            return Err(EngineError::Peer {
-                peer: p.name.clone(),
-                reason,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Write inner packets to the TUN device: with offloads, TCP segments and
 /// UDP datagrams of one flow are coalesced into super-packets (GRO, one
 /// write for many packets), anything else is written as it is.
-fn write_tun(
-    tun: &tun_rs::SyncDevice,
+fn write_tun<T: TunIo>(
+    tun: &mut T,
     gro: &mut tun_rs::GROTable,
     bufs: &mut [Vec<u8>],
     drops: &mut IoDrops,
@@ -885,14 +761,6 @@ fn write_tun(
 fn note_flush(drops: &mut IoDrops, r: FlushReport) {
     drops.add(IoDropReason::UdpSendError, r.failed);
     drops.add(IoDropReason::NoIpv6Socket, r.no_socket);
-}
-
-/// The interface index of `name`, if it exists.
-fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
@@ -926,3 +794,7 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
 
 /// How long the CLI waits for the engine to answer.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod configure;
+#[cfg(test)]
+mod tests;

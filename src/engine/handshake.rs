@@ -49,7 +49,7 @@ use netman_proto::consts::{COOKIE_REPLY_LEN, MAX_HANDSHAKE_LEN};
 use netman_proto::{DropReason, GateResult, GatedHandshake, HandshakeGate, PrivateKey};
 use socket2::{SockAddr, Socket};
 
-use super::udp::UdpSockets;
+use super::pktio::UdpIo;
 
 /// Handshake messages waiting for the worker (wireguard-go's
 /// `QueueHandshakeSize`). About 170 kB, allocated once.
@@ -83,20 +83,22 @@ struct Job {
 }
 
 /// What the worker answers as: the gate (private key, cookie secrets,
-/// load and rate state) and duplicates of the engine's UDP sockets.
+/// load and rate state) and duplicates of the engine's UDP sockets (none
+/// over in-memory I/O: cookie replies are then not sent).
 pub struct Identity {
     gate: HandshakeGate,
-    v4: Socket,
+    v4: Option<Socket>,
     v6: Option<Socket>,
 }
 
 impl Identity {
-    pub fn new(private: &PrivateKey, udp: &UdpSockets) -> io::Result<Identity> {
+    pub fn new<U: UdpIo>(private: &PrivateKey, udp: &U) -> io::Result<Identity> {
         let seed = crate::keys::os_random()?;
+        let (v4, v6) = udp.reply_sockets()?;
         Ok(Identity {
             gate: HandshakeGate::new(private.clone(), *seed),
-            v4: udp.v4.try_clone()?,
-            v6: udp.v6.as_ref().map(Socket::try_clone).transpose()?,
+            v4,
+            v6,
         })
     }
 }
@@ -138,6 +140,9 @@ pub struct Handshakes {
     /// Signalled by the worker when it passed something (and by the data
     /// plane itself when it left some for the next iteration).
     wake: Arc<OwnedFd>,
+    /// Tests: the worker's state when it runs inline.
+    #[cfg(test)]
+    inline: Work,
 }
 
 impl Handshakes {
@@ -171,6 +176,8 @@ impl Handshakes {
             pending: Some((identity, tx)),
             worker: None,
             wake,
+            #[cfg(test)]
+            inline: Work::default(),
         })
     }
 
@@ -264,6 +271,23 @@ impl Handshakes {
         self.shared.ready.notify_one();
     }
 
+    /// Tests: do the worker's work on this thread, now, instead of
+    /// spawning it (deterministic, no waiting on another thread).
+    #[cfg(test)]
+    pub fn work_inline(&mut self, now: Instant) {
+        let Some((id, tx)) = self.pending.as_mut() else {
+            return;
+        };
+        let w = &mut self.inline;
+        loop {
+            let depth = w.take(&mut self.shared.lock(), id);
+            if w.batch.is_empty() {
+                return;
+            }
+            w.process(&self.shared, id, tx, self.wake.as_raw_fd(), depth, now);
+        }
+    }
+
     /// Drops counted by the worker and the queues, by label.
     pub fn drop_counts(&self) -> Vec<(&'static str, u64)> {
         let mut v: Vec<(&'static str, u64)> = DropReason::ALL
@@ -303,9 +327,7 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICE);
     }
-    let mut batch: Vec<Job> = Vec::with_capacity(WORKER_BATCH);
-    let mut replies = Replies::default();
-    let mut published = vec![0u64; DropReason::ALL.len()];
+    let mut w = Work::default();
     loop {
         let depth = {
             let mut st = shared.lock();
@@ -317,23 +339,67 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
             if st.stop {
                 return;
             }
-            if let Some(u) = st.update.take() {
-                id = u;
-                published.iter_mut().for_each(|p| *p = 0);
-            }
-            let depth = st.jobs.len();
-            let n = depth.min(WORKER_BATCH);
-            batch.extend(st.jobs.drain(..n));
-            depth
+            w.take(&mut st, &mut id)
         };
-        let now = Instant::now();
+        if !w.process(shared, &mut id, gated, wake, depth, Instant::now()) {
+            return;
+        }
+        if depth < WORKER_BATCH {
+            thread::sleep(WORKER_PACE);
+        }
+    }
+}
+
+/// The worker's batch and what it keeps between batches.
+struct Work {
+    batch: Vec<Job>,
+    replies: Replies,
+    /// The gate's drop counters already added to the shared totals.
+    published: Vec<u64>,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Work {
+            batch: Vec::with_capacity(WORKER_BATCH),
+            replies: Replies::default(),
+            published: vec![0u64; DropReason::ALL.len()],
+        }
+    }
+}
+
+impl Work {
+    /// Under the lock: take a new identity if one came, and the next batch.
+    /// Returns the queue depth before.
+    fn take(&mut self, st: &mut State, id: &mut Identity) -> usize {
+        if let Some(u) = st.update.take() {
+            *id = u;
+            self.published.iter_mut().for_each(|p| *p = 0);
+        }
+        let depth = st.jobs.len();
+        let n = depth.min(WORKER_BATCH);
+        self.batch.extend(st.jobs.drain(..n));
+        depth
+    }
+
+    /// Triage the batch (see the module comment). Returns false when the
+    /// data plane is gone.
+    fn process(
+        &mut self,
+        shared: &Shared,
+        id: &mut Identity,
+        gated: &SyncSender<GatedHandshake>,
+        wake: RawFd,
+        depth: usize,
+        now: Instant,
+    ) -> bool {
         id.gate.note_backlog(depth, QUEUE_SIZE, now);
         let mut passed = false;
-        for mut job in batch.drain(..) {
+        for mut job in self.batch.drain(..) {
             match id.gate.process(job.src, &mut job.data, job.len, now) {
                 GateResult::Reply { dst, len } if len <= job.len => {
                     if let Some(reply) = job.data.get(..len) {
-                        replies.push(dst, reply);
+                        self.replies.push(dst, reply);
                     }
                 }
                 GateResult::Reply { .. } | GateResult::Drop(_) => {}
@@ -342,11 +408,11 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
                     Err(TrySendError::Full(_)) => {
                         shared.backlog_full.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(TrySendError::Disconnected(_)) => return,
+                    Err(TrySendError::Disconnected(_)) => return false,
                 },
             }
         }
-        replies.send(&id);
+        self.replies.send(id);
         if passed {
             signal(wake);
         }
@@ -354,7 +420,7 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
             .gate
             .drop_counters()
             .iter()
-            .zip(published.iter_mut())
+            .zip(self.published.iter_mut())
             .zip(&shared.gate)
         {
             if count > *seen {
@@ -362,9 +428,7 @@ fn worker(shared: &Shared, mut id: Identity, gated: &SyncSender<GatedHandshake>,
                 *seen = count;
             }
         }
-        if depth < WORKER_BATCH {
-            thread::sleep(WORKER_PACE);
-        }
+        true
     }
 }
 
@@ -391,7 +455,9 @@ impl Replies {
     }
 
     fn send(&mut self, id: &Identity) {
-        send_all(&id.v4, &self.v4);
+        if let Some(s) = &id.v4 {
+            send_all(s, &self.v4);
+        }
         if let Some(s) = &id.v6 {
             send_all(s, &self.v6);
         }

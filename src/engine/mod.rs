@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod drops;
 pub mod handshake;
 pub mod metrics;
+pub mod pktio;
 pub mod resolver;
 pub mod shared;
 pub mod tunrx;

@@ -7,7 +7,7 @@
 //! UDP GSO segments of a few bytes) is carried whole whatever room was
 //! left. Reads come from a caller-supplied function and batches go to a
 //! caller-supplied sink, so tests feed synthetic super-packets without a
-//! TUN device (the seam a packet-I/O trait can grow from).
+//! TUN device (the data plane passes `TunIo::recv`, see `super::pktio`).
 //!
 //! Splitting is tun-rs's `gso_split` (the wireguard-go algorithm). A
 //! super-packet that needs more slots than are free is split in chunks:
@@ -392,7 +392,7 @@ fn complete_checksum(pkt: &mut [u8], start: u16, offset: u16) -> Result<(), BadP
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const HEAD: usize = 16;
@@ -401,7 +401,13 @@ mod tests {
     /// A raw TUN read: virtio header, then an IPv4/IPv6 TCP or UDP packet
     /// with `payload` bytes of a known pattern, as the kernel hands over a
     /// TSO/USO super-packet of `gso` segments.
-    fn super_packet(v6: bool, tcp: bool, tcp_opts: usize, gso: u16, payload: usize) -> Vec<u8> {
+    pub(crate) fn super_packet(
+        v6: bool,
+        tcp: bool,
+        tcp_opts: usize,
+        gso: u16,
+        payload: usize,
+    ) -> Vec<u8> {
         let iph = if v6 { 40 } else { 20 };
         let th = if tcp { 20 + tcp_opts } else { 8 };
         let total = iph + th + payload;
@@ -457,7 +463,7 @@ mod tests {
 
     /// The segments of `raw` split in one go into as many buffers as it
     /// takes (the oracle).
-    fn split_at_once(raw: &[u8]) -> Vec<Vec<u8>> {
+    pub(crate) fn split_at_once(raw: &[u8]) -> Vec<Vec<u8>> {
         let mut input = raw[VIRTIO_NET_HDR_LEN..].to_vec();
         let hdr = VirtioNetHdr::decode(raw).expect("hdr");
         let plan = plan(&input, hdr).expect("plan");

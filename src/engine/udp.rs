@@ -1,14 +1,22 @@
 //! The UDP side of the data plane: one IPv4 and one IPv6 socket bound to the
 //! listen port, large kernel buffers, and batched receive/send with
-//! `recvmmsg`/`sendmmsg` (one system call for many datagrams).
+//! `recvmmsg`/`sendmmsg` (one system call for many datagrams). [`RealUdp`]
+//! is the real implementation of the packet-I/O seam's `UdpIo` (see
+//! `super::pktio`); what to send and how to react to a refusal is decided
+//! above it, in `pktio::tx`.
 
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+
+use super::pktio::{Outgoing, UdpIo};
+
+/// The send queue lives above the packet-I/O seam now; this path stays for
+/// the benches.
+pub use super::pktio::tx::TxQueue;
 
 /// Socket buffer size asked for (wireguard-go uses 7 MiB): a small buffer
 /// overflows under bursts and TCP through the tunnel collapses.
@@ -185,12 +193,6 @@ impl Slab {
 /// Control-message space for one `UDP_GRO`/`UDP_SEGMENT` value.
 const CMSG_BUF: usize = 64;
 
-/// Largest UDP payload a coalesced (GRO) receive or a segmented (GSO) send
-/// carries.
-pub const MAX_GSO_BYTES: usize = 65535;
-/// Most segments one GSO send may carry (UDP_MAX_SEGMENTS).
-const MAX_GSO_SEGMENTS: usize = 64;
-
 /// Storage for one `recvmmsg` call. With UDP GRO enabled, one message may
 /// hold several datagrams of `segs[i]` bytes each (the last may be
 /// shorter), all from the same source.
@@ -313,268 +315,120 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
     None
 }
 
-struct TxMsg {
-    dst: SocketAddr,
-    start: usize,
-    len: usize,
-    seg: usize,
-    count: usize,
-}
-
-/// First wait before UDP GSO is tried again for a destination whose GSO
-/// send the kernel refused; it doubles with every refusal in a row.
-const GSO_RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Longest wait before trying again.
-const GSO_RETRY_MAX: Duration = Duration::from_secs(64);
-/// Destinations with a refusal remembered (the one due soonest is
-/// forgotten first).
-const GSO_REFUSALS_KEPT: usize = 64;
-
-struct Refusal {
-    dst: SocketAddr,
-    retry_at: Instant,
-    strikes: u32,
-}
-
-/// Destinations the kernel refused UDP GSO for (an IPsec/xfrm route, a
-/// device or path that cannot segment, no checksums on the socket...),
-/// and when to try GSO for them again. Until then their GSO messages are
-/// sent as single datagrams (in order with the rest of the flush);
-/// everything else keeps GSO.
-#[derive(Default)]
-pub struct GsoBackoff {
-    refusals: Vec<Refusal>,
-}
-
-impl GsoBackoff {
-    /// Whether datagrams to `dst` may be merged into a GSO message at `now`.
-    pub fn allows(&self, dst: &SocketAddr, now: Instant) -> bool {
-        self.refusals
-            .iter()
-            .all(|r| r.dst != *dst || now >= r.retry_at)
-    }
-
-    /// The kernel refused a GSO send to `dst` at `now`. Returns true for a
-    /// destination not refused before (worth a warning).
-    pub fn refused(&mut self, dst: SocketAddr, now: Instant) -> bool {
-        if let Some(r) = self.refusals.iter_mut().find(|r| r.dst == dst) {
-            // Several messages of one flush refused together count once.
-            if now >= r.retry_at {
-                r.strikes = r.strikes.saturating_add(1);
-                r.retry_at = now + retry_after(r.strikes);
-            }
-            return false;
-        }
-        if self.refusals.len() >= GSO_REFUSALS_KEPT
-            && let Some(i) = (0..self.refusals.len()).min_by_key(|i| self.refusals[*i].retry_at)
-        {
-            self.refusals.swap_remove(i);
-        }
-        self.refusals.push(Refusal {
-            dst,
-            retry_at: now + GSO_RETRY_FIRST,
-            strikes: 1,
-        });
-        true
-    }
-
-    /// A GSO send to `dst` went through: forget its refusals.
-    pub fn accepted(&mut self, dst: &SocketAddr) {
-        if !self.refusals.is_empty() {
-            self.refusals.retain(|r| r.dst != *dst);
-        }
-    }
-}
-
-fn retry_after(strikes: u32) -> Duration {
-    let doublings = strikes.saturating_sub(1).min(16);
-    GSO_RETRY_FIRST
-        .saturating_mul(1 << doublings)
-        .min(GSO_RETRY_MAX)
-}
-
-/// What one [`TxQueue::flush`] could not send, by reason.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FlushReport {
-    /// Datagrams the kernel refused (unreachable, no buffer space after
-    /// waiting, too large...).
-    pub failed: usize,
-    /// Datagrams for IPv6 destinations without an IPv6 socket.
-    pub no_socket: usize,
-}
-
-/// Datagrams waiting to be sent, packed into one arena. Consecutive
-/// datagrams to the same destination with the same size (the last of a run
-/// may be shorter) become one UDP GSO message: one `sendmmsg` carries many
-/// such messages.
-pub struct TxQueue {
-    arena: Vec<u8>,
-    used: usize,
-    msgs: Vec<TxMsg>,
+/// The real UDP side: the sockets, and the system-call scratch of one
+/// `sendmmsg` (headers, addresses, `UDP_SEGMENT` control messages) for up
+/// to `max_msgs` messages, allocated once.
+pub struct RealUdp {
+    pub socks: UdpSockets,
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
-    /// GSO segment size per header being flushed (0: single datagram).
-    segs: Vec<usize>,
-    /// Per header being flushed: a GSO message to a destination in GSO
-    /// back-off, to be sent as single datagrams.
-    split: Vec<bool>,
-    /// Index in `msgs` of each header being flushed.
-    which: Vec<usize>,
-    gso: bool,
-    backoff: GsoBackoff,
-    gso_refused: u64,
 }
 
-impl TxQueue {
-    /// A queue for up to `max_msgs` messages and `arena` bytes; `gso`:
-    /// merge datagrams into UDP GSO messages.
-    pub fn new(max_msgs: usize, arena: usize, gso: bool) -> TxQueue {
+impl RealUdp {
+    pub fn new(socks: UdpSockets, max_msgs: usize) -> RealUdp {
+        let max_msgs = max_msgs.max(1);
         let unspecified = SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        TxQueue {
-            arena: vec![0; arena],
-            used: 0,
-            msgs: Vec::with_capacity(max_msgs),
+        RealUdp {
+            socks,
             addrs: vec![unspecified; max_msgs],
             iovs: (0..max_msgs).map(|_| empty_iovec()).collect(),
             hdrs: (0..max_msgs).map(|_| empty_mmsghdr()).collect(),
             cmsgs: vec![[0u64; CMSG_BUF / 8]; max_msgs],
-            segs: vec![0; max_msgs],
-            split: vec![false; max_msgs],
-            which: vec![0; max_msgs],
-            gso,
-            backoff: GsoBackoff::default(),
-            gso_refused: 0,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
-    }
-
-    /// GSO sends the kernel refused so far (their datagrams were sent one
-    /// by one).
-    pub fn gso_refused(&self) -> u64 {
-        self.gso_refused
-    }
-
-    /// Forget everything queued (nothing is sent).
-    pub fn clear(&mut self) {
-        self.msgs.clear();
-        self.used = 0;
-    }
-
-    /// Whether one more datagram of up to `len` bytes certainly fits.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.used + len <= self.arena.len() && self.msgs.len() < self.hdrs.len()
-    }
-
-    /// Copy `data` in for `dst`. Returns false (and queues nothing) when
-    /// full: flush and push again.
-    pub fn push(&mut self, data: &[u8], dst: SocketAddr) -> bool {
-        let n = data.len();
-        if self.used + n > self.arena.len() {
-            return false;
-        }
-        let merge = self.gso
-            && self.msgs.last().is_some_and(|m| {
-                m.dst == dst
-                    && m.len == m.seg * m.count
-                    && n <= m.seg
-                    && n > 0
-                    && m.len + n <= MAX_GSO_BYTES
-                    && m.count < MAX_GSO_SEGMENTS
-                    && m.start + m.len == self.used
-            });
-        if !merge && self.msgs.len() >= self.hdrs.len() {
-            return false;
-        }
-        self.arena[self.used..self.used + n].copy_from_slice(data);
-        if merge {
-            if let Some(m) = self.msgs.last_mut() {
-                m.len += n;
-                m.count += 1;
-            }
+    fn sock(&self, v6: bool) -> Option<&Socket> {
+        if v6 {
+            self.socks.v6.as_ref()
         } else {
-            self.msgs.push(TxMsg {
-                dst,
-                start: self.used,
-                len: n,
-                seg: n,
-                count: 1,
-            });
+            Some(&self.socks.v4)
         }
-        self.used += n;
-        true
+    }
+}
+
+impl UdpIo for RealUdp {
+    fn port(&self) -> u16 {
+        self.socks.port
     }
 
-    /// Send everything queued (IPv4 messages on `udp.v4`, IPv6 on
-    /// `udp.v6`) at time `now`. Returns what could not be sent.
-    pub fn flush(&mut self, udp: &UdpSockets, now: Instant) -> FlushReport {
-        let mut report = FlushReport::default();
-        for v6 in [false, true] {
-            let Some(sock) = (if v6 { udp.v6.as_ref() } else { Some(&udp.v4) }) else {
-                report.no_socket += self
-                    .msgs
-                    .iter()
-                    .filter(|m| m.dst.is_ipv6())
-                    .map(|m| m.count)
-                    .sum::<usize>();
-                continue;
-            };
-            let mut k = 0;
-            let base = self.arena.as_mut_ptr();
-            for (i, m) in self.msgs.iter().enumerate() {
-                if m.dst.is_ipv6() != v6 {
-                    continue;
-                }
-                self.which[k] = i;
-                self.segs[k] = if m.count > 1 { m.seg } else { 0 };
-                self.split[k] = m.count > 1 && !self.backoff.allows(&m.dst, now);
-                self.addrs[k] = SockAddr::from(m.dst);
-                // SAFETY: the message lies inside the arena.
-                self.iovs[k].iov_base = unsafe { base.add(m.start) }.cast();
-                self.iovs[k].iov_len = m.len;
-                let h = &mut self.hdrs[k].msg_hdr;
-                // The kernel only reads the address of a message it sends.
-                h.msg_name = self.addrs[k].as_ptr().cast_mut().cast();
-                h.msg_namelen = self.addrs[k].len();
-                h.msg_iov = &mut self.iovs[k];
-                h.msg_iovlen = 1;
-                h.msg_flags = 0;
-                if m.count > 1 && !self.split[k] {
-                    h.msg_control = self.cmsgs[k].as_mut_ptr().cast();
-                    h.msg_controllen = set_segment_cmsg(h, m.seg as u16);
-                } else {
-                    h.msg_control = std::ptr::null_mut();
-                    h.msg_controllen = 0;
-                }
-                k += 1;
-            }
-            if k == 0 {
-                continue;
-            }
-            let (msgs, which, backoff) = (&self.msgs, &self.which, &mut self.backoff);
-            let refused = &mut self.gso_refused;
-            let (segs, split) = (&self.segs[..k], &self.split[..k]);
-            report.failed += send_all(sock, &mut self.hdrs[..k], segs, split, |j, ok| {
-                let dst = msgs[which[j]].dst;
-                if ok {
-                    backoff.accepted(&dst);
-                } else {
-                    *refused += 1;
-                    if backoff.refused(dst, now) {
-                        tracing::warn!(
-                            %dst,
-                            "UDP GSO refused; sending to this destination one datagram at a time for a while"
-                        );
-                    }
-                }
-            });
+    fn has_v6(&self) -> bool {
+        self.socks.v6.is_some()
+    }
+
+    #[inline]
+    fn recv(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize> {
+        match self.sock(v6) {
+            Some(s) => batch.recv(s),
+            None => Ok(0),
         }
-        self.clear();
-        report
+    }
+
+    fn send_mmsg(&mut self, v6: bool, arena: &[u8], msgs: &[Outgoing]) -> io::Result<usize> {
+        let Some(fd) = self.sock(v6).map(AsRawFd::as_raw_fd) else {
+            return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        };
+        let k = msgs.len().min(self.hdrs.len());
+        let base = arena.as_ptr();
+        for (i, m) in msgs[..k].iter().enumerate() {
+            if m.start + m.len > arena.len() {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            self.addrs[i] = SockAddr::from(m.dst);
+            // SAFETY: the message lies inside the arena (checked above);
+            // the kernel only reads from it.
+            self.iovs[i].iov_base = unsafe { base.add(m.start) }.cast_mut().cast();
+            self.iovs[i].iov_len = m.len;
+            let h = &mut self.hdrs[i].msg_hdr;
+            // The kernel only reads the address of a message it sends.
+            h.msg_name = self.addrs[i].as_ptr().cast_mut().cast();
+            h.msg_namelen = self.addrs[i].len();
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_flags = 0;
+            if m.seg > 0 {
+                h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+                h.msg_controllen = set_segment_cmsg(h, m.seg as u16) as _;
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+        }
+        // SAFETY: the first k headers point at live buffers (the arena,
+        // self's addresses, iovecs and control buffers).
+        let rc = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), k as libc::c_uint, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+
+    fn send_one(&mut self, data: &[u8], dst: SocketAddr) -> io::Result<()> {
+        match self.socks.for_dst(&dst) {
+            Some(s) => s.send_to(data, &dst.into()).map(|_| ()),
+            None => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+        }
+    }
+
+    fn wait_writable(&mut self, v6: bool) {
+        if let Some(s) = self.sock(v6) {
+            wait_writable(s.as_raw_fd());
+        }
+    }
+
+    fn poll_fds(&self) -> [RawFd; 2] {
+        [
+            self.socks.v4.as_raw_fd(),
+            self.socks.v6.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        ]
+    }
+
+    fn reply_sockets(&self) -> io::Result<(Option<Socket>, Option<Socket>)> {
+        Ok((
+            Some(self.socks.v4.try_clone()?),
+            self.socks.v6.as_ref().map(Socket::try_clone).transpose()?,
+        ))
     }
 }
 
@@ -597,130 +451,6 @@ fn set_segment_cmsg(h: &mut libc::msghdr, seg: u16) -> usize {
         );
         space
     }
-}
-
-/// `sendmmsg` everything in order, waiting briefly when the socket buffer
-/// is full. `segs[i]` is the GSO segment size of message `i` (0: not
-/// segmented); with `split[i]` its datagrams are sent one by one.
-/// `gso(i, accepted)` hears of every GSO message the kernel took or
-/// refused; a refused one has its datagrams sent one by one instead.
-/// Returns the number of datagrams that could not be sent.
-fn send_all(
-    sock: &Socket,
-    hdrs: &mut [libc::mmsghdr],
-    segs: &[usize],
-    split: &[bool],
-    mut gso: impl FnMut(usize, bool),
-) -> usize {
-    let n = hdrs.len();
-    let mut sent = 0;
-    let mut dropped = 0;
-    let mut retries = 0;
-    while sent < n {
-        if split.get(sent).copied().unwrap_or(false) {
-            dropped += send_split(sock, &hdrs[sent], segs.get(sent).copied().unwrap_or(0));
-            sent += 1;
-            continue;
-        }
-        // Up to the next message to be split.
-        let end = (sent..n)
-            .find(|i| split.get(*i).copied().unwrap_or(false))
-            .unwrap_or(n);
-        // SAFETY: headers point at live buffers.
-        let rc = unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                hdrs[sent..end].as_mut_ptr(),
-                (end - sent) as libc::c_uint,
-                0,
-            )
-        };
-        if rc > 0 {
-            for i in sent..sent + rc as usize {
-                if segs.get(i).is_some_and(|s| *s > 0) {
-                    gso(i, true);
-                }
-            }
-            sent += rc as usize;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        let seg = segs.get(sent).copied().unwrap_or(0);
-        let gso_refused = seg > 0
-            && matches!(
-                e.raw_os_error(),
-                Some(
-                    libc::EIO
-                        | libc::EINVAL
-                        | libc::EOPNOTSUPP
-                        | libc::ENOPROTOOPT
-                        | libc::EMSGSIZE
-                )
-            );
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock if retries < 100 => {
-                retries += 1;
-                wait_writable(sock.as_raw_fd());
-            }
-            _ if gso_refused => {
-                tracing::debug!(error = %e, "UDP GSO send refused");
-                gso(sent, false);
-                dropped += send_split(sock, &hdrs[sent], seg);
-                sent += 1;
-            }
-            _ => {
-                // Unreachable destination and the like: skip this message.
-                tracing::debug!(error = %e, "UDP send failed");
-                dropped += datagrams_in(&hdrs[sent], seg);
-                sent += 1;
-            }
-        }
-    }
-    dropped
-}
-
-/// How many datagrams a message carries.
-fn datagrams_in(h: &libc::mmsghdr, seg: usize) -> usize {
-    // SAFETY: msg_iov points at the message's one live iovec.
-    let len = unsafe { (*h.msg_hdr.msg_iov).iov_len };
-    if seg > 0 { len.div_ceil(seg) } else { 1 }
-}
-
-/// Send the datagrams of one GSO message separately (`seg` 0: the message
-/// is one datagram).
-fn send_split(sock: &Socket, h: &libc::mmsghdr, seg: usize) -> usize {
-    // SAFETY: the header's iovec and address point at live memory of the
-    // queue being flushed.
-    let (base, len) = unsafe {
-        (
-            (*h.msg_hdr.msg_iov).iov_base as *const u8,
-            (*h.msg_hdr.msg_iov).iov_len,
-        )
-    };
-    let seg = if seg == 0 { len.max(1) } else { seg };
-    let mut dropped = 0;
-    let mut off = 0;
-    while off < len {
-        let n = seg.min(len - off);
-        // SAFETY: [off, off + n) lies inside the message; name/namelen are
-        // the message's destination.
-        let rc = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                base.add(off).cast(),
-                n,
-                0,
-                h.msg_hdr.msg_name as *const libc::sockaddr,
-                h.msg_hdr.msg_namelen,
-            )
-        };
-        if rc < 0 {
-            dropped += 1;
-        }
-        off += n;
-    }
-    dropped
 }
 
 fn wait_writable(fd: RawFd) {
@@ -755,6 +485,18 @@ fn source_addr(storage: SockAddrStorage, len: libc::socklen_t) -> Option<SocketA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::pktio::tx::{FlushReport, TxQueue};
+    use std::time::{Duration, Instant};
+
+    /// The real UDP side over (duplicates of) `s`'s sockets.
+    fn real(s: &UdpSockets) -> RealUdp {
+        let socks = UdpSockets {
+            v4: s.v4.try_clone().expect("clone"),
+            v6: s.v6.as_ref().map(|v| v.try_clone().expect("clone")),
+            port: s.port,
+        };
+        RealUdp::new(socks, 64)
+    }
 
     fn recv_all(sock: &Socket, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut rb = RecvBatch::new(16, 65536);
@@ -792,7 +534,10 @@ mod tests {
             for p in &payloads {
                 assert!(q.push(p, dst));
             }
-            assert_eq!(q.flush(&a, Instant::now()), FlushReport::default());
+            assert_eq!(
+                q.flush(&mut real(&a), Instant::now()),
+                FlushReport::default()
+            );
             let got = recv_all(&b.v4, payloads.len());
             let data: Vec<Vec<u8>> = got.iter().map(|(d, _)| d.clone()).collect();
             assert_eq!(data, payloads, "gso={gso} gro={gro}");
@@ -801,18 +546,6 @@ mod tests {
                     .all(|(_, s)| *s == SocketAddr::from((Ipv4Addr::LOCALHOST, a.port)))
             );
         }
-    }
-
-    #[test]
-    fn full_queue_refuses_instead_of_overflowing() {
-        let mut q = TxQueue::new(2, 4096, false);
-        let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
-        assert!(q.push(&[1; 100], dst));
-        assert!(q.push(&[2; 100], dst));
-        assert!(!q.push(&[3; 100], dst));
-        let mut q = TxQueue::new(8, 150, true);
-        assert!(q.push(&[1; 100], dst));
-        assert!(!q.push(&[2; 100], dst));
     }
 
     #[test]
@@ -861,7 +594,7 @@ mod tests {
             for p in &payloads {
                 assert!(q.push(p, dst));
             }
-            assert_eq!(q.flush(&a, at), FlushReport::default());
+            assert_eq!(q.flush(&mut real(&a), at), FlushReport::default());
             let got: Vec<Vec<u8>> = recv_all(&b.v4, payloads.len())
                 .into_iter()
                 .map(|(d, _)| d)
@@ -892,39 +625,6 @@ mod tests {
     }
 
     #[test]
-    fn gso_back_off_is_per_destination_and_bounded() {
-        let t0 = Instant::now();
-        let a: SocketAddr = "192.0.2.1:1".parse().expect("a");
-        let b: SocketAddr = "192.0.2.2:1".parse().expect("b");
-        let mut g = GsoBackoff::default();
-        assert!(g.allows(&a, t0) && g.allows(&b, t0));
-        assert!(g.refused(a, t0), "first refusal is news");
-        assert!(!g.allows(&a, t0 + Duration::from_millis(999)));
-        assert!(g.allows(&b, t0), "another destination lost GSO too");
-        // Refusals within the same back-off count once.
-        assert!(!g.refused(a, t0 + Duration::from_millis(10)));
-        assert!(g.allows(&a, t0 + GSO_RETRY_FIRST));
-        // Refused again after the wait: 2 s, then 4 s, ... up to the cap.
-        let mut t = t0 + GSO_RETRY_FIRST;
-        let mut wait = GSO_RETRY_FIRST;
-        for _ in 0..10 {
-            g.refused(a, t);
-            wait = (wait * 2).min(GSO_RETRY_MAX);
-            assert!(!g.allows(&a, t + wait - Duration::from_millis(1)));
-            assert!(g.allows(&a, t + wait));
-            t += wait;
-        }
-        assert_eq!(wait, GSO_RETRY_MAX);
-        g.accepted(&a);
-        assert!(g.allows(&a, t));
-        // Bounded: the table keeps at most GSO_REFUSALS_KEPT destinations.
-        for p in 0..1000u16 {
-            g.refused(SocketAddr::from((Ipv4Addr::LOCALHOST, p)), t0);
-        }
-        assert_eq!(g.refusals.len(), GSO_REFUSALS_KEPT);
-    }
-
-    #[test]
     fn unsendable_datagrams_are_reported_by_reason() {
         let (a, _b, dst) = loopback_pair();
         let mut q = TxQueue::new(8, 1 << 20, true);
@@ -940,7 +640,7 @@ mod tests {
         assert!(q.push(&[2u8; 100], "[::1]:9".parse().expect("v6")));
         assert!(q.push(&[3u8; 100], "[::1]:9".parse().expect("v6")));
         assert_eq!(
-            q.flush(&v4_only, Instant::now()),
+            q.flush(&mut real(&v4_only), Instant::now()),
             FlushReport {
                 failed: 1,
                 no_socket: 2
