@@ -815,7 +815,9 @@ fn a_configure_that_fails_changes_nothing() {
         .push("10.99.0.0/24".parse().expect("prefix"));
     bad.peers.push(PeerSpec {
         name: "site-x".to_string(),
-        public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .expect("a (low-order) key"),
         endpoint_spec: Some(format!("198.51.100.2:{WG_PORT}")),
         endpoint: Some(format!("198.51.100.2:{WG_PORT}").parse().expect("endpoint")),
         allowed_ips: vec!["10.10.0.3/32".parse().expect("prefix")],

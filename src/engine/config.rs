@@ -19,8 +19,8 @@ use crate::manifest::{Endpoint, Manifest};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSpec {
     pub name: String,
-    /// Base64, as `wg pubkey` prints it.
-    pub public_key: String,
+    /// Base64 in JSON, as `wg pubkey` prints it.
+    pub public_key: PublicKey,
     /// The endpoint as written in the manifest (`host:port` or address).
     pub endpoint_spec: Option<String>,
     /// The endpoint resolved at apply.
@@ -90,8 +90,6 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
-    #[error("peer {peer}: public key is not valid base64 of 32 bytes")]
-    PublicKey { peer: String },
     #[error("peer {peer}: its public key is this interface's own public key")]
     OwnKey { peer: String },
 }
@@ -102,9 +100,7 @@ impl ConfigError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ConfigError::Resolve { .. } => ErrorKind::Transient,
-            ConfigError::KeyFile(_)
-            | ConfigError::PublicKey { .. }
-            | ConfigError::OwnKey { .. } => ErrorKind::Invalid,
+            ConfigError::KeyFile(_) | ConfigError::OwnKey { .. } => ErrorKind::Invalid,
         }
     }
 }
@@ -122,7 +118,7 @@ impl EngineConfig {
     /// re-applies do not fail while a name is down).
     pub fn from_manifest_with(
         m: &Manifest,
-        fallback: &dyn Fn(&str, &str) -> Option<SocketAddr>,
+        fallback: &dyn Fn(&PublicKey, &str) -> Option<SocketAddr>,
     ) -> Result<EngineConfig, ConfigError> {
         let mut peers = Vec::with_capacity(m.peers.len());
         for p in &m.peers {
@@ -133,7 +129,7 @@ impl EngineConfig {
                     Ok(a) => Some(a),
                     Err(e) => {
                         let name = format!("{host}:{port}");
-                        let Some(a) = fallback(&p.public_key.to_base64(), &name) else {
+                        let Some(a) = fallback(&p.public_key, &name) else {
                             return Err(e);
                         };
                         tracing::debug!(peer = %p.name, error = %e, kept = %a, "endpoint name does not resolve; keeping the last good address");
@@ -143,7 +139,7 @@ impl EngineConfig {
             };
             peers.push(PeerSpec {
                 name: p.name.clone(),
-                public_key: p.public_key.to_base64(),
+                public_key: p.public_key,
                 endpoint_spec: p.endpoint.as_ref().map(ToString::to_string),
                 endpoint,
                 allowed_ips: p.allowed_ips.clone(),
@@ -181,10 +177,7 @@ impl EngineConfig {
         let own = private.public_key();
         let mut peers = Vec::with_capacity(self.peers.len());
         for p in &self.peers {
-            let public =
-                PublicKey::from_base64(&p.public_key).map_err(|_| ConfigError::PublicKey {
-                    peer: p.name.clone(),
-                })?;
+            let public = p.public_key;
             if public == own {
                 return Err(ConfigError::OwnKey {
                     peer: p.name.clone(),
@@ -287,11 +280,11 @@ pub enum EngineChange {
     },
     AddPeer {
         name: String,
-        public_key: String,
+        public_key: PublicKey,
     },
     RemovePeer {
         name: String,
-        public_key: String,
+        public_key: PublicKey,
     },
     PeerName {
         from: String,
@@ -472,7 +465,7 @@ pub fn diff_configs(
         if find(new, new_keys, &new_index, pk).is_none() {
             out.push(EngineChange::RemovePeer {
                 name: p.name.clone(),
-                public_key: p.public_key.clone(),
+                public_key: p.public_key,
             });
         }
     }
@@ -481,7 +474,7 @@ pub fn diff_configs(
         let Some((c, cpsk)) = find(cur, cur_keys, &cur_index, pk) else {
             out.push(EngineChange::AddPeer {
                 name: n.name.clone(),
-                public_key: n.public_key.clone(),
+                public_key: n.public_key,
             });
             continue;
         };
@@ -532,7 +525,7 @@ mod tests {
     fn peer(name: &str, k: &PrivateKey) -> PeerSpec {
         PeerSpec {
             name: name.to_string(),
-            public_key: k.public_key().to_base64(),
+            public_key: k.public_key(),
             endpoint_spec: Some("192.0.2.2:51820".into()),
             endpoint: Some("192.0.2.2:51820".parse().expect("addr")),
             allowed_ips: vec!["10.10.0.2/32".parse().expect("net")],

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use netman_proto::PublicKey;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -58,7 +59,7 @@ pub struct EngineStatus {
     pub pid: u32,
     pub interface: String,
     pub listen_port: u16,
-    pub public_key: String,
+    pub public_key: PublicKey,
     /// Unix time the engine started.
     pub started_at: u64,
     pub peers: Vec<PeerStatus>,
@@ -83,7 +84,7 @@ pub struct EngineStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
-    pub public_key: String,
+    pub public_key: PublicKey,
     /// Current endpoint (configured, or learnt from the peer's last
     /// authenticated packet).
     pub endpoint: Option<SocketAddr>,
@@ -110,10 +111,10 @@ pub struct PeerStatus {
 /// beyond its name and key; tests set what they need.
 #[cfg(test)]
 impl PeerStatus {
-    pub(crate) fn example(name: &str, public_key: &str) -> PeerStatus {
+    pub(crate) fn example(name: &str, public_key: PublicKey) -> PeerStatus {
         PeerStatus {
             name: name.into(),
-            public_key: public_key.into(),
+            public_key,
             endpoint: None,
             allowed_ips: Vec::new(),
             latest_handshake: None,
@@ -355,6 +356,46 @@ mod tests {
         assert!(matches!(decode_request(&long), Err(RequestError::TooLong)));
         long.truncate(MAX_REQUEST_BYTES);
         assert!(matches!(decode_request(&long), Ok(Request::Status)));
+    }
+
+    /// Keys are typed: a configure request or a status whose public key
+    /// is not one is refused when it is read, so no later step (the
+    /// engine, `wg show`'s encoder, the metrics) ever sees it.
+    #[test]
+    fn a_public_key_that_is_not_one_is_refused_on_decode() {
+        let cfg = crate::engine::config::EngineConfig::example();
+        let mut v = serde_json::to_value(Request::Configure {
+            config: cfg,
+            dry_run: true,
+        })
+        .expect("encode");
+        v["config"]["peers"] = serde_json::json!([{
+            "name": "b",
+            "public_key": "not base64",
+            "endpoint_spec": null,
+            "endpoint": null,
+            "allowed_ips": [],
+            "persistent_keepalive": null,
+            "preshared_key_file": null,
+        }]);
+        let line = serde_json::to_vec(&v).expect("encode");
+        assert!(matches!(
+            decode_request(&line),
+            Err(RequestError::Malformed(e)) if e.to_string().contains("not valid base64")
+        ));
+        // The same with a real key decodes.
+        v["config"]["peers"][0]["public_key"] =
+            serde_json::json!(PublicKey::from_bytes([7; 32]).to_base64());
+        let line = serde_json::to_vec(&v).expect("encode");
+        assert!(matches!(
+            decode_request(&line),
+            Ok(Request::Configure { .. })
+        ));
+        // A status with a bad peer key does not parse either.
+        let mut st = serde_json::to_value(PeerStatus::example("b", PublicKey::from_bytes([7; 32])))
+            .expect("encode");
+        st["public_key"] = serde_json::json!("KEYB");
+        assert!(serde_json::from_value::<PeerStatus>(st).is_err());
     }
 
     /// Over a real socket pair: a line just past the limit is refused

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock::unix_secs;
 
-use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, TunResult};
+use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, PublicKey, TunResult};
 use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig, LoadedKeys};
@@ -92,10 +92,10 @@ pub enum Command {
     },
     /// A hostname endpoint resolved to a new address: send to it from now
     /// on (like a roaming peer: the session stays). The peer is named by
-    /// its public key (base64) and its endpoint name, so a reply for a
+    /// its public key and its endpoint name, so a reply for a
     /// peer since removed or given another endpoint changes nothing.
     SetEndpoint {
-        public_key: String,
+        public_key: PublicKey,
         name: String,
         addr: SocketAddr,
     },
@@ -664,9 +664,9 @@ impl DataPlane {
 impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     /// Point the peer with `public_key`, whose endpoint is the name
     /// `name`, at `addr` (see [`Command::SetEndpoint`]).
-    fn set_endpoint(&mut self, public_key: &str, name: &str, addr: SocketAddr) {
+    fn set_endpoint(&mut self, public_key: &PublicKey, name: &str, addr: SocketAddr) {
         let Some(i) = self.config.peers.iter().position(|p| {
-            p.public_key == public_key
+            p.public_key == *public_key
                 && p.endpoint_name
                     .as_ref()
                     .is_some_and(|n| n.to_string() == name)
@@ -697,7 +697,7 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
             let stats = self.device.peer_stats(*id);
             peers.push(PeerStatus {
                 name: spec.name.clone(),
-                public_key: spec.public_key.clone(),
+                public_key: spec.public_key,
                 endpoint: stats.as_ref().and_then(|s| s.endpoint),
                 allowed_ips: spec.allowed_ips.clone(),
                 latest_handshake: stats.as_ref().and_then(|s| s.last_handshake).map(unix_secs),
@@ -728,7 +728,7 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
             pid: std::process::id(),
             interface: self.config.interface.clone(),
             listen_port: self.udp.port(),
-            public_key: self.device.public_key().to_base64(),
+            public_key: self.device.public_key(),
             started_at: unix_secs(self.started_at),
             peers,
             drops,

@@ -123,7 +123,7 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
         let l = PeerLabels {
             deployment: status.deployment.clone(),
             peer: p.name.clone(),
-            public_key: p.public_key.clone(),
+            public_key: p.public_key.to_string(),
         };
         rx.get_or_create(&l).inc_by(p.rx_bytes);
         tx.get_or_create(&l).inc_by(p.tx_bytes);
@@ -438,7 +438,12 @@ mod tests {
     use super::*;
     use crate::engine::config::EngineConfig;
     use crate::engine::control::PeerStatus;
+    use netman_proto::PublicKey;
     use std::io::{Read, Write};
+
+    fn keyb() -> PublicKey {
+        PublicKey::from_bytes([0xb; 32])
+    }
 
     fn status() -> EngineStatus {
         EngineStatus {
@@ -446,11 +451,11 @@ mod tests {
             pid: 1,
             interface: "nm0".into(),
             listen_port: 51820,
-            public_key: "PUB".into(),
+            public_key: PublicKey::from_bytes([0xa; 32]),
             started_at: 0,
             peers: vec![PeerStatus {
                 name: "site-b".into(),
-                public_key: "KEYB".into(),
+                public_key: keyb(),
                 endpoint: None,
                 allowed_ips: vec![],
                 latest_handshake: Some(1_700_000_000),
@@ -480,20 +485,31 @@ mod tests {
         c.applies.store(2, Ordering::Relaxed);
         c.drift_repairs.store(1, Ordering::Relaxed);
         let text = render(&status(), &c);
+        let keyb = keyb();
         for want in [
-            "netman_peer_receive_bytes_total{deployment=\"site-a\",peer=\"site-b\",public_key=\"KEYB\"} 1234",
-            "netman_peer_transmit_bytes_total{deployment=\"site-a\",peer=\"site-b\",public_key=\"KEYB\"} 5678",
-            "netman_peer_handshakes_total{deployment=\"site-a\",peer=\"site-b\",public_key=\"KEYB\"} 3",
-            "netman_peer_handshake_attempts_total{deployment=\"site-a\",peer=\"site-b\",public_key=\"KEYB\"} 4",
-            "netman_peer_latest_handshake_seconds{deployment=\"site-a\",peer=\"site-b\",public_key=\"KEYB\"} 1700000000",
-            "netman_packets_dropped_total{deployment=\"site-a\",reason=\"replay\"} 7",
-            "netman_reconcile_applies_total{deployment=\"site-a\"} 2",
-            "netman_reconcile_drift_repairs_total{deployment=\"site-a\"} 1",
-            "netman_reconcile_failures_total{deployment=\"site-a\"} 0",
-            "netman_peers{deployment=\"site-a\"} 1",
-            "# EOF",
+            format!(
+                "netman_peer_receive_bytes_total{{deployment=\"site-a\",peer=\"site-b\",public_key=\"{keyb}\"}} 1234"
+            ),
+            format!(
+                "netman_peer_transmit_bytes_total{{deployment=\"site-a\",peer=\"site-b\",public_key=\"{keyb}\"}} 5678"
+            ),
+            format!(
+                "netman_peer_handshakes_total{{deployment=\"site-a\",peer=\"site-b\",public_key=\"{keyb}\"}} 3"
+            ),
+            format!(
+                "netman_peer_handshake_attempts_total{{deployment=\"site-a\",peer=\"site-b\",public_key=\"{keyb}\"}} 4"
+            ),
+            format!(
+                "netman_peer_latest_handshake_seconds{{deployment=\"site-a\",peer=\"site-b\",public_key=\"{keyb}\"}} 1700000000"
+            ),
+            "netman_packets_dropped_total{deployment=\"site-a\",reason=\"replay\"} 7".to_string(),
+            "netman_reconcile_applies_total{deployment=\"site-a\"} 2".to_string(),
+            "netman_reconcile_drift_repairs_total{deployment=\"site-a\"} 1".to_string(),
+            "netman_reconcile_failures_total{deployment=\"site-a\"} 0".to_string(),
+            "netman_peers{deployment=\"site-a\"} 1".to_string(),
+            "# EOF".to_string(),
         ] {
-            assert!(text.contains(want), "missing {want}\n{text}");
+            assert!(text.contains(&want), "missing {want}\n{text}");
         }
     }
 

@@ -196,7 +196,7 @@ pub fn serve(sd: &StateDir, cfg: EngineConfig, on_ready: ReadyHook) -> Result<()
         });
         let set: resolver::SetEndpoint = Arc::new(move |key, name, addr| {
             let _ = c2.send(DpCommand::SetEndpoint {
-                public_key: key.to_string(),
+                public_key: *key,
                 name: name.to_string(),
                 addr,
             });
@@ -372,7 +372,11 @@ impl EngineCtx {
 
     /// The address in use for the hostname endpoint `name` of the peer
     /// with `public_key`, as the resolver last had it.
-    pub fn last_endpoint(&self, public_key: &str, name: &str) -> Option<std::net::SocketAddr> {
+    pub fn last_endpoint(
+        &self,
+        public_key: &netman_proto::PublicKey,
+        name: &str,
+    ) -> Option<std::net::SocketAddr> {
         let states = self.resolver.states();
         let (n, addr, _) = states.get(public_key)?;
         (n == name).then_some(*addr)?

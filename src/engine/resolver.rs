@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use netman_proto::PublicKey;
+
 use super::config::{EndpointName, EngineConfig};
 use super::control::EngineStatus;
 
@@ -39,11 +41,11 @@ pub type ResolveFn = Arc<dyn Fn(&str, u16) -> Result<SocketAddr, String> + Send 
 /// The live state (`None`: the data plane did not answer).
 pub type Snapshot = Arc<dyn Fn() -> Option<EngineStatus> + Send + Sync>;
 /// Point the peer (public key, endpoint name) at a new address.
-pub type SetEndpoint = Arc<dyn Fn(&str, &str, SocketAddr) + Send + Sync>;
+pub type SetEndpoint = Arc<dyn Fn(&PublicKey, &str, SocketAddr) + Send + Sync>;
 
 /// One hostname endpoint.
 struct Target {
-    public_key: String,
+    public_key: PublicKey,
     peer: String,
     name: EndpointName,
     /// The address in use: resolved at apply, then by this thread.
@@ -58,7 +60,7 @@ struct Target {
 /// What is due: one name to resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {
-    pub public_key: String,
+    pub public_key: PublicKey,
     pub name: EndpointName,
 }
 
@@ -77,15 +79,15 @@ impl Resolver {
         let Ok(mut targets) = self.targets.lock() else {
             return;
         };
-        let mut old: HashMap<(String, String), Target> = targets
+        let mut old: HashMap<(PublicKey, String), Target> = targets
             .drain(..)
-            .map(|t| ((t.public_key.clone(), t.name.to_string()), t))
+            .map(|t| ((t.public_key, t.name.to_string()), t))
             .collect();
         for p in &cfg.peers {
             let Some(name) = &p.endpoint_name else {
                 continue;
             };
-            let key = (p.public_key.clone(), name.to_string());
+            let key = (p.public_key, name.to_string());
             let t = match old.remove(&key) {
                 Some(mut t) => {
                     if p.endpoint.is_some() && p.endpoint != t.address {
@@ -97,7 +99,7 @@ impl Resolver {
                     t
                 }
                 None => Target {
-                    public_key: p.public_key.clone(),
+                    public_key: p.public_key,
                     peer: p.name.clone(),
                     name: name.clone(),
                     address: p.endpoint,
@@ -127,7 +129,7 @@ impl Resolver {
         &self,
         now: Instant,
         now_unix: u64,
-        handshakes: &HashMap<String, Option<u64>>,
+        handshakes: &HashMap<PublicKey, Option<u64>>,
     ) -> Vec<Due> {
         let Ok(mut targets) = self.targets.lock() else {
             return Vec::new();
@@ -148,7 +150,7 @@ impl Resolver {
             if periodic || stale {
                 t.last_try = now;
                 out.push(Due {
-                    public_key: t.public_key.clone(),
+                    public_key: t.public_key,
                     name: t.name.clone(),
                 });
             }
@@ -201,14 +203,14 @@ impl Resolver {
 
     /// Per peer (public key): its endpoint name, the address in use and
     /// the last resolution error.
-    pub fn states(&self) -> HashMap<String, (String, Option<SocketAddr>, Option<String>)> {
+    pub fn states(&self) -> HashMap<PublicKey, (String, Option<SocketAddr>, Option<String>)> {
         self.targets
             .lock()
             .map(|ts| {
                 ts.iter()
                     .map(|t| {
                         (
-                            t.public_key.clone(),
+                            t.public_key,
                             (t.name.to_string(), t.address, t.error.clone()),
                         )
                     })
@@ -295,7 +297,7 @@ pub fn spawn(
                 let now = Instant::now();
                 let ask = r.wants_status(now)
                     && last_status.is_none_or(|t| now.saturating_duration_since(t) >= STATUS_EVERY);
-                let handshakes: HashMap<String, Option<u64>> = if ask {
+                let handshakes: HashMap<PublicKey, Option<u64>> = if ask {
                     last_status = Some(now);
                     snapshot()
                         .map(|s| {
@@ -334,6 +336,14 @@ mod tests {
     use super::*;
     use crate::engine::config::PeerSpec;
 
+    fn k1() -> PublicKey {
+        PublicKey::from_bytes([1; 32])
+    }
+
+    fn k2() -> PublicKey {
+        PublicKey::from_bytes([2; 32])
+    }
+
     fn cfg(endpoint: &str, refresh: u32, stale: u32) -> EngineConfig {
         EngineConfig {
             deployment: "a".into(),
@@ -341,7 +351,7 @@ mod tests {
             peers: vec![
                 PeerSpec {
                     name: "hub".into(),
-                    public_key: "K1".into(),
+                    public_key: k1(),
                     endpoint_spec: Some("hub.test:51820".into()),
                     endpoint: Some(endpoint.parse().expect("addr")),
                     allowed_ips: Vec::new(),
@@ -356,7 +366,7 @@ mod tests {
                 },
                 PeerSpec {
                     name: "literal".into(),
-                    public_key: "K2".into(),
+                    public_key: k2(),
                     endpoint_spec: Some("192.0.2.9:51820".into()),
                     endpoint: Some("192.0.2.9:51820".parse().expect("addr")),
                     allowed_ips: Vec::new(),
@@ -385,7 +395,7 @@ mod tests {
         assert_eq!(r.record(d, Ok(addr("192.0.2.1:51820"))), None);
         // The name stops resolving: the address stays, the error shows.
         assert_eq!(r.record(d, Err("Name or service not known".into())), None);
-        let (name, address, error) = r.states()["K1"].clone();
+        let (name, address, error) = r.states()[&k1()].clone();
         assert_eq!(name, "hub.test:51820");
         assert_eq!(address, Some(addr("192.0.2.1:51820")));
         assert_eq!(error.as_deref(), Some("Name or service not known"));
@@ -394,12 +404,12 @@ mod tests {
             pid: 1,
             interface: "nm0".into(),
             listen_port: 1,
-            public_key: String::new(),
+            public_key: PublicKey::from_bytes([0; 32]),
             started_at: 0,
             peers: vec![crate::engine::control::PeerStatus {
                 endpoint: Some(addr("192.0.2.1:51820")),
                 endpoint_name: Some("hub.test:51820".into()),
-                ..crate::engine::control::PeerStatus::example("hub", "K1")
+                ..crate::engine::control::PeerStatus::example("hub", k1())
             }],
             drops: Default::default(),
             udp_gso_refused: 0,
@@ -417,14 +427,14 @@ mod tests {
             r.record(d, Ok(addr("198.51.100.2:51820"))),
             Some(addr("198.51.100.2:51820"))
         );
-        let (_, address, error) = r.states()["K1"].clone();
+        let (_, address, error) = r.states()[&k1()].clone();
         assert_eq!((address, error), (Some(addr("198.51.100.2:51820")), None));
         // A re-apply that resolved the same keeps that state; one that
         // resolved another address takes it.
         r.set_config(&cfg("198.51.100.2:51820", 300, 135), t0);
-        assert_eq!(r.states()["K1"].1, Some(addr("198.51.100.2:51820")));
+        assert_eq!(r.states()[&k1()].1, Some(addr("198.51.100.2:51820")));
         r.set_config(&cfg("203.0.113.5:51820", 300, 135), t0);
-        assert_eq!(r.states()["K1"].1, Some(addr("203.0.113.5:51820")));
+        assert_eq!(r.states()[&k1()].1, Some(addr("203.0.113.5:51820")));
     }
 
     #[test]
@@ -439,14 +449,14 @@ mod tests {
         // Just tried: not due again before the next interval.
         assert!(r.due(at(301), 0, &none).is_empty());
         // A fresh handshake: not stale.
-        let fresh: HashMap<String, Option<u64>> = [("K1".to_string(), Some(10_000))].into();
+        let fresh: HashMap<PublicKey, Option<u64>> = [(k1(), Some(10_000))].into();
         assert!(r.due(at(340), 10_100, &fresh).is_empty());
         // Older than 135 s: due every 30 s.
         assert_eq!(r.due(at(340), 10_135, &fresh).len(), 1);
         assert!(r.due(at(350), 10_145, &fresh).is_empty());
         assert_eq!(r.due(at(370), 10_165, &fresh).len(), 1);
         // No handshake at all counts as stale too.
-        let never: HashMap<String, Option<u64>> = [("K1".to_string(), None)].into();
+        let never: HashMap<PublicKey, Option<u64>> = [(k1(), None)].into();
         assert_eq!(r.due(at(400), 0, &never).len(), 1);
         // A short stale_after shortens the retry.
         let r = Resolver::default();

@@ -53,7 +53,7 @@ fn site(
     let config = EngineConfig {
         peers: vec![PeerSpec {
             name: format!("peer{peer}"),
-            public_key: peer_public.to_base64(),
+            public_key: peer_public,
             endpoint_spec: None,
             endpoint: Some(peer_addr.parse().expect("endpoint")),
             allowed_ips: vec![peer_net.parse().expect("net")],
