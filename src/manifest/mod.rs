@@ -47,13 +47,13 @@
 //! Parsing never reads any file other than the manifest itself (key files are only
 //! resolved to absolute paths) and never puts key material into messages.
 
-mod error;
+pub(crate) mod error;
 mod firewall;
 mod interface;
 mod locate;
 mod overlap;
 pub mod raw;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -534,6 +534,10 @@ pub(crate) fn parser_options() -> serde_saphyr::Options {
         reject_unsupported_tags: true,
         strict_booleans: true,
     }
+}
+
+pub(crate) fn absolute_path(path: &Path) -> PathBuf {
+    absolute(path)
 }
 
 fn raw_parse(text: &str, file: &str) -> Result<raw::RawManifest, ManifestErrors> {

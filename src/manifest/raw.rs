@@ -113,7 +113,7 @@ pub struct RawInterface {
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum MssClampSchema {
+pub(crate) enum MssClampSchema {
     Word(MssClampWord),
     Size(#[schemars(range(min = 536, max = 65495))] u16),
 }
@@ -121,7 +121,7 @@ enum MssClampSchema {
 #[derive(JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code)]
-enum MssClampWord {
+pub(crate) enum MssClampWord {
     Off,
     Auto,
 }
@@ -130,7 +130,7 @@ enum MssClampWord {
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum RawTableSchema {
+pub(crate) enum RawTableSchema {
     Word(RawTableWord),
     Id(u32),
 }
@@ -138,7 +138,7 @@ enum RawTableSchema {
 #[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
-enum RawTableWord {
+pub(crate) enum RawTableWord {
     Main,
     Off,
 }

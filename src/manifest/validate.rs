@@ -508,7 +508,7 @@ fn refresh_settings(
 /// `peers[].public_key`: 32 bytes of base64, and a key a handshake can
 /// work with (the protocol core refuses a low-order point, which is
 /// nobody's real public key).
-fn public_key(s: &str) -> Result<PublicKey, String> {
+pub(crate) fn public_key(s: &str) -> Result<PublicKey, String> {
     let key = PublicKey::from_base64(s).map_err(|e| e.to_string())?;
     if key.is_low_order() {
         return Err(
@@ -569,7 +569,7 @@ fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Option<Route>> {
 // ---------------------------------------------------------------------------
 // Individual value checks. Each returns a message (never containing key material).
 
-pub(super) fn deployment_name(s: &str) -> Result<String, String> {
+pub(crate) fn deployment_name(s: &str) -> Result<String, String> {
     let len = s.chars().count();
     if len == 0 {
         return Err("must not be empty".to_owned());
@@ -664,7 +664,7 @@ fn cidr_message(
 }
 
 /// An interface address: a host address with its prefix length.
-pub(super) fn interface_address(s: &str) -> Result<IpNet, String> {
+pub(crate) fn interface_address(s: &str) -> Result<IpNet, String> {
     let net = parse_cidr(s).map_err(|e| {
         cidr_message(s, e, |addr| {
             let example = if addr.is_ipv4() { 24 } else { 64 };
@@ -706,7 +706,7 @@ pub(super) fn interface_address(s: &str) -> Result<IpNet, String> {
 }
 
 /// A network with no host bits set (allowed IPs, route destinations).
-fn network(s: &str) -> Result<IpNet, String> {
+pub(crate) fn network(s: &str) -> Result<IpNet, String> {
     let net = parse_cidr(s).map_err(|e| {
         cidr_message(s, e, |addr| {
             let full = if addr.is_ipv4() { 32 } else { 128 };
@@ -722,7 +722,7 @@ fn network(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-pub(super) fn endpoint(s: &str) -> Result<Endpoint, String> {
+pub(crate) fn endpoint(s: &str) -> Result<Endpoint, String> {
     const FORMS: &str = "expected IPV4:PORT, [IPV6]:PORT or HOSTNAME:PORT";
     if s.starts_with('[') {
         let Some((host, port)) = s.rsplit_once("]:") else {
