@@ -198,6 +198,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
     let mut errors = checked.errors;
     let mut warnings = checked.warnings;
     let model = checked.model;
+    // A derived manifest's finding where the network's own rules already
+    // said something (a duplicate name, an overlap) adds nothing.
+    let said: HashSet<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
 
     let mut derived = Vec::new();
     for i in 0..raw.sites.value.len() {
@@ -233,7 +236,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
                     origins: rendered.origins,
                 });
             }
-            Err(errs) => errors.extend(errs.0.iter().map(map)),
+            Err(errs) => errors.extend(
+                errs.0
+                    .iter()
+                    .map(map)
+                    .filter(|e| !said.contains(&(e.line, e.column))),
+            ),
         }
     }
     let errors = dedup(errors);
