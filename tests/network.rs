@@ -49,6 +49,9 @@ fn base() -> String {
     .join("\n")
 }
 
+/// A table row: what, the edits of the base network, the findings.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 fn parse(text: &str) -> Result<Network, ManifestErrors> {
     network::parse(text, Path::new(FILE))
 }
@@ -85,7 +88,7 @@ fn the_base_network_is_valid() {
 /// the base network and every line `validate` must print, in order.
 #[test]
 fn each_network_finding_is_positioned_in_the_network_file() {
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "duplicate site name",
             &[("  - name: b2", "  - name: b1")],
@@ -242,7 +245,7 @@ fn each_network_finding_is_positioned_in_the_network_file() {
 /// value that produced the offending line, naming the site.
 #[test]
 fn derived_manifest_errors_map_back_to_the_network_file() {
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "a bad interface name in defaults: once, not once per site",
             &[(

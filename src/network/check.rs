@@ -62,7 +62,7 @@ impl Model {
             .map(|(i, s)| {
                 Some(Site {
                     name: s.value.name.value.clone(),
-                    public_key: self.keys.get(i)?.clone()?,
+                    public_key: (*self.keys.get(i)?)?,
                     addresses: self.addresses.get(i)?.clone(),
                     subnets: self.subnets.get(i)?.iter().map(|(n, _)| *n).collect(),
                     endpoint: self.endpoints.get(i)?.clone(),
@@ -174,7 +174,7 @@ pub(super) fn check(raw: &RawNetwork, file: &str) -> Checked {
             }
         }
         if let Some(key) = ctx.check(&s.public_key, || p("public_key"), |v| public_key(v)) {
-            match key_seen.entry(key.clone()) {
+            match key_seen.entry(key) {
                 Entry::Occupied(e) => ctx.error(
                     s.public_key.referenced,
                     p("public_key"),
@@ -500,7 +500,7 @@ fn mtu(ctx: &mut Ctx<'_>, raw: &RawNetwork, i: usize, model: &Model) {
         return; // the default, 1420
     };
     let Int::Value(v) = m.value else { return };
-    if v >= MIN_MTU_V6 || v < 576 {
+    if !(576..MIN_MTU_V6).contains(&v) {
         return; // fine, or the manifest's own range error
     }
     // With an IPv6 address of its own the manifest's rule says it.

@@ -150,8 +150,11 @@ pub struct RawTopology {
     /// Explicit tunnels, each a pair of site names: `[a, b]`.
     #[serde(default)]
     #[schemars(with = "Option<Vec<Vec<String>>>")]
-    pub links: Option<Spanned<Vec<Spanned<Vec<Spanned<String>>>>>>,
+    pub links: Option<Spanned<Vec<Spanned<RawLink>>>>,
 }
+
+/// One entry of `topology.links`: two site names.
+pub type RawLink = Vec<Spanned<String>>;
 
 /// `topology.hub_and_spoke:`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
