@@ -169,7 +169,7 @@ fn each_network_finding_is_positioned_in_the_network_file() {
             "a mesh pair with no endpoint on either side",
             &[("  hub_and_spoke:\n    hubs: [hq]", "  mesh: true")],
             &[
-                "net.yaml:20:9: topology.mesh: neither `b1` nor `b2` has an endpoint: their tunnel can never handshake",
+                "net.yaml:20:9: topology.mesh: sites `b1`, `b2` have no endpoint: the tunnels between them can never handshake",
             ],
         ),
         (
@@ -552,5 +552,21 @@ fn validate_github_annotations_for_networks_and_manifests() {
     assert!(
         err.contains(&format!("{n}:15:11: sites[2].name: duplicate site name")),
         "{err}"
+    );
+}
+
+/// A network is bounded: validation derives a manifest per site (a mesh's
+/// grow with the square of the sites), so more than 1000 sites are refused
+/// before any of that work.
+#[test]
+fn more_than_1000_sites_are_refused() {
+    let site = format!("  - name: s\n    public_key: {K1}\n    addresses: [10.0.0.1/8]\n");
+    let text = format!(
+        "network: big\nsites:\n{}topology:\n  mesh: true\n",
+        site.repeat(1001)
+    );
+    assert_eq!(
+        errors(&text),
+        ["net.yaml:3:3: sites: 1001 sites; at most 1000"]
     );
 }

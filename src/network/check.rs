@@ -32,6 +32,10 @@ use crate::manifest::{DEFAULT_MTU, Endpoint, PublicKey};
 
 const MIN_MTU_V6: i128 = 1280;
 
+/// At most this many sites: validation derives a manifest per site, and a
+/// mesh's manifests grow with the square of the sites.
+pub(super) const MAX_SITES: usize = 1000;
+
 /// What `derive.rs` needs, from the parts that checked out.
 pub(super) struct Model {
     /// Per site: its valid overlay addresses as host prefixes, with their path.
@@ -53,6 +57,21 @@ pub(super) struct Model {
 }
 
 impl Model {
+    fn new(n: usize, derivable: bool) -> Self {
+        Model {
+            hosts: vec![Vec::new(); n],
+            subnets: vec![Vec::new(); n],
+            peers: vec![Vec::new(); n],
+            relay: vec![None; n],
+            spoke: vec![false; n],
+            derivable: vec![derivable; n],
+            links: Vec::new(),
+            keys: vec![None; n],
+            endpoints: vec![None; n],
+            addresses: vec![Vec::new(); n],
+        }
+    }
+
     /// The validated sites (`None` if any part failed).
     pub fn sites(&self, raw: &RawNetwork) -> Option<Vec<Site>> {
         raw.sites
@@ -136,21 +155,22 @@ pub(super) fn check(raw: &RawNetwork, file: &str) -> Checked {
         );
     }
 
+    if n > MAX_SITES {
+        ctx.error(
+            raw.sites.referenced,
+            "sites",
+            format!("{n} sites; at most {MAX_SITES}"),
+        );
+        return Checked {
+            model: Model::new(n, false),
+            errors: ctx.errors,
+            warnings: ctx.warnings,
+        };
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut key_seen: HashMap<PublicKey, usize> = HashMap::new();
     let mut addr_seen: HashMap<std::net::IpAddr, String> = HashMap::new();
-    let mut model = Model {
-        hosts: vec![Vec::new(); n],
-        subnets: vec![Vec::new(); n],
-        peers: vec![Vec::new(); n],
-        relay: vec![None; n],
-        spoke: vec![false; n],
-        derivable: vec![true; n],
-        links: Vec::new(),
-        keys: vec![None; n],
-        endpoints: vec![None; n],
-        addresses: vec![Vec::new(); n],
-    };
+    let mut model = Model::new(n, true);
     for (i, s) in sites.iter().enumerate() {
         let s = &s.value;
         let p = |f: &str| format!("sites[{i}].{f}");
@@ -364,22 +384,25 @@ fn topology(ctx: &mut Ctx<'_>, raw: &RawNetwork, names: &HashMap<&str, usize>, m
         for a in 0..n {
             for b in a + 1..n {
                 links.push((a, b));
-                if !has_endpoint(a) && !has_endpoint(b) {
-                    let at = t
-                        .mesh
-                        .as_ref()
-                        .map_or(raw.topology.referenced, |m| m.referenced);
-                    ctx.error(
-                        at,
-                        "topology.mesh",
-                        format!(
-                            "neither `{}` nor `{}` has an endpoint: their tunnel can never handshake",
-                            site_name(a),
-                            site_name(b)
-                        ),
-                    );
-                }
             }
+        }
+        let unreachable: Vec<&str> = (0..n)
+            .filter(|&i| !has_endpoint(i))
+            .map(site_name)
+            .collect();
+        if unreachable.len() > 1 {
+            let at = t
+                .mesh
+                .as_ref()
+                .map_or(raw.topology.referenced, |m| m.referenced);
+            ctx.error(
+                at,
+                "topology.mesh",
+                format!(
+                    "sites `{}` have no endpoint: the tunnels between them can never handshake",
+                    unreachable.join("`, `")
+                ),
+            );
         }
     } else if let Some(hs) = &t.hub_and_spoke {
         let mut hubs: Vec<usize> = Vec::new();
