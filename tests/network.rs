@@ -570,3 +570,38 @@ fn more_than_1000_sites_are_refused() {
         ["net.yaml:3:3: sites: 1001 sites; at most 1000"]
     );
 }
+
+/// At apply, the private key file's public key must be the declared
+/// `interface.public_key` (a network file's derived manifests declare the
+/// site's): a wrong key file, or a wrong key in the file, is refused
+/// before anything changes.
+#[test]
+fn apply_refuses_a_key_file_that_is_not_the_declared_key() {
+    let dir = TempDir::new("netkey");
+    let private = netman::keys::generate_private_key().expect("randomness");
+    let key_file = dir.join("site.key");
+    common::write_mode(
+        &key_file,
+        &format!("{}\n", private.to_base64().as_str()),
+        0o600,
+    );
+    let own = private.public_key().to_base64();
+    let text = |declared: &str| {
+        format!(
+            "name: s\ninterface:\n  name: nm0\n  addresses: [10.10.0.1/24]\n  private_key_file: {}\n  public_key: {declared}\n",
+            key_file.display()
+        )
+    };
+    let m = manifest::parse(&text(&own), Path::new("s.yaml")).expect("valid");
+    assert!(netman::deploy::engine_config(&m).is_ok());
+    let m = manifest::parse(&text(K3), Path::new("s.yaml")).expect("valid");
+    let e = netman::deploy::engine_config(&m).err().expect("refused");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "private key file {}: its public key is {own}, but interface.public_key declares {K3}",
+            key_file.display()
+        )
+    );
+    assert_eq!(e.kind(), netman::error::ErrorKind::Invalid);
+}

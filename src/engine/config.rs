@@ -94,6 +94,14 @@ pub enum ConfigError {
     PublicKey { peer: String },
     #[error("peer {peer}: its public key is this interface's own public key")]
     OwnKey { peer: String },
+    #[error(
+        "private key file {file}: its public key is {actual}, but interface.public_key declares {declared}"
+    )]
+    DeclaredKey {
+        file: String,
+        actual: String,
+        declared: String,
+    },
 }
 
 impl ConfigError {
@@ -104,7 +112,8 @@ impl ConfigError {
             ConfigError::Resolve { .. } => ErrorKind::Transient,
             ConfigError::KeyFile(_)
             | ConfigError::PublicKey { .. }
-            | ConfigError::OwnKey { .. } => ErrorKind::Invalid,
+            | ConfigError::OwnKey { .. }
+            | ConfigError::DeclaredKey { .. } => ErrorKind::Invalid,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   mtu: 1420                       # default 1420
 //!   listen_port: 51820              # optional
 //!   private_key_file: keys/site-a.key
+//!   public_key: "<base64>"          # optional: the key file's public key
 //!   mss_clamp: auto                 # off | auto | MSS; default auto with forwarding
 //! peers:                            # optional (default: none)
 //!   - name: site-b
@@ -326,6 +327,10 @@ pub struct Interface {
     /// `interface.fwmark` as written: the mark on the engine's UDP sockets.
     #[serde(default)]
     pub fwmark: Option<u32>,
+    /// `interface.public_key`: the public key of `private_key_file`, as
+    /// declared (checked against the file at apply).
+    #[serde(default)]
+    pub public_key: Option<PublicKey>,
 }
 
 /// `interface.mss_clamp`: the MSS of TCP SYNs forwarded into and out of
@@ -587,7 +592,7 @@ pub fn json_schema() -> serde_json::Value {
 }
 
 /// Version of the parse cache format; bump when validation changes meaning.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// The cache's secret key (32 random bytes, mode 0600) in the cache dir.
 const CACHE_KEY_FILE: &str = "key";

@@ -107,6 +107,15 @@ pub struct RawInterface {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 1))]
     pub fwmark: Option<Spanned<Int>>,
+    /// This site's own public key (wg pubkey of the private key file):
+    /// checked against the key file at apply, and lets `netman validate
+    /// a.yaml b.yaml` check that manifests naming each other agree.
+    #[serde(default)]
+    #[schemars(
+        with = "Option<String>",
+        pattern(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+    )]
+    pub public_key: Option<Spanned<String>>,
 }
 
 /// The schema of `interface.mss_clamp` (documentation only).

@@ -14,6 +14,8 @@
 //!   `forwarding: true`, `off` otherwise.
 //! - `interface.private_key_file`, `peers[].preshared_key_file`: non-empty, no NUL;
 //!   relative paths resolve against the manifest's directory.
+//! - `interface.public_key` (optional): a usable public key (as `peers[].public_key`),
+//!   no peer's.
 //! - `peers[].name`: 1..=63 characters of `[A-Za-z0-9._-]`, unique.
 //! - `peers[].public_key`: padded standard base64 of exactly 32 bytes, unique, not a
 //!   low-order point.
@@ -203,6 +205,18 @@ pub(crate) fn validate(
         Some(list) => peers(&mut ctx, &list.value),
         None => Vec::new(),
     };
+    // A peer with the site's own key: the engine refuses it at apply.
+    if let (Some(Some(own)), Some(list)) = (interface.as_ref().map(|i| i.public_key), &raw.peers) {
+        for (i, (p, raw_peer)) in peers.iter().zip(&list.value).enumerate() {
+            if p.as_ref().is_some_and(|p| p.public_key == own) {
+                ctx.error(
+                    raw_peer.value.public_key.referenced,
+                    format!("peers[{i}].public_key"),
+                    "this site's own public key (interface.public_key)",
+                );
+            }
+        }
+    }
     let routes: Vec<Option<Route>> = match &raw.routes {
         Some(list) => routes(&mut ctx, &list.value),
         None => Vec::new(),

@@ -172,6 +172,14 @@ pub(super) fn render(raw: &RawNetwork, model: &Model, i: usize) -> Rendered {
             &p,
         );
     }
+    kv(
+        &mut out,
+        2,
+        "public_key",
+        &scalar(&site.public_key.value),
+        site.public_key.referenced,
+        &format!("{sp}.public_key"),
+    );
     if let Some((v, p)) = effective!(raw, i, mss_clamp) {
         kv(
             &mut out,

@@ -34,7 +34,8 @@
 //! very text that is applied, and every error the manifest rules find in
 //! it is reported at the network file's line that produced it.
 //!
-//! Derivation rules: each site's peers are the sites the topology connects
+//! Derivation rules: the site's own key becomes `interface.public_key`
+//! (checked against the key file at apply); each site's peers are the sites the topology connects
 //! it to, in file order; a peer's `allowed_ips` are its overlay addresses
 //! as host prefixes (/32, /128) and its subnets; on a spoke, the first
 //! hub's entry also carries every other spoke's. Keepalives go to peers
