@@ -595,7 +595,7 @@ fn apply_refuses_a_key_file_that_is_not_the_declared_key() {
     let m = manifest::parse(&text(&own), Path::new("s.yaml")).expect("valid");
     assert!(netman::deploy::engine_config(&m).is_ok());
     let m = manifest::parse(&text(K3), Path::new("s.yaml")).expect("valid");
-    let e = netman::deploy::engine_config(&m).err().expect("refused");
+    let e = netman::deploy::engine_config(&m).expect_err("refused");
     assert_eq!(
         e.to_string(),
         format!(
