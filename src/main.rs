@@ -94,8 +94,7 @@ fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { files, output } => {
             let mut ok = true;
-            for f in &files {
-                let r = validate::validate(f);
+            for r in validate::validate_all(&files) {
                 ok &= r.valid.is_some();
                 for finding in &r.findings {
                     match output {

@@ -3,8 +3,10 @@
 //! v1 manifest), its findings, and how they are printed: as
 //! `FILE:LINE:COL: path: message` lines, or as GitHub Actions annotations
 //! (`--output github`) so that a pull request shows them on the right line.
+//! Several v1 manifests given together are also checked against each
+//! other where they name each other ([`cross_check`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::manifest::{self, ManifestError};
 use crate::network::{self, Network};
@@ -126,7 +128,11 @@ pub fn load(path: &Path) -> Result<Document, manifest::ManifestErrors> {
 
 /// Validate one file, of either kind.
 pub fn validate(path: &Path) -> Report {
-    let result = load(path).map(|doc| match doc {
+    report(load(path), path)
+}
+
+fn report(doc: Result<Document, manifest::ManifestErrors>, path: &Path) -> Report {
+    let result = doc.map(|doc| match doc {
         Document::Manifest(m) => (format!("deployment {}", m.name), m.warnings),
         Document::Network(n) => (
             format!(
@@ -141,6 +147,108 @@ pub fn validate(path: &Path) -> Report {
         ),
     });
     Report::from(result, path)
+}
+
+/// Validate every file, then cross-check the valid v1 manifests among
+/// them that name each other (see [`cross_check`]); a file with a
+/// cross-check error is invalid.
+pub fn validate_all(paths: &[PathBuf]) -> Vec<Report> {
+    let mut reports: Vec<Report> = Vec::with_capacity(paths.len());
+    let mut manifests: Vec<(usize, Box<manifest::Manifest>)> = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let doc = load(path);
+        if let Ok(Document::Manifest(m)) = &doc {
+            manifests.push((i, m.clone()));
+        }
+        reports.push(report(doc, path));
+    }
+    let named: Vec<(String, &manifest::Manifest)> = manifests
+        .iter()
+        .map(|(i, m)| (paths[*i].display().to_string(), m.as_ref()))
+        .collect();
+    for (k, error) in cross_check(&named) {
+        let r = &mut reports[manifests[k].0];
+        r.valid = None;
+        r.findings.push(Finding {
+            severity: Severity::Error,
+            error,
+        });
+    }
+    for r in &mut reports {
+        r.findings.sort_by_key(|f| (f.error.line, f.error.column));
+    }
+    reports
+}
+
+/// Where v1 manifests name each other, that they agree: `manifests[k]`
+/// is `(FILE, manifest)`; each finding is `(k, error in FILE)`. A manifest
+/// B is named by A when one of A's peers has B's `interface.public_key`:
+/// - that peer's `allowed_ips` must cover each of B's interface addresses;
+/// - B must have a peer with A's `interface.public_key` (when A declares
+///   one): otherwise the tunnel is one-sided.
+///
+/// And a peer of A named like B's deployment but with another key than B
+/// declares is a mistyped or stale key.
+pub fn cross_check(manifests: &[(String, &manifest::Manifest)]) -> Vec<(usize, ManifestError)> {
+    let mut out = Vec::new();
+    for (a, (file_a, ma)) in manifests.iter().enumerate() {
+        let at = |peer: usize, field: &str, message: String| {
+            let (line, column) = manifest::peer_field_position(&ma.source.text, peer, field);
+            ManifestError {
+                file: file_a.clone(),
+                line,
+                column,
+                path: format!("peers[{peer}].{field}"),
+                message,
+            }
+        };
+        for (b, (file_b, mb)) in manifests.iter().enumerate() {
+            let Some(kb) = mb.interface.public_key else {
+                continue;
+            };
+            if a == b {
+                continue;
+            }
+            for (i, p) in ma.peers.iter().enumerate() {
+                if p.public_key != kb {
+                    if p.name == mb.name {
+                        out.push((
+                            a,
+                            at(i, "public_key", format!(
+                                "peer `{}` has another key than {file_b} (deployment {}) declares as its interface.public_key",
+                                p.name, mb.name
+                            )),
+                        ));
+                    }
+                    continue;
+                }
+                for addr in &mb.interface.addresses {
+                    let host = addr.addr();
+                    if !p.allowed_ips.iter().any(|n| n.contains(&host)) {
+                        out.push((
+                            a,
+                            at(i, "allowed_ips", format!(
+                                "{host}, an address of {file_b} (deployment {}), is not in this peer's allowed_ips: its packets would be dropped",
+                                mb.name
+                            )),
+                        ));
+                    }
+                }
+                if let Some(ka) = ma.interface.public_key
+                    && !mb.peers.iter().any(|q| q.public_key == ka)
+                {
+                    out.push((
+                        a,
+                        at(i, "public_key", format!(
+                            "{file_b} (deployment {}) has no peer with this manifest's interface.public_key: the tunnel is one-sided",
+                            mb.name
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Why `netman render` printed nothing.

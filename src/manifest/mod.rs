@@ -541,6 +541,19 @@ pub(crate) fn parser_options() -> serde_saphyr::Options {
     }
 }
 
+/// 1-based line and column of `peers[peer].FIELD` in manifest `text`
+/// (of the peer entry when the field is absent; 1:1 if none is found).
+pub fn peer_field_position(text: &str, peer: usize, field: &str) -> (usize, usize) {
+    use error::Seg;
+    let at = |segs: &[Seg]| locate::locate(text, segs);
+    let entry = [Seg::Key("peers".to_owned()), Seg::Index(peer)];
+    let mut full = entry.to_vec();
+    full.push(Seg::Key(field.to_owned()));
+    at(&full)
+        .or_else(|| at(&entry))
+        .map_or((1, 1), error::line_col)
+}
+
 pub(crate) fn absolute_path(path: &Path) -> PathBuf {
     absolute(path)
 }
