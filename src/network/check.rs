@@ -344,7 +344,7 @@ fn overlaps(ctx: &mut Ctx<'_>, raw: &RawNetwork, model: &Model) {
 }
 
 /// The position of `sites[i].addresses[k]` / `sites[i].subnets[k]`.
-fn locate(raw: &RawNetwork, path: &str) -> Option<Location> {
+pub(super) fn locate(raw: &RawNetwork, path: &str) -> Option<Location> {
     let rest = path.strip_prefix("sites[")?;
     let (i, rest) = rest.split_once("].")?;
     let (field, k) = rest.split_once('[')?;

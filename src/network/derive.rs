@@ -10,7 +10,7 @@
 
 use serde_saphyr::{Location, Spanned};
 
-use super::check::Model;
+use super::check::{Model, locate};
 use super::raw::RawNetwork;
 use super::{Origin, effective};
 use crate::manifest::raw::{Int, IntOrWord, RawFirewall};
@@ -342,21 +342,6 @@ pub(super) fn render(raw: &RawNetwork, model: &Model, i: usize) -> Rendered {
         text: out.text,
         origins: out.origins,
     }
-}
-
-/// The position of the value at `sites[i].addresses[k]` or `sites[i].subnets[k]`.
-fn locate(raw: &RawNetwork, path: &str) -> Option<Location> {
-    let rest = path.strip_prefix("sites[")?;
-    let (i, rest) = rest.split_once("].")?;
-    let (field, k) = rest.split_once('[')?;
-    let s = &raw.sites.value.get(i.parse::<usize>().ok()?)?.value;
-    let k: usize = k.strip_suffix(']')?.parse().ok()?;
-    let list = match field {
-        "addresses" => &s.addresses.value,
-        "subnets" => &s.subnets.as_ref()?.value,
-        _ => return None,
-    };
-    Some(list.get(k)?.referenced)
 }
 
 fn firewall(out: &mut Out, fw: &RawFirewall, at: Location, p: &str) {
