@@ -65,8 +65,25 @@ impl DeployError {
 /// The engine configuration of `m`, with its key files read and checked.
 pub fn engine_config(m: &Manifest) -> Result<EngineConfig, ConfigError> {
     let cfg = EngineConfig::from_manifest(m)?;
-    cfg.load_keys()?;
+    check_declared_key(m, &cfg.load_keys()?)?;
     Ok(cfg)
+}
+
+/// The private key file's public key must be `interface.public_key`, when
+/// the manifest declares one (a network file's derived manifests do).
+fn check_declared_key(
+    m: &Manifest,
+    keys: &crate::engine::config::LoadedKeys,
+) -> Result<(), ConfigError> {
+    let actual = keys.private.public_key();
+    match m.interface.public_key {
+        Some(declared) if declared != actual => Err(ConfigError::DeclaredKey {
+            file: m.interface.private_key_file.display().to_string(),
+            actual: actual.to_base64(),
+            declared: declared.to_base64(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the engine of `m` watches: the manifest's `watch`, unless
@@ -91,7 +108,7 @@ pub async fn apply(
         // the engine uses (the resolver reports the error).
         EngineStep::InProcess(engine) => {
             let cfg = EngineConfig::from_manifest_with(m, &|k, n| engine.last_endpoint(k, n))?;
-            cfg.load_keys()?;
+            check_declared_key(m, &cfg.load_keys()?)?;
             cfg
         }
         _ => engine_config(m)?,

@@ -26,6 +26,7 @@ pub mod import;
 pub mod keys;
 pub mod link;
 pub mod manifest;
+pub mod network;
 pub mod reconcile;
 pub mod state;
 pub mod watch;

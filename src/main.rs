@@ -14,7 +14,8 @@ use netman::cli::diff::DiffReport;
 use netman::cli::exit::{self, DIFF_CHANGES, DIFF_ERROR, FAILED, INVALID, OK};
 use netman::cli::log::{self, ERR, NOTICE, WARNING, report};
 use netman::cli::signals::{interrupted, revert_on_signals};
-use netman::cli::{Cli, Command, Output};
+use netman::cli::validate::{self, Severity};
+use netman::cli::{Cli, Command, Output, SchemaKind, ValidateOutput};
 use netman::clock;
 use netman::deploy::{self, DeployError, EngineStep};
 use netman::engine::config::EngineConfig;
@@ -91,22 +92,41 @@ fn report_warnings(m: &Manifest) {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Validate { files } => {
+        Command::Validate { files, output } => {
             let mut ok = true;
-            for f in &files {
-                match manifest::load(f) {
-                    Ok(m) => {
-                        report_warnings(&m);
-                        println!("{}: valid (deployment {})", f.display(), m.name);
+            for r in validate::validate_all(&files) {
+                ok &= r.valid.is_some();
+                for finding in &r.findings {
+                    match output {
+                        ValidateOutput::Github => println!("{}", finding.github()),
+                        ValidateOutput::Text => report(
+                            match finding.severity {
+                                Severity::Error => ERR,
+                                Severity::Warning => WARNING,
+                            },
+                            &finding.text(),
+                        ),
                     }
-                    Err(errs) => {
-                        ok = false;
-                        report_err!("{errs}");
-                    }
+                }
+                if let Some(v) = r.valid {
+                    println!("{v}");
                 }
             }
             Ok(if ok { OK } else { INVALID })
         }
+        Command::Render { file, site } => match validate::render(&file, &site) {
+            Ok((text, warnings)) => {
+                for w in &warnings {
+                    report(WARNING, &w.text());
+                }
+                print!("{text}");
+                Ok(OK)
+            }
+            Err(e) => {
+                report_err!("{e}");
+                Ok(INVALID)
+            }
+        },
         Command::Diff { file, output } => {
             Ok(diff(&cli.state_dir, file, output).unwrap_or_else(|e| {
                 report_err!("netman: {e}");
@@ -221,11 +241,12 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Status { name, output } => status(&cli.state_dir, name, output),
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&manifest::json_schema())?
-            );
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Manifest => manifest::json_schema(),
+                SchemaKind::Network => netman::network::json_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(OK)
         }
         Command::Completions { shell } => {

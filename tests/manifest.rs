@@ -620,7 +620,7 @@ fn rejection_cases() -> Vec<Case> {
         case(
             "unknown interface key",
             with_head(&["  mtu_bytes: 1400"]),
-            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark)",
+            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)",
         ),
         case(
             "unknown peer key",
@@ -973,7 +973,7 @@ fn key_material_never_appears_in_messages() {
     assert_eq!(
         pasted,
         [
-            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark)"
+            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)"
         ]
     );
 
@@ -1000,6 +1000,7 @@ fn minimal_manifest_gets_defaults_and_resolved_key_path() {
             mss_clamp: MssClamp::Off,
             table: None,
             fwmark: None,
+            public_key: None,
         }
     );
     assert_eq!(manifest::DEFAULT_MTU, 1420);
@@ -1083,6 +1084,7 @@ fn full_manifest_with_every_field() {
                 mss_clamp: MssClamp::Off,
                 table: None,
                 fwmark: None,
+                public_key: None,
             },
             peers: vec![
                 Peer {
@@ -1591,6 +1593,47 @@ fn mss_clamp_values_and_default() {
         errors(&chain),
         [
             "site-a.yaml:8:13: firewall.chains[0].name: `mss_clamp` is the name of netman's own chain for interface.mss_clamp; choose another"
+        ]
+    );
+}
+
+/// `interface.public_key` (optional): the site's own key, parsed like a
+/// peer's, and no peer may have it.
+#[test]
+fn interface_public_key_is_parsed_and_no_peer_has_it() {
+    let own = format!("  public_key: {K2}");
+    let m = parse(&with_head(&[&own])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.interface.public_key, Some(key(K2)));
+    assert_eq!(
+        parse(&doc(&HEAD)).expect("valid").interface.public_key,
+        None
+    );
+    assert_eq!(
+        errors(&with_head(&["  public_key: nokey"])),
+        [
+            "site-a.yaml:6:15: interface.public_key: not valid base64 (expected 44 characters of standard base64 with `=` padding, as printed by `wg pubkey`)"
+        ]
+    );
+    assert_eq!(
+        errors(&with_head(&[&format!(
+            "  public_key: {}",
+            LOW_ORDER_KEYS[0].1
+        )])),
+        [
+            "site-a.yaml:6:15: interface.public_key: a low-order point, not a usable public key (no key exchange with it can succeed)"
+        ]
+    );
+    let peer_key = format!("    public_key: {K2}");
+    assert_eq!(
+        errors(&with_head(&[
+            &own,
+            "peers:",
+            "  - name: b",
+            &peer_key,
+            "    allowed_ips: [10.10.0.2/32]",
+        ])),
+        [
+            "site-a.yaml:9:17: peers[0].public_key: this site's own public key (interface.public_key)"
         ]
     );
 }

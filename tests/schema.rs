@@ -1,6 +1,7 @@
 //! The manifest's JSON Schema: `schema/netman-manifest.schema.json` is what
 //! `netman schema` prints (regenerate with `UPDATE_GOLDEN=1`), every example
-//! manifest validates against it, and typical mistakes do not.
+//! manifest validates against it, and typical mistakes do not; the same
+//! for the network file (`schema/netman-network.schema.json`).
 
 use std::fs;
 use std::path::Path;
@@ -138,4 +139,80 @@ fn typical_mistakes_do_not_validate() {
     assert!(!errors(&v, &fw).is_empty());
     let fw_ok = fw.replace("sideways", "forward");
     assert!(errors(&v, &fw_ok).is_empty(), "{:?}", errors(&v, &fw_ok));
+}
+
+/// `schema/netman-network.schema.json` is what `netman schema --kind
+/// network` prints (regenerate with `UPDATE_GOLDEN=1`); the golden network
+/// files validate against it, typical mistakes do not.
+#[test]
+fn committed_network_schema_is_current_and_checks_network_files() {
+    let path = root().join("schema/netman-network.schema.json");
+    let generated = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&netman::network::json_schema()).expect("json")
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&path, &generated).expect("write schema");
+    }
+    let committed = fs::read_to_string(&path).expect("network schema file");
+    assert_eq!(
+        committed, generated,
+        "schema/netman-network.schema.json is stale: run `netman schema --kind network > schema/netman-network.schema.json` (or UPDATE_GOLDEN=1 cargo test --test schema)"
+    );
+    let v = jsonschema::draft7::new(&netman::network::json_schema())
+        .expect("the network schema is a valid draft-07 schema");
+    let mut checked = 0;
+    for case in fs::read_dir(root().join("tests/golden/network")).expect("golden dir") {
+        let file = case.expect("entry").path().join("network.yaml");
+        let text = fs::read_to_string(&file).expect("read");
+        let errs = errors(&v, &text);
+        assert!(errs.is_empty(), "{}: {errs:?}", file.display());
+        assert!(
+            text.starts_with(
+                "# yaml-language-server: $schema=../../../../schema/netman-network.schema.json\n"
+            ),
+            "{} lacks the schema modeline",
+            file.display()
+        );
+        checked += 1;
+        // The manifest's schema does not accept a network file.
+        assert!(!errors(&validator(), &text).is_empty());
+    }
+    assert!(checked >= 2);
+    let good =
+        fs::read_to_string(root().join("tests/golden/network/01-hub-and-spoke/network.yaml"))
+            .expect("read");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown top-level key",
+            "network: corp\n",
+            "network: corp\ndns: 1\n",
+        ),
+        (
+            "unknown site key",
+            "    subnets: [172.18.1.0/24",
+            "    subnet: [172.18.1.0/24",
+        ),
+        ("bad network name", "network: corp", "network: Corp_1"),
+        ("port 0", "listen_port: 51820", "listen_port: 0"),
+        ("hubs not a list", "hubs: [hq]", "hubs: hq"),
+        ("sites missing", "sites:\n", "site:\n"),
+        (
+            "key not 32 bytes",
+            "public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+            "public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0",
+        ),
+    ];
+    for (what, from, to) in cases {
+        assert!(good.contains(from), "{what}: the example lacks {from:?}");
+        let bad = good.replacen(from, to, 1);
+        assert!(
+            !errors(&v, &bad).is_empty(),
+            "{what}: the schema accepts it"
+        );
+        assert!(
+            netman::network::parse(&bad, Path::new("bad.yaml")).is_err(),
+            "{what}: netman accepts it"
+        );
+    }
 }

@@ -2,13 +2,15 @@
 //! command implementations so completions and the man page can be
 //! generated from it; the output formats of the commands live beside it
 //! ([`status`], [`diff`]), with the exit codes ([`exit`]), the log set-up
-//! ([`log`]) and the signal flag an apply polls ([`signals`]).
+//! ([`log`]), the signal flag an apply polls ([`signals`]) and what
+//! `validate` and `render` find and print ([`validate`]).
 
 pub mod diff;
 pub mod exit;
 pub mod log;
 pub mod signals;
 pub mod status;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -54,12 +56,43 @@ pub enum Output {
     Json,
 }
 
+/// How `validate` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidateOutput {
+    /// `FILE:LINE:COL: path: message` on stderr.
+    Text,
+    /// GitHub Actions annotations (`::error file=F,line=L,col=C::message`) on stdout.
+    Github,
+}
+
+/// Which document's JSON Schema `schema` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The v1 site manifest.
+    Manifest,
+    /// The network file.
+    Network,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check manifests without touching the system (exit 0 valid, 2 invalid).
+    /// Check manifests and network files without touching the system (exit
+    /// 0 valid, 2 invalid). A file with a top-level `network:` key is a
+    /// network file, checked as a whole.
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = ValidateOutput::Text)]
+        output: ValidateOutput,
+    },
+    /// Print the v1 manifest a network file derives for one site (exit 0,
+    /// 2 invalid or no such site).
+    Render {
+        /// The network file.
+        file: PathBuf,
+        /// The site whose manifest to print.
+        #[arg(long)]
+        site: String,
     },
     /// Show what `apply` would change (exit 0 in sync, 1 changes pending, 2 error).
     ///
@@ -112,8 +145,12 @@ pub enum Command {
     Genkey,
     /// Read a private key on stdin, print its public key (like `wg pubkey`).
     Pubkey,
-    /// Print the manifest's JSON Schema (draft-07), for editors and CI.
-    Schema,
+    /// Print the JSON Schema (draft-07) of the manifest or the network
+    /// file, for editors and CI.
+    Schema {
+        #[arg(long, value_enum, default_value_t = SchemaKind::Manifest)]
+        kind: SchemaKind,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]

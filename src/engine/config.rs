@@ -92,6 +92,14 @@ pub enum ConfigError {
     KeyFile(#[from] KeyFileError),
     #[error("peer {peer}: its public key is this interface's own public key")]
     OwnKey { peer: String },
+    #[error(
+        "private key file {file}: its public key is {actual}, but interface.public_key declares {declared}"
+    )]
+    DeclaredKey {
+        file: String,
+        actual: String,
+        declared: String,
+    },
 }
 
 impl ConfigError {
@@ -100,7 +108,9 @@ impl ConfigError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ConfigError::Resolve { .. } => ErrorKind::Transient,
-            ConfigError::KeyFile(_) | ConfigError::OwnKey { .. } => ErrorKind::Invalid,
+            ConfigError::KeyFile(_)
+            | ConfigError::OwnKey { .. }
+            | ConfigError::DeclaredKey { .. } => ErrorKind::Invalid,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Validation of the `interface:` section: the ifname, addresses, MTU,
 //! listen port, key file, and the settings that shape what netman puts
-//! around the device (`mss_clamp`, `table`, `fwmark`). Called from
+//! around the device (`mss_clamp`, `table`, `fwmark`), and the declared
+//! `public_key`. Called from
 //! `validate.rs`, whose rules list covers these fields too.
 
 use std::collections::HashMap;
@@ -155,6 +156,17 @@ pub(super) fn interface(
             .map(Some),
     };
 
+    let public_key = match &raw.public_key {
+        None => Some(None),
+        Some(k) => ctx
+            .check(
+                k,
+                || "interface.public_key".to_owned(),
+                |s| super::validate::public_key(s),
+            )
+            .map(Some),
+    };
+
     let addresses = all_ok.then_some(addresses);
     Some(Interface {
         name: name?,
@@ -165,6 +177,7 @@ pub(super) fn interface(
         mss_clamp: mss_clamp?,
         table: table?,
         fwmark: fwmark?,
+        public_key: public_key?,
     })
 }
 

@@ -8,6 +8,7 @@
 //!   mtu: 1420                       # default 1420
 //!   listen_port: 51820              # optional
 //!   private_key_file: keys/site-a.key
+//!   public_key: "<base64>"          # optional: the key file's public key
 //!   mss_clamp: auto                 # off | auto | MSS; default auto with forwarding
 //! peers:                            # optional (default: none)
 //!   - name: site-b
@@ -47,13 +48,13 @@
 //! Parsing never reads any file other than the manifest itself (key files are only
 //! resolved to absolute paths) and never puts key material into messages.
 
-mod error;
+pub(crate) mod error;
 mod firewall;
 mod interface;
 mod locate;
 mod overlap;
 pub mod raw;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -326,6 +327,10 @@ pub struct Interface {
     /// `interface.fwmark` as written: the mark on the engine's UDP sockets.
     #[serde(default)]
     pub fwmark: Option<u32>,
+    /// `interface.public_key`: the public key of `private_key_file`, as
+    /// declared (checked against the file at apply).
+    #[serde(default)]
+    pub public_key: Option<PublicKey>,
 }
 
 /// `interface.mss_clamp`: the MSS of TCP SYNs forwarded into and out of
@@ -536,6 +541,23 @@ pub(crate) fn parser_options() -> serde_saphyr::Options {
     }
 }
 
+/// 1-based line and column of `peers[peer].FIELD` in manifest `text`
+/// (of the peer entry when the field is absent; 1:1 if none is found).
+pub fn peer_field_position(text: &str, peer: usize, field: &str) -> (usize, usize) {
+    use error::Seg;
+    let at = |segs: &[Seg]| locate::locate(text, segs);
+    let entry = [Seg::Key("peers".to_owned()), Seg::Index(peer)];
+    let mut full = entry.to_vec();
+    full.push(Seg::Key(field.to_owned()));
+    at(&full)
+        .or_else(|| at(&entry))
+        .map_or((1, 1), error::line_col)
+}
+
+pub(crate) fn absolute_path(path: &Path) -> PathBuf {
+    absolute(path)
+}
+
 fn raw_parse(text: &str, file: &str) -> Result<raw::RawManifest, ManifestErrors> {
     let mut failed_path: Option<Vec<error::Seg>> = None;
     let result =
@@ -583,7 +605,7 @@ pub fn json_schema() -> serde_json::Value {
 }
 
 /// Version of the parse cache format; bump when validation changes meaning.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// The cache's secret key (32 random bytes, mode 0600) in the cache dir.
 const CACHE_KEY_FILE: &str = "key";

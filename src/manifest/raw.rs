@@ -107,13 +107,22 @@ pub struct RawInterface {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 1))]
     pub fwmark: Option<Spanned<Int>>,
+    /// This site's own public key (wg pubkey of the private key file):
+    /// checked against the key file at apply, and lets `netman validate
+    /// a.yaml b.yaml` check that manifests naming each other agree.
+    #[serde(default)]
+    #[schemars(
+        with = "Option<String>",
+        pattern(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+    )]
+    pub public_key: Option<Spanned<String>>,
 }
 
 /// The schema of `interface.mss_clamp` (documentation only).
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum MssClampSchema {
+pub(crate) enum MssClampSchema {
     Word(MssClampWord),
     Size(#[schemars(range(min = 536, max = 65495))] u16),
 }
@@ -121,7 +130,7 @@ enum MssClampSchema {
 #[derive(JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code)]
-enum MssClampWord {
+pub(crate) enum MssClampWord {
     Off,
     Auto,
 }
@@ -130,7 +139,7 @@ enum MssClampWord {
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum RawTableSchema {
+pub(crate) enum RawTableSchema {
     Word(RawTableWord),
     Id(u32),
 }
@@ -138,7 +147,7 @@ enum RawTableSchema {
 #[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
-enum RawTableWord {
+pub(crate) enum RawTableWord {
     Main,
     Off,
 }

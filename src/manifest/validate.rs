@@ -14,6 +14,8 @@
 //!   `forwarding: true`, `off` otherwise.
 //! - `interface.private_key_file`, `peers[].preshared_key_file`: non-empty, no NUL;
 //!   relative paths resolve against the manifest's directory.
+//! - `interface.public_key` (optional): a usable public key (as `peers[].public_key`),
+//!   no peer's.
 //! - `peers[].name`: 1..=63 characters of `[A-Za-z0-9._-]`, unique.
 //! - `peers[].public_key`: padded standard base64 of exactly 32 bytes, unique, not a
 //!   low-order point.
@@ -203,6 +205,18 @@ pub(crate) fn validate(
         Some(list) => peers(&mut ctx, &list.value),
         None => Vec::new(),
     };
+    // A peer with the site's own key: the engine refuses it at apply.
+    if let (Some(Some(own)), Some(list)) = (interface.as_ref().map(|i| i.public_key), &raw.peers) {
+        for (i, (p, raw_peer)) in peers.iter().zip(&list.value).enumerate() {
+            if p.as_ref().is_some_and(|p| p.public_key == own) {
+                ctx.error(
+                    raw_peer.value.public_key.referenced,
+                    format!("peers[{i}].public_key"),
+                    "this site's own public key (interface.public_key)",
+                );
+            }
+        }
+    }
     let routes: Vec<Option<Route>> = match &raw.routes {
         Some(list) => routes(&mut ctx, &list.value),
         None => Vec::new(),
@@ -508,7 +522,7 @@ fn refresh_settings(
 /// `peers[].public_key`: 32 bytes of base64, and a key a handshake can
 /// work with (the protocol core refuses a low-order point, which is
 /// nobody's real public key).
-fn public_key(s: &str) -> Result<PublicKey, String> {
+pub(crate) fn public_key(s: &str) -> Result<PublicKey, String> {
     let key = PublicKey::from_base64(s).map_err(|e| e.to_string())?;
     if key.is_low_order() {
         return Err(
@@ -569,7 +583,7 @@ fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Option<Route>> {
 // ---------------------------------------------------------------------------
 // Individual value checks. Each returns a message (never containing key material).
 
-pub(super) fn deployment_name(s: &str) -> Result<String, String> {
+pub(crate) fn deployment_name(s: &str) -> Result<String, String> {
     let len = s.chars().count();
     if len == 0 {
         return Err("must not be empty".to_owned());
@@ -664,7 +678,7 @@ fn cidr_message(
 }
 
 /// An interface address: a host address with its prefix length.
-pub(super) fn interface_address(s: &str) -> Result<IpNet, String> {
+pub(crate) fn interface_address(s: &str) -> Result<IpNet, String> {
     let net = parse_cidr(s).map_err(|e| {
         cidr_message(s, e, |addr| {
             let example = if addr.is_ipv4() { 24 } else { 64 };
@@ -706,7 +720,7 @@ pub(super) fn interface_address(s: &str) -> Result<IpNet, String> {
 }
 
 /// A network with no host bits set (allowed IPs, route destinations).
-fn network(s: &str) -> Result<IpNet, String> {
+pub(crate) fn network(s: &str) -> Result<IpNet, String> {
     let net = parse_cidr(s).map_err(|e| {
         cidr_message(s, e, |addr| {
             let full = if addr.is_ipv4() { 32 } else { 128 };
@@ -722,7 +736,7 @@ fn network(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-pub(super) fn endpoint(s: &str) -> Result<Endpoint, String> {
+pub(crate) fn endpoint(s: &str) -> Result<Endpoint, String> {
     const FORMS: &str = "expected IPV4:PORT, [IPV6]:PORT or HOSTNAME:PORT";
     if s.starts_with('[') {
         let Some((host, port)) = s.rsplit_once("]:") else {

@@ -1,0 +1,324 @@
+//! The network file: every site of a network in one document, from which
+//! each site's v1 manifest is derived (issue 14). The same file is meant
+//! to be deployed unchanged to every gateway.
+//!
+//! ```yaml
+//! network: corp
+//! defaults:                       # any per-site setting, for every site
+//!   listen_port: 51820
+//!   private_key_file: /etc/netman/private.key
+//!   forwarding: true
+//! sites:
+//!   - name: hq
+//!     public_key: "<base64>"
+//!     addresses: [10.10.0.1/24, fd10::1/64]
+//!     subnets: [172.18.1.0/24]
+//!     endpoint: 192.0.2.1:51820
+//!   - name: branch-1
+//!     public_key: "<base64>"
+//!     addresses: [10.10.0.2/24, fd10::2/64]
+//!     subnets: [172.18.2.0/24]
+//!     persistent_keepalive: 25    # a per-site override
+//! topology:
+//!   hub_and_spoke: { hubs: [hq] } # or `mesh: true`, or `links: [[a, b], ...]`
+//! ```
+//!
+//! Three steps, like the manifest's: [`raw`] deserialises with source
+//! spans; `check.rs` checks the network as a whole (names, keys, overlay
+//! addresses, overlaps, endpoints, topology, MTU, firewall) and builds the
+//! [`Model`](check::Model); `derive.rs` renders, purely, network × site →
+//! the text of a v1 manifest, each of whose lines remembers the network
+//! file position it came from, and that text goes through
+//! [`manifest::parse`] — so a derived manifest is by construction exactly
+//! what a hand-written v1 manifest would be, `netman render` prints the
+//! very text that is applied, and every error the manifest rules find in
+//! it is reported at the network file's line that produced it.
+//!
+//! Derivation rules: the site's own key becomes `interface.public_key`
+//! (checked against the key file at apply); each site's peers are the sites the topology connects
+//! it to, in file order; a peer's `allowed_ips` are its overlay addresses
+//! as host prefixes (/32, /128) and its subnets; on a spoke, the first
+//! hub's entry also carries every other spoke's. Keepalives go to peers
+//! that have an endpoint.
+
+mod check;
+mod derive;
+pub mod raw;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde_saphyr::Location;
+
+use crate::manifest::error::{self, ManifestError, ManifestErrors};
+use crate::manifest::{self, Endpoint, Manifest, PublicKey, Source};
+
+/// One site of a validated network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The deployment name of the site's derived manifest.
+    pub name: String,
+    pub public_key: PublicKey,
+    /// Overlay addresses with their prefix length, in file order.
+    pub addresses: Vec<IpNet>,
+    /// Networks behind the site.
+    pub subnets: Vec<IpNet>,
+    pub endpoint: Option<Endpoint>,
+}
+
+/// Where a line of a derived manifest came from in the network file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// 1-based line and column of the value in the network file.
+    pub line: usize,
+    pub column: usize,
+    /// Field path in the network file, e.g. `sites[1].subnets[0]`.
+    pub path: String,
+}
+
+/// The v1 manifest of one site: its text (what `netman render` prints),
+/// the parsed manifest, and the origin of each of its lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derived {
+    pub text: String,
+    /// Parsed from `text` with the network file's path (so relative key
+    /// files resolve against its directory); `source.text` is `text`.
+    pub manifest: Manifest,
+    origins: Vec<Origin>,
+}
+
+impl Derived {
+    /// The network file position that produced line `line` (1-based) of
+    /// [`Derived::text`] (e.g. to place an nft error at apply).
+    pub fn origin(&self, line: usize) -> Option<&Origin> {
+        self.origins.get(line.checked_sub(1)?)
+    }
+}
+
+/// A validated network file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    /// In file order.
+    pub sites: Vec<Site>,
+    /// The tunnels: pairs of indices into `sites`, lower index first, sorted.
+    pub links: Vec<(usize, usize)>,
+    /// The network file (path made absolute, text, SHA-256).
+    pub source: Source,
+    /// Legal but suspicious findings, in document order.
+    pub warnings: Vec<ManifestError>,
+    derived: Vec<Derived>,
+}
+
+/// `--site NAME` names no site of the network.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("network {network} has no site named {site:?} (sites: {})", known.join(", "))]
+pub struct UnknownSite {
+    pub network: String,
+    pub site: String,
+    pub known: Vec<String>,
+}
+
+impl Network {
+    /// The site named `name`.
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// The site whose public key is `key` (keys are unique in a valid network).
+    pub fn site_for_key(&self, key: &PublicKey) -> Option<&Site> {
+        self.sites.iter().find(|s| &s.public_key == key)
+    }
+
+    /// The v1 manifest of site `name` (derived and validated at parse).
+    pub fn derive(&self, name: &str) -> Result<&Derived, UnknownSite> {
+        self.sites
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| self.derived.get(i))
+            .ok_or_else(|| UnknownSite {
+                network: self.name.clone(),
+                site: name.to_owned(),
+                known: self.sites.iter().map(|s| s.name.clone()).collect(),
+            })
+    }
+}
+
+/// The effective value of a per-site setting of site `$i`: the site's own,
+/// else `defaults:`'s, with its field path.
+macro_rules! effective {
+    ($raw:expr, $i:expr, $field:ident) => {{
+        let raw: &$crate::network::raw::RawNetwork = $raw;
+        let i: usize = $i;
+        match raw.sites.value.get(i).and_then(|s| s.value.$field.as_ref()) {
+            Some(v) => Some((v, format!("sites[{i}].{}", stringify!($field)))),
+            None => raw
+                .defaults
+                .as_ref()
+                .and_then(|d| d.value.$field.as_ref())
+                .map(|v| (v, format!("defaults.{}", stringify!($field)))),
+        }
+    }};
+}
+pub(crate) use effective;
+
+/// Whether `text` is a network file: a YAML mapping with a top-level
+/// `network:` key (anything else is read as a v1 manifest).
+pub fn is_network(text: &str) -> bool {
+    serde_saphyr::from_str_with_options::<raw::Probe>(text, manifest::parser_options())
+        .is_ok_and(|p| p.network.is_some())
+}
+
+/// Read and parse the network file at `path` (bounded, regular file only,
+/// like a manifest).
+pub fn load(path: &Path) -> Result<Network, ManifestErrors> {
+    let text = manifest::read_text(path).map_err(|e| manifest::read_error(path, &e))?;
+    parse(&text, path)
+}
+
+/// Parse and validate network file `text`, and derive every site's
+/// manifest; every finding at once, in document order. `path` is used in
+/// messages (as given) and to resolve relative key file paths.
+pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
+    let file = path.display().to_string();
+    if text.len() > manifest::MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors::single(ManifestError::new(
+            &file,
+            Location::UNKNOWN,
+            "",
+            format!(
+                "network file is too large ({} bytes; at most {})",
+                text.len(),
+                manifest::MAX_MANIFEST_BYTES
+            ),
+        )));
+    }
+    let raw = raw_parse(text, &file)?;
+    let checked = check::check(&raw, &file);
+    let mut errors = checked.errors;
+    let mut warnings = checked.warnings;
+    let model = checked.model;
+    // A derived manifest's finding where the network's own rules already
+    // said something (a duplicate name, an overlap) adds nothing.
+    let said: HashSet<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+
+    let mut derived = Vec::new();
+    for i in 0..raw.sites.value.len() {
+        if !model.derivable[i] {
+            continue;
+        }
+        let rendered = derive::render(&raw, &model, i);
+        let site = &raw.sites.value[i].value;
+        let fallback = Origin::at(site.name.referenced, format!("sites[{i}]"));
+        let map = |e: &ManifestError| {
+            let o = rendered
+                .origins
+                .get(e.line.wrapping_sub(1))
+                .filter(|_| e.line > 0)
+                .unwrap_or(&fallback);
+            ManifestError {
+                file: file.clone(),
+                line: o.line,
+                column: o.column,
+                path: o.path.clone(),
+                message: format!(
+                    "{} (manifest of site {}: {})",
+                    e.message, site.name.value, e.path
+                ),
+            }
+        };
+        match manifest::parse(&rendered.text, path) {
+            Ok(m) => {
+                warnings.extend(m.warnings.iter().map(map));
+                derived.push(Derived {
+                    text: rendered.text,
+                    manifest: m,
+                    origins: rendered.origins,
+                });
+            }
+            Err(errs) => errors.extend(
+                errs.0
+                    .iter()
+                    .map(map)
+                    .filter(|e| !said.contains(&(e.line, e.column))),
+            ),
+        }
+    }
+    let errors = dedup(errors);
+    if !errors.is_empty() {
+        return Err(ManifestErrors(errors));
+    }
+    let sites = model.sites(&raw);
+    match sites {
+        Some(sites) if derived.len() == sites.len() => Ok(Network {
+            name: raw.network.value.clone(),
+            sites,
+            links: model.links.clone(),
+            source: Source {
+                path: manifest::absolute_path(path),
+                text: text.to_owned(),
+                sha256: manifest::sha256_hex(text),
+            },
+            warnings: dedup(warnings),
+            derived,
+        }),
+        _ => Err(ManifestErrors::single(ManifestError::new(
+            &file,
+            Location::UNKNOWN,
+            "",
+            "internal error: network validation failed without a diagnostic",
+        ))),
+    }
+}
+
+impl Origin {
+    fn at(location: Location, path: String) -> Self {
+        let (line, column) = error::line_col(location);
+        Self { line, column, path }
+    }
+}
+
+/// Sorted by position; a finding already made at the same place with the
+/// same message (a site's key, seen from every other site's manifest) once.
+fn dedup(mut findings: Vec<ManifestError>) -> Vec<ManifestError> {
+    let mut seen = HashSet::new();
+    findings.retain(|e| {
+        let base = e
+            .message
+            .split(" (manifest of site ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        seen.insert((e.line, e.column, base))
+    });
+    findings.sort_by_key(|e| (e.line, e.column));
+    findings
+}
+
+fn raw_parse(text: &str, file: &str) -> Result<raw::RawNetwork, ManifestErrors> {
+    let mut failed_path: Option<Vec<error::Seg>> = None;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(
+        text,
+        manifest::parser_options(),
+        |de| match serde_path_to_error::deserialize::<_, raw::RawNetwork>(de) {
+            Ok(raw) => Ok(raw),
+            Err(e) => {
+                failed_path = Some(error::field_segments(e.path()));
+                Err(e.into_inner())
+            }
+        },
+    );
+    result.map_err(|e| {
+        let segments = failed_path.unwrap_or_default();
+        ManifestErrors::single(error::from_serde(file, text, &e, &segments))
+    })
+}
+
+/// The network file's JSON Schema (draft-07), derived from [`raw`].
+pub fn json_schema() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<raw::RawNetwork>()
+        .to_value()
+}
