@@ -559,10 +559,20 @@ pub(crate) fn absolute_path(path: &Path) -> PathBuf {
 }
 
 fn raw_parse(text: &str, file: &str) -> Result<raw::RawManifest, ManifestErrors> {
+    parse_document(text, file)
+}
+
+/// Deserialise a YAML document of netman's (a manifest, a network file)
+/// with the parser's budgets; a failure is one positioned error naming the
+/// field path.
+pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ManifestErrors> {
     let mut failed_path: Option<Vec<error::Seg>> = None;
     let result =
         serde_saphyr::with_deserializer_from_str_with_options(text, parser_options(), |de| {
-            match serde_path_to_error::deserialize::<_, raw::RawManifest>(de) {
+            match serde_path_to_error::deserialize::<_, T>(de) {
                 Ok(raw) => Ok(raw),
                 Err(e) => {
                     failed_path = Some(error::field_segments(e.path()));

@@ -297,22 +297,7 @@ fn dedup(mut findings: Vec<ManifestError>) -> Vec<ManifestError> {
 }
 
 fn raw_parse(text: &str, file: &str) -> Result<raw::RawNetwork, ManifestErrors> {
-    let mut failed_path: Option<Vec<error::Seg>> = None;
-    let result = serde_saphyr::with_deserializer_from_str_with_options(
-        text,
-        manifest::parser_options(),
-        |de| match serde_path_to_error::deserialize::<_, raw::RawNetwork>(de) {
-            Ok(raw) => Ok(raw),
-            Err(e) => {
-                failed_path = Some(error::field_segments(e.path()));
-                Err(e.into_inner())
-            }
-        },
-    );
-    result.map_err(|e| {
-        let segments = failed_path.unwrap_or_default();
-        ManifestErrors::single(error::from_serde(file, text, &e, &segments))
-    })
+    manifest::parse_document(text, file)
 }
 
 /// The network file's JSON Schema (draft-07), derived from [`raw`].
