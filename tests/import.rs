@@ -15,7 +15,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TempDir, netman_bin, netman_genkey, netman_pubkey, require_tool, run, run_ok};
+use common::{
+    TempDir, golden_dirs, netman_bin, netman_genkey, netman_pubkey, require_tool, run, run_ok,
+};
 
 /// `netman import ARGS...`: (exit code, stdout, stderr).
 fn import(args: &[&str]) -> (i32, String, String) {
@@ -383,13 +385,7 @@ fn import_refuses_an_oversized_wg_quick_file() {
 /// not translated (each stays a note; no firewall, no forwarding).
 #[test]
 fn import_golden_manifests_of_wg_quick_hubs() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
+    let (root, cases) = golden_dirs("import");
     assert!(
         cases.len() >= 3,
         "golden cases missing in {}",

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TempDir, netman_bin};
+use common::{TempDir, golden_dirs, netman_bin};
 use netman::manifest::{self, ManifestErrors, PublicKey};
 use netman::network::{self, Network};
 
@@ -429,13 +429,7 @@ fn derivation_api() {
 /// `UPDATE_GOLDEN` set the expected files are rewritten.
 #[test]
 fn render_golden_manifests() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/network");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
+    let (root, cases) = golden_dirs("network");
     assert!(
         cases.len() >= 2,
         "golden cases missing in {}",

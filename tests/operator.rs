@@ -24,8 +24,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Bg, KeyPair, NetNs, Netman, Site, TempDir, netman_bin, netman_genkey, netman_pubkey, ping,
-    ping_ok, require_tool, run, run_ok, underlay, unix_now, veth, wait_ping, wait_until,
+    Bg, KeyPair, NetNs, Netman, Site, TempDir, golden_dirs, netman_bin, netman_genkey,
+    netman_pubkey, ping, ping_ok, require_tool, run, run_ok, underlay, unix_now, veth, wait_ping,
+    wait_until,
 };
 
 /// Port every site listens on (each site has its own namespace).
@@ -1706,13 +1707,7 @@ fn imported_golden_hub_manifests_pass_nft_check() {
     require_tool("nft", "the Debian package nftables");
     let ns = NetNs::new("imnft");
     let dir = TempDir::new("imnft");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/import");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
+    let (_, cases) = golden_dirs("import");
     let mut rules_planned = 0;
     for case in &cases {
         let name = case

@@ -1252,6 +1252,21 @@ impl Site {
     }
 }
 
+/// The case folders of the golden set `tests/golden/<set>/`, sorted, and
+/// the set's folder (for messages).
+pub fn golden_dirs(set: &str) -> (PathBuf, Vec<PathBuf>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(set);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    (root, dirs)
+}
+
 /// Run every case directory under `tests/golden/<kind>/` through `case`,
 /// which returns the file name of its outcome (`plan.txt` or `error.txt`)
 /// and the text. With `UPDATE_GOLDEN` set the expected files are
@@ -1261,15 +1276,7 @@ pub fn golden_cases(
     min_cases: usize,
     case: impl Fn(&Path) -> Result<(&'static str, String), String>,
 ) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(kind);
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("golden dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
+    let (root, dirs) = golden_dirs(kind);
     assert!(
         dirs.len() >= min_cases,
         "golden cases missing in {}",
