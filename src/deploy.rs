@@ -11,7 +11,7 @@ use crate::engine::control::{ControlError, Request, Response};
 use crate::engine::{self, CtxError, EngineCtx, ServeError};
 use crate::error::ErrorKind;
 use crate::link::netlink::Netlink;
-use crate::manifest::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::reconcile::{self, Applied, ApplyOptions, ReconcileError};
 use crate::state::{StateDir, StateError};
 
@@ -182,6 +182,7 @@ pub async fn resolve_pending(
     name: &str,
     step: EngineStep<'_>,
     force: bool,
+    reason: Option<String>,
 ) -> Result<Option<Resolved>, DeployError> {
     let Some(st) = sd.load(name).map_err(ReconcileError::from)? else {
         return Ok(None);
@@ -194,12 +195,13 @@ pub async fn resolve_pending(
     }
     match p.previous {
         Some(rec) => {
-            let m = manifest::parse(&rec.text, &rec.path).map_err(|e| DeployError::Recorded {
+            let m = rec.manifest().map_err(|e| DeployError::Recorded {
                 name: name.to_string(),
                 reason: e.to_string(),
             })?;
             let opts = ApplyOptions {
                 resolves_pending: true,
+                revert_reason: reason,
                 ..ApplyOptions::default()
             };
             Ok(Some(Resolved::Reverted(
@@ -220,6 +222,27 @@ pub fn confirm(sd: &StateDir, name: &str) -> Result<bool, StateError> {
     let _lock = sd.lock()?;
     match sd.load(name)? {
         Some(mut st) if st.pending_confirm.is_some() => {
+            st.pending_confirm = None;
+            sd.save(&st)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Confirm by health: keep the configuration waiting for confirmation if
+/// it is still the one whose gate was passed (`since_ms`: another apply
+/// may have replaced it meanwhile). Whether it was confirmed.
+pub fn confirm_healthy(sd: &StateDir, name: &str, since_ms: u64) -> Result<bool, StateError> {
+    let _lock = sd.lock()?;
+    match sd.load(name)? {
+        Some(mut st)
+            if st
+                .pending_confirm
+                .as_ref()
+                .and_then(|p| p.health.as_ref())
+                .is_some_and(|h| h.since_ms == since_ms) =>
+        {
             st.pending_confirm = None;
             sd.save(&st)?;
             Ok(true)

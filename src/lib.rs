@@ -22,6 +22,7 @@ pub mod files;
 pub mod firewall;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod import;
 pub mod keys;
 pub mod link;

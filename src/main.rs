@@ -15,7 +15,7 @@ use netman::cli::exit::{self, DIFF_CHANGES, DIFF_ERROR, FAILED, INVALID, OK};
 use netman::cli::log::{self, ERR, NOTICE, WARNING, report};
 use netman::cli::signals::{interrupted, revert_on_signals};
 use netman::cli::validate::{self, Severity};
-use netman::cli::{Cli, Command, Output, SchemaKind, ValidateOutput};
+use netman::cli::{Cli, Command, ConfirmWhen, Output, SchemaKind, ValidateOutput};
 use netman::clock;
 use netman::deploy::{self, DeployError, EngineStep};
 use netman::engine::config::EngineConfig;
@@ -24,6 +24,7 @@ use netman::engine::{self};
 use netman::keys;
 use netman::link::netlink::Netlink;
 use netman::manifest::{self, Manifest};
+use netman::network;
 use netman::reconcile::{self, ApplyOptions, ReconcileError};
 use netman::state::StateDir;
 use netman::watch;
@@ -58,19 +59,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow!("start async runtime: {e}"))
 }
 
-/// Load and validate a manifest, printing every error; `None` if invalid.
+/// Load and validate a manifest, or a network file's manifest for this
+/// gateway's site (`site`, else by the local private key), printing every
+/// error; `None` if invalid.
 ///
 /// With a state dir that exists and is safe to use (see
 /// [`StateDir::check`]: not a link, root's, not open to others), validated
-/// manifests are cached there by content hash (`<state-dir>/cache/`), so
-/// re-applying or diffing an unchanged large manifest does not parse it
-/// again. Nothing is written into any other.
-fn load_manifest(path: &Path, state_dir: &Path) -> Option<Manifest> {
-    let loaded = if matches!(StateDir::at(state_dir).check(), Ok(true)) {
-        manifest::load_cached(path, &StateDir::at(state_dir).cache_dir())
-    } else {
-        manifest::load(path)
-    };
+/// site manifests are cached there by content hash (`<state-dir>/cache/`),
+/// so re-applying or diffing an unchanged large manifest does not parse it
+/// again. Nothing is written into any other. Network files are not cached
+/// (the site chosen depends on the local key).
+fn load_manifest(path: &Path, site: Option<&str>, state_dir: &Path) -> Option<Manifest> {
+    let network_file = || manifest::read_text(path).is_ok_and(|t| network::is_network(&t));
+    let loaded =
+        if site.is_none() && matches!(StateDir::at(state_dir).check(), Ok(true)) && !network_file()
+        {
+            manifest::load_cached(path, &StateDir::at(state_dir).cache_dir())
+                .map_err(network::LoadError::Invalid)
+        } else {
+            network::load_manifest(path, site)
+        };
     match loaded {
         Ok(m) => {
             report_warnings(&m);
@@ -127,27 +135,39 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(INVALID)
             }
         },
-        Command::Diff { file, output } => {
-            Ok(diff(&cli.state_dir, file, output).unwrap_or_else(|e| {
-                report_err!("netman: {e}");
-                DIFF_ERROR
-            }))
+        Command::Diff { file, site, output } => {
+            Ok(
+                diff(&cli.state_dir, file, site.as_deref(), output).unwrap_or_else(|e| {
+                    report_err!("netman: {e}");
+                    DIFF_ERROR
+                }),
+            )
         }
         Command::Apply {
             file,
+            site,
             confirm_timeout,
+            confirm_when,
             no_watch,
         } => {
             let sd = StateDir::open(&cli.state_dir)?;
-            let Some(m) = load_manifest(&file, &cli.state_dir) else {
+            let Some(m) = load_manifest(&file, site.as_deref(), &cli.state_dir) else {
                 return Ok(INVALID);
             };
             revert_on_signals();
             if let Some(code) = settle_pending(&sd, &m.name)? {
                 return Ok(code);
             }
+            let health = (confirm_when == ConfirmWhen::Healthy).then(|| {
+                let before = match engine::request(&sd, &m.name, &Request::Status) {
+                    Ok(Response::Status(s)) => Some(s.peers),
+                    _ => None,
+                };
+                netman::health::gate(&m, before.as_deref(), clock::now_unix_ms())
+            });
             let opts = ApplyOptions {
                 confirm_timeout: confirm_timeout.map(Duration::from_secs),
+                health,
                 no_watch: Some(no_watch),
                 interrupted: Some(interrupted),
                 ..ApplyOptions::default()
@@ -156,6 +176,12 @@ fn run(cli: Cli) -> Result<u8> {
             if code == OK {
                 // Let the watcher see a new pending confirmation at once.
                 let _ = engine::request(&sd, &m.name, &Request::Poke);
+                if let Ok(Some(st)) = sd.load(&m.name)
+                    && let Some(p) = st.pending_confirm
+                    && let Some(gate) = &p.health
+                {
+                    return wait_for_health(&sd, &m, gate.since_ms, p.deadline_ms);
+                }
                 if let Ok(Some(st)) = sd.load(&m.name)
                     && let Some(p) = st.pending_confirm
                 {
@@ -172,7 +198,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Confirm { name } => {
             let sd = StateDir::open(&cli.state_dir)?;
-            let name = resolve_deployment(&sd, name.as_deref())?;
+            let name = resolve_deployment(&sd, name.as_deref(), None)?;
             if deploy::confirm(&sd, &name)? {
                 let _ = engine::request(&sd, &name, &Request::Poke);
                 println!("confirmed: deployment {name} keeps its configuration");
@@ -184,9 +210,13 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(FAILED)
             }
         }
-        Command::Run { file, no_watch } => {
+        Command::Run {
+            file,
+            site,
+            no_watch,
+        } => {
             let sd = StateDir::open(&cli.state_dir)?;
-            let Some(m) = load_manifest(&file, &cli.state_dir) else {
+            let Some(m) = load_manifest(&file, site.as_deref(), &cli.state_dir) else {
                 return Ok(INVALID);
             };
             if let Some(pid) = engine::running_pid(&sd, &m.name) {
@@ -214,9 +244,9 @@ fn run(cli: Cli) -> Result<u8> {
             engine::serve(&sd, cfg, watch::ready_hook())?;
             Ok(OK)
         }
-        Command::Down { target } => {
+        Command::Down { target, site } => {
             let sd = StateDir::at(&cli.state_dir);
-            let name = resolve_deployment(&sd, target.as_deref())?;
+            let name = resolve_deployment(&sd, target.as_deref(), site.as_deref())?;
             let rt = runtime()?;
             let result = rt.block_on(async {
                 let nl = Netlink::connect()?;
@@ -240,7 +270,7 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             }
         }
-        Command::Status { name, output } => status(&cli.state_dir, name, output),
+        Command::Status { name, site, output } => status(&cli.state_dir, name, site, output),
         Command::Schema { kind } => {
             let schema = match kind {
                 SchemaKind::Manifest => manifest::json_schema(),
@@ -321,7 +351,8 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
         let rt = runtime()?;
         let r = rt.block_on(async {
             let nl = Netlink::connect().map_err(|e| anyhow!("{e}"))?;
-            deploy::resolve_pending(&nl, sd, name, EngineStep::Detached, true)
+            let reason = "its deadline passed without `netman confirm`".to_owned();
+            deploy::resolve_pending(&nl, sd, name, EngineStep::Detached, true, Some(reason))
                 .await
                 .map_err(|e| anyhow!("{e}"))
         })?;
@@ -349,6 +380,70 @@ fn settle_pending(sd: &StateDir, name: &str) -> Result<Option<u8>> {
         }
     );
     Ok(Some(FAILED))
+}
+
+/// `apply --confirm-when healthy`: wait for the engine's verdict on the
+/// change on probation (it is the engine that confirms or reverts, also if
+/// this command is interrupted). Exit 0 kept, 1 reverted.
+fn wait_for_health(sd: &StateDir, m: &Manifest, since_ms: u64, deadline_ms: u64) -> Result<u8> {
+    let secs = deadline_ms
+        .saturating_sub(clock::now_unix_ms())
+        .div_ceil(1000);
+    println!(
+        "waiting up to {secs} s for deployment {} to be healthy (`netman confirm {}` keeps it now)",
+        m.name, m.name
+    );
+    // The engine reverts at the deadline; allow it a revert's time.
+    let give_up = deadline_ms.saturating_add(30_000);
+    loop {
+        if interrupted() {
+            report_err!(
+                "netman: interrupted; the engine still confirms or reverts deployment {} by itself",
+                m.name
+            );
+            return Ok(FAILED);
+        }
+        let st = sd.load(&m.name)?;
+        let still = st
+            .as_ref()
+            .and_then(|s| s.pending_confirm.as_ref())
+            .and_then(|p| p.health.as_ref())
+            .is_some_and(|h| h.since_ms == since_ms);
+        if !still {
+            let Some(st) = st else {
+                println!(
+                    "reverted: deployment {} was not healthy in time and had no previous configuration; it was taken down",
+                    m.name
+                );
+                return Ok(FAILED);
+            };
+            let reverted = st.reverted_sha256.as_deref() == Some(m.source.file_sha256())
+                && st.manifest.as_ref().map(|r| r.sha256.as_str()) != Some(&m.source.sha256);
+            if reverted {
+                report_err!(
+                    "netman: reverted deployment {}: {}",
+                    m.name,
+                    st.reverted_reason
+                        .as_deref()
+                        .unwrap_or("not healthy in time")
+                );
+                return Ok(FAILED);
+            }
+            println!(
+                "confirmed: deployment {} is healthy and keeps its configuration",
+                m.name
+            );
+            return Ok(OK);
+        }
+        if clock::now_unix_ms() > give_up {
+            report_err!(
+                "netman: deployment {}: the engine neither confirmed nor reverted the change in time (is it running? see `netman status`)",
+                m.name
+            );
+            return Ok(FAILED);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Apply `m` and print what was done.
@@ -379,10 +474,10 @@ fn apply(sd: &StateDir, m: &Manifest, step: EngineStep<'_>, opts: ApplyOptions) 
     }
 }
 
-fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
+fn diff(state_dir: &Path, file: Option<PathBuf>, site: Option<&str>, output: Output) -> Result<u8> {
     let sd = StateDir::at(state_dir);
     let m = match file {
-        Some(f) => match load_manifest(&f, state_dir) {
+        Some(f) => match load_manifest(&f, site, state_dir) {
             Some(m) => m,
             None => return Ok(DIFF_ERROR),
         },
@@ -436,11 +531,16 @@ fn diff(state_dir: &Path, file: Option<PathBuf>, output: Output) -> Result<u8> {
     Ok(if report.in_sync() { OK } else { DIFF_CHANGES })
 }
 
-fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> {
+fn status(
+    state_dir: &Path,
+    name: Option<String>,
+    site: Option<String>,
+    output: Output,
+) -> Result<u8> {
     let sd = StateDir::at(state_dir);
-    let names = match name {
-        Some(n) => vec![n],
-        None => sd.list()?,
+    let names = match (name, site) {
+        (None, None) => sd.list()?,
+        (name, site) => vec![resolve_deployment(&sd, name.as_deref(), site.as_deref())?],
     };
     let mut all = Vec::new();
     for n in &names {
@@ -487,29 +587,35 @@ fn status(state_dir: &Path, name: Option<String>, output: Output) -> Result<u8> 
 
 /// The manifest recorded by the last apply of the only deployment.
 fn last_applied(sd: &StateDir) -> Result<Manifest> {
-    let name = resolve_deployment(sd, None)?;
+    let name = resolve_deployment(sd, None, None)?;
     let st = sd
         .load(&name)?
         .ok_or_else(|| anyhow!("deployment {name} vanished from the state dir"))?;
     let rec = st
         .manifest
         .ok_or_else(|| anyhow!("deployment {name} has no completed apply yet"))?;
-    manifest::parse(&rec.text, &rec.path).map_err(|e| anyhow!("recorded manifest of {name}: {e}"))
+    rec.manifest()
+        .map_err(|e| anyhow!("recorded manifest of {name}: {e}"))
 }
 
-/// Turn `down`'s argument into a deployment name: a manifest file (its
-/// `name`), a deployment name, or nothing (the only recorded deployment).
-fn resolve_deployment(sd: &StateDir, target: Option<&str>) -> Result<String> {
+/// Turn `down`'s or `status`'s argument into a deployment name: a
+/// manifest file (its `name`), a network file (this gateway's site, by
+/// `site` or by the local key), a deployment name, or nothing (the only
+/// recorded deployment).
+fn resolve_deployment(sd: &StateDir, target: Option<&str>, site: Option<&str>) -> Result<String> {
     match target {
         Some(t) => {
             let p = PathBuf::from(t);
             if p.is_file() {
-                let m = manifest::load(&p).map_err(|e| anyhow!("{e}"))?;
+                let m = network::load_manifest(&p, site).map_err(|e| anyhow!("{e}"))?;
                 Ok(m.name)
+            } else if site.is_some() {
+                bail!("--site needs a network file, and {t:?} is not a file")
             } else {
                 Ok(t.to_string())
             }
         }
+        None if site.is_some() => bail!("--site needs a network file argument"),
         None => {
             let names = sd.list()?;
             match names.as_slice() {

@@ -25,6 +25,7 @@ use crate::error::ErrorKind;
 use crate::files;
 use crate::firewall;
 use crate::link::model::Owned;
+use crate::manifest::DerivedFrom;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/run/netman";
@@ -75,7 +76,24 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 pub struct ManifestRecord {
     pub path: PathBuf,
     pub sha256: String,
+    /// The manifest's text: for a manifest derived from a network file,
+    /// the derived v1 manifest (so a revert or a file-less `diff` needs
+    /// only this), not the network file.
     pub text: String,
+    /// The network file and site `text` was derived from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<DerivedFrom>,
+}
+
+impl ManifestRecord {
+    /// The SHA-256 of the file at `path` when it was applied (the network
+    /// file's for a derived manifest): what the watcher compares the file
+    /// with.
+    pub fn file_sha256(&self) -> &str {
+        self.derived_from
+            .as_ref()
+            .map_or(self.sha256.as_str(), |d| d.sha256.as_str())
+    }
 }
 
 /// Everything netman remembers about one deployment.
@@ -110,6 +128,10 @@ pub struct DeploymentState {
     /// watcher does not apply a file with this content by itself again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted_sha256: Option<String>,
+    /// Why the last automatic revert happened (unset by the next change
+    /// of manifest), e.g. which peer did not handshake again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_reason: Option<String>,
     /// The manifest in force before the last change of manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_manifest: Option<ManifestRecord>,
@@ -131,7 +153,40 @@ pub struct PendingConfirm {
     /// The manifest in force before the unconfirmed apply (`None`: there
     /// was none, and the revert takes the deployment down).
     pub previous: Option<ManifestRecord>,
+    /// Confirm by health instead of `netman confirm` (also accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthGate>,
 }
+
+/// What a change on probation must show to be kept by itself (`apply
+/// --confirm-when healthy`, `rollout: {confirm: healthy}`): every peer
+/// that had a recent handshake before the change handshakes again, and
+/// every probe answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthGate {
+    /// Unix time (milliseconds) of the change: what happens after counts.
+    pub since_ms: u64,
+    /// The peers to hear from again, as they were before the change.
+    pub peers: Vec<GatePeer>,
+    /// The new manifest's probes.
+    #[serde(default)]
+    pub probes: Vec<crate::manifest::Probe>,
+}
+
+/// A peer with a handshake in the [`RECENT_HANDSHAKE_SECS`] before a
+/// change, still configured after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatePeer {
+    pub name: String,
+    /// Its public key before the change (a new key is a new peer).
+    pub public_key: crate::manifest::PublicKey,
+    /// Its completed handshakes before the change.
+    pub handshakes: u64,
+}
+
+/// A handshake at most this old (s) makes a peer one to hear from again
+/// (WireGuard's REJECT_AFTER_TIME: its session was still usable).
+pub const RECENT_HANDSHAKE_SECS: u64 = 180;
 
 impl DeploymentState {
     pub fn new(name: &str) -> Self {
@@ -146,6 +201,7 @@ impl DeploymentState {
             sysctls: BTreeMap::new(),
             pending_confirm: None,
             reverted_sha256: None,
+            reverted_reason: None,
             previous_manifest: None,
             applied_by_watcher: false,
             no_watch: false,
@@ -168,6 +224,10 @@ pub struct ApplyOutcome {
     pub engine_changed: bool,
     /// `--confirm-timeout`: when the automatic revert is due (Unix ms).
     pub confirm_deadline_ms: Option<u64>,
+    /// `--confirm-when healthy`: what confirms by itself.
+    pub health: Option<HealthGate>,
+    /// This apply is an automatic revert: why.
+    pub revert_reason: Option<String>,
     /// This apply is the revert of an unconfirmed one.
     pub resolves_pending: bool,
     /// `--no-watch` given (`Some(true)`), or watching asked for again.
@@ -190,6 +250,7 @@ impl DeploymentState {
                 Some(PendingConfirm {
                     deadline_ms,
                     previous: self.manifest.clone(),
+                    health: o.health.clone(),
                 })
             }
             // The watcher applied this very file moments ago (the operator
@@ -199,6 +260,7 @@ impl DeploymentState {
                 Some(PendingConfirm {
                     deadline_ms,
                     previous: self.previous_manifest.clone(),
+                    health: o.health.clone(),
                 })
             }
             _ => self.pending_confirm.clone(),
@@ -225,12 +287,15 @@ impl DeploymentState {
             self.previous_manifest = self.manifest.clone();
         }
         self.applied_by_watcher = by_watcher;
-        self.reverted_sha256 = if o.resolves_pending {
-            self.manifest.as_ref().map(|m| m.sha256.clone())
+        (self.reverted_sha256, self.reverted_reason) = if o.resolves_pending {
+            (
+                self.manifest.as_ref().map(|m| m.file_sha256().to_owned()),
+                o.revert_reason.clone(),
+            )
         } else if manifest_changed {
-            None
+            (None, None)
         } else {
-            self.reverted_sha256.take()
+            (self.reverted_sha256.take(), self.reverted_reason.take())
         };
         self.pending_confirm = pending;
         if let Some(v) = o.no_watch {
@@ -540,6 +605,7 @@ mod tests {
             path: PathBuf::from("/etc/netman/a.yaml"),
             sha256: format!("sha-{text}"),
             text: text.to_string(),
+            derived_from: None,
         }
     }
 
@@ -554,6 +620,8 @@ mod tests {
             changed: false,
             engine_changed: false,
             confirm_deadline_ms: None,
+            health: None,
+            revert_reason: None,
             resolves_pending: false,
             no_watch: None,
             by_watcher: false,
@@ -610,6 +678,7 @@ mod tests {
             Some(PendingConfirm {
                 deadline_ms: 5_000,
                 previous: Some(v1.clone()),
+                health: None,
             })
         );
         // Nothing changed and no new manifest: the pending one stays.
@@ -646,6 +715,36 @@ mod tests {
                 .and_then(|p| p.previous.as_ref()),
             Some(&v1)
         );
+    }
+
+    #[test]
+    fn a_revert_of_a_derived_manifest_records_the_network_file_and_why() {
+        let v1 = rec("v1");
+        let mut v2 = rec("v2");
+        v2.derived_from = Some(DerivedFrom {
+            network: "corp".into(),
+            site: "a".into(),
+            sha256: "sha-network-v2".into(),
+        });
+        assert_eq!(v2.file_sha256(), "sha-network-v2");
+        assert_eq!(v1.file_sha256(), "sha-v1");
+        let mut st = applied(&v1);
+        let mut o = outcome(&st, &v2);
+        o.confirm_deadline_ms = Some(5_000);
+        assert!(st.record_apply(o));
+        // The health-gated revert, back to v1.
+        let mut o = outcome(&st, &v1);
+        o.resolves_pending = true;
+        o.revert_reason = Some("peer b has not completed a handshake".into());
+        assert!(st.record_apply(o));
+        assert_eq!(st.reverted_sha256.as_deref(), Some("sha-network-v2"));
+        assert_eq!(
+            st.reverted_reason.as_deref(),
+            Some("peer b has not completed a handshake")
+        );
+        // The next change of manifest forgets both.
+        assert!(st.record_apply(outcome(&st, &rec("v3"))));
+        assert_eq!((st.reverted_sha256, st.reverted_reason), (None, None));
     }
 
     #[test]

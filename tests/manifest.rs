@@ -611,11 +611,50 @@ fn rejection_cases() -> Vec<Case> {
             with_head(&["routes:", "  - to: 192.168.50.0/24", "    metric: -1"]),
             "site-a.yaml:8:13: routes[0].metric: metric -1 is out of range (0..=4294967295)",
         ),
+        case(
+            "probe outside every peer's allowed_ips",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    allowed_ips: [10.10.0.2/32]",
+                "probes:",
+                "  - ping: 10.10.0.9",
+            ]),
+            "site-a.yaml:11:11: probes[0].ping: 10.10.0.9 is not inside the allowed_ips of any peer; a probe must cross the tunnel",
+        ),
+        case(
+            "a peer's probe outside its allowed_ips",
+            with_head(&[
+                "peers:",
+                "  - name: site-b",
+                "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+                "    allowed_ips: [10.10.0.2/32]",
+                "    probes:",
+                "      - ping: fd10::2",
+            ]),
+            "site-a.yaml:11:15: peers[0].probes[0].ping: fd10::2 is not inside the allowed_ips of peer site-b; a probe must cross the tunnel",
+        ),
+        case(
+            "probe that is not an address",
+            with_head(&["probes:", "  - ping: hq.example"]),
+            "site-a.yaml:7:11: probes[0].ping: \"hq.example\" is not an IPv4 or IPv6 address",
+        ),
+        case(
+            "rollout confirm that is not healthy",
+            with_head(&["rollout:", "  confirm: manual", "  timeout: 60"]),
+            "site-a.yaml:7:12: rollout.confirm: \"manual\" is not a confirmation; expected `healthy`",
+        ),
+        case(
+            "rollout timeout too short",
+            with_head(&["rollout:", "  confirm: healthy", "  timeout: 2"]),
+            "site-a.yaml:8:12: rollout.timeout: 2 is out of range (5..=3600 seconds)",
+        ),
         // --- structural errors (reported alone) ---
         case(
             "unknown top-level key",
             with_head(&["dns: true"]),
-            "site-a.yaml:6:1: dns: unknown key `dns` (expected one of: name, interface, peers, routes, forwarding, firewall, watch, metrics)",
+            "site-a.yaml:6:1: dns: unknown key `dns` (expected one of: name, interface, peers, routes, forwarding, firewall, watch, metrics, probes, rollout)",
         ),
         case(
             "unknown interface key",
@@ -631,7 +670,7 @@ fn rejection_cases() -> Vec<Case> {
                 "    allowed_ips: []",
                 "    keepalive: 25",
             ]),
-            "site-a.yaml:10:5: peers[0].keepalive: unknown key `keepalive` (expected one of: name, public_key, endpoint, allowed_ips, persistent_keepalive, preshared_key_file, endpoint_refresh, endpoint_stale_after)",
+            "site-a.yaml:10:5: peers[0].keepalive: unknown key `keepalive` (expected one of: name, public_key, endpoint, allowed_ips, persistent_keepalive, preshared_key_file, endpoint_refresh, endpoint_stale_after, probes)",
         ),
         case(
             "unknown route key",
@@ -1126,6 +1165,8 @@ fn full_manifest_with_every_field() {
             firewall: Default::default(),
             watch: true,
             metrics: None,
+            probes: vec![],
+            rollout: None,
             source: m.source.clone(),
             warnings: vec![],
         }
@@ -1636,4 +1677,25 @@ fn interface_public_key_is_parsed_and_no_peer_has_it() {
             "site-a.yaml:9:17: peers[0].public_key: this site's own public key (interface.public_key)"
         ]
     );
+}
+
+#[test]
+fn probes_and_rollout_are_parsed_top_level_first() {
+    let text = with_head(&[
+        "peers:",
+        "  - name: site-b",
+        "    public_key: etlpqu+utNgmSVdTb1xY01+BOmtVKAVAg6Yt7YbOt0c=",
+        "    allowed_ips: [10.10.0.2/32, fd10::/64]",
+        "    probes:",
+        "      - ping: fd10::2",
+        "probes:",
+        "  - ping: 10.10.0.2",
+        "rollout:",
+        "  confirm: healthy",
+        "  timeout: 45",
+    ]);
+    let m = manifest::parse(&text, Path::new("site-a.yaml")).expect("valid");
+    let shown: Vec<String> = m.probes.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["ping 10.10.0.2", "ping fd10::2 (peer site-b)"]);
+    assert_eq!(m.rollout, Some(manifest::Rollout { timeout_secs: 45 }));
 }

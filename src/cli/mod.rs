@@ -74,6 +74,16 @@ pub enum SchemaKind {
     Network,
 }
 
+/// What confirms an apply made with `--confirm-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfirmWhen {
+    /// `netman confirm`.
+    Manual,
+    /// The deployment being healthy (or `netman confirm`): every peer with
+    /// a handshake in the last 180 s handshakes again, every probe answers.
+    Healthy,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check manifests and network files without touching the system (exit
@@ -99,16 +109,30 @@ pub enum Command {
     /// Without FILE, compares the live state with the last applied manifest.
     Diff {
         file: Option<PathBuf>,
+        /// With a network file: this gateway's site (default: the site whose
+        /// `public_key` is that of the local private key file).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Make the live state match the manifest (and start or update its engine).
     Apply {
         file: PathBuf,
+        /// With a network file: this gateway's site (default: the site whose
+        /// `public_key` is that of the local private key file).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
         /// Revert to the previous configuration automatically unless
         /// `netman confirm` arrives within SECS seconds (like `netplan try`).
         #[arg(long, value_name = "SECS")]
         confirm_timeout: Option<u64>,
+        /// With --confirm-timeout: `healthy` keeps the change by itself once
+        /// every peer that had a recent handshake handshakes again and every
+        /// probe answers (else it is reverted at the timeout); `apply` waits
+        /// for the verdict and exits 1 on a revert.
+        #[arg(long, value_enum, default_value_t = ConfirmWhen::Manual, requires = "confirm_timeout")]
+        confirm_when: ConfirmWhen,
         /// Do not follow the manifest file or repair drift (overrides the
         /// manifest's `watch`).
         #[arg(long)]
@@ -121,14 +145,24 @@ pub enum Command {
     },
     /// Remove everything netman created for a deployment (and stop its engine).
     ///
-    /// The argument is a manifest file or a deployment name; without it, the
-    /// only recorded deployment.
-    Down { target: Option<String> },
+    /// The argument is a manifest file, a network file, or a deployment
+    /// name; without it, the only recorded deployment.
+    Down {
+        target: Option<String>,
+        /// With a network file: this gateway's site (default: the site whose
+        /// `public_key` is that of the local private key file).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
+    },
     /// Apply, then run the forwarding engine in the foreground (for systemd
     /// and containers). SIGTERM stops the engine and leaves the kernel state
     /// for `netman down`.
     Run {
         file: PathBuf,
+        /// With a network file: this gateway's site (default: the site whose
+        /// `public_key` is that of the local private key file).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
         /// Do not follow the manifest file or repair drift.
         #[arg(long)]
         no_watch: bool,
@@ -136,8 +170,13 @@ pub enum Command {
     /// Show deployments like `wg show`: interface, listen port, public key,
     /// and per peer endpoint, allowed IPs, latest handshake and transfer.
     Status {
-        /// A deployment name (default: all recorded deployments).
+        /// A deployment name, or a manifest or network file (default: all
+        /// recorded deployments).
         name: Option<String>,
+        /// With a network file: this gateway's site (default: the site whose
+        /// `public_key` is that of the local private key file).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

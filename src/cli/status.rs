@@ -20,6 +20,19 @@ pub fn json(all: &[(String, Option<DeploymentState>, Option<EngineStatus>)]) -> 
                     "sha256": m.sha256,
                 })),
                 "applied_at": st.as_ref().and_then(|s| s.applied_at),
+                "site": st.as_ref().and_then(|s| s.manifest.as_ref()).and_then(|m| m.derived_from.as_ref()).map(|d| serde_json::json!({
+                    "network": d.network,
+                    "site": d.site,
+                    "network_sha256": d.sha256,
+                })),
+                "pending_confirm": st.as_ref().and_then(|s| s.pending_confirm.as_ref()).map(|p| serde_json::json!({
+                    "deadline_ms": p.deadline_ms,
+                    "by_health": p.health.is_some(),
+                })),
+                "reverted": st.as_ref().and_then(|s| s.reverted_sha256.as_ref()).map(|sha| serde_json::json!({
+                    "sha256": sha,
+                    "reason": st.as_ref().and_then(|s| s.reverted_reason.clone()),
+                })),
                 "engine": engine,
             })
         })
@@ -70,8 +83,38 @@ pub fn text(
             &m.sha256[..m.sha256.len().min(12)]
         );
     }
+    if let Some(d) = st
+        .and_then(|s| s.manifest.as_ref())
+        .and_then(|m| m.derived_from.as_ref())
+    {
+        let _ = writeln!(out, "  site: {} of network {}", d.site, d.network);
+    }
     if let Some(t) = st.and_then(|s| s.applied_at) {
         let _ = writeln!(out, "  applied: {}", ago(now, t));
+    }
+    if let Some(p) = st.and_then(|s| s.pending_confirm.as_ref()) {
+        let left = p
+            .deadline_ms
+            .saturating_sub(now.saturating_mul(1000))
+            .div_ceil(1000);
+        let by = if p.health.is_some() {
+            "health or `netman confirm`"
+        } else {
+            "`netman confirm`"
+        };
+        let _ = writeln!(
+            out,
+            "  on probation: reverted in {left} s unless confirmed by {by}"
+        );
+    }
+    if let Some(s) = st.filter(|s| s.reverted_sha256.is_some()) {
+        let _ = writeln!(
+            out,
+            "  last revert: {} (that file version is not applied again until the file changes)",
+            s.reverted_reason
+                .as_deref()
+                .unwrap_or("no confirmation before the deadline")
+        );
     }
     let Some(e) = engine else {
         let _ = writeln!(out, "  engine: not running");
@@ -98,6 +141,12 @@ pub fn text(
             &w.manifest_error,
         );
         lines("last error", &w.last_error);
+        if !w.probation.is_empty() {
+            let _ = writeln!(out, "  probation waits for:");
+            for l in &w.probation {
+                let _ = writeln!(out, "    {l}");
+            }
+        }
     }
     let _ = writeln!(out, "interface: {}", e.interface);
     let _ = writeln!(out, "  public key: {}", e.public_key);

@@ -99,6 +99,9 @@ pub enum Command {
         name: String,
         addr: SocketAddr,
     },
+    /// Start a handshake with each of these peers (by name) now: a change
+    /// on probation hears from them again (see `state::HealthGate`).
+    Rehandshake(Vec<String>),
     Stop,
 }
 
@@ -655,6 +658,7 @@ impl DataPlane {
                     name,
                     addr,
                 } => self.set_endpoint(&public_key, &name, addr),
+                Command::Rehandshake(names) => self.rehandshake(&names),
             }
         }
         false
@@ -685,6 +689,19 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
         // where the next datagram goes changes.
         if let Err(e) = self.device.update_peer(*id, pc) {
             tracing::error!(peer = %spec.name, error = %e, "could not set the endpoint");
+        }
+    }
+
+    /// Initiate a handshake with each named peer that has an endpoint
+    /// (rate limited like every initiation; the others wait for theirs).
+    fn rehandshake(&mut self, names: &[String]) {
+        let now = Instant::now();
+        for (spec, id) in self.config.peers.iter().zip(&self.ids) {
+            if names.contains(&spec.name)
+                && let Err(e) = self.device.initiate_handshake(*id, now)
+            {
+                tracing::debug!(peer = %spec.name, error = %e, "no handshake initiated");
+            }
         }
     }
 

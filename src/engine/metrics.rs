@@ -73,6 +73,8 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     let applies = Family::<DeploymentLabels, Counter>::default();
     let repairs = Family::<DeploymentLabels, Counter>::default();
     let failures = Family::<DeploymentLabels, Counter>::default();
+    let health_confirms = Family::<DeploymentLabels, Counter>::default();
+    let health_reverts = Family::<DeploymentLabels, Counter>::default();
     reg.register(
         "peer_receive_bytes",
         "Bytes received from the peer",
@@ -114,6 +116,16 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
         "reconcile_failures",
         "Reconciles that failed",
         failures.clone(),
+    );
+    reg.register(
+        "rollout_health_confirms",
+        "Changes on probation kept because the deployment was healthy",
+        health_confirms.clone(),
+    );
+    reg.register(
+        "rollout_health_reverts",
+        "Changes on probation reverted because the deployment was not healthy in time",
+        health_reverts.clone(),
     );
 
     let dep = || DeploymentLabels {
@@ -164,6 +176,12 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     failures
         .get_or_create(&dep())
         .inc_by(reconcile.failures.load(Ordering::Relaxed));
+    health_confirms
+        .get_or_create(&dep())
+        .inc_by(reconcile.health_confirms.load(Ordering::Relaxed));
+    health_reverts
+        .get_or_create(&dep())
+        .inc_by(reconcile.health_reverts.load(Ordering::Relaxed));
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
@@ -484,6 +502,7 @@ mod tests {
         let c = ReconcileCounters::default();
         c.applies.store(2, Ordering::Relaxed);
         c.drift_repairs.store(1, Ordering::Relaxed);
+        c.health_reverts.store(5, Ordering::Relaxed);
         let text = render(&status(), &c);
         let keyb = keyb();
         for want in [
@@ -506,6 +525,8 @@ mod tests {
             "netman_reconcile_applies_total{deployment=\"site-a\"} 2".to_string(),
             "netman_reconcile_drift_repairs_total{deployment=\"site-a\"} 1".to_string(),
             "netman_reconcile_failures_total{deployment=\"site-a\"} 0".to_string(),
+            "netman_rollout_health_confirms_total{deployment=\"site-a\"} 0".to_string(),
+            "netman_rollout_health_reverts_total{deployment=\"site-a\"} 5".to_string(),
             "netman_peers{deployment=\"site-a\"} 1".to_string(),
             "# EOF".to_string(),
         ] {

@@ -382,6 +382,23 @@ impl EngineCtx {
         (n == name).then_some(*addr)?
     }
 
+    /// The data plane's status now.
+    pub fn status(&self) -> Result<control::EngineStatus, CtxError> {
+        let (tx, rx) = mpsc::channel();
+        self.control
+            .send(DpCommand::Status(tx))
+            .map_err(|_| CtxError::Stopped)?;
+        rx.recv_timeout(CONTROL_TIMEOUT)
+            .map_err(|_| CtxError::NoAnswer)
+    }
+
+    /// Start a handshake with each of the named peers now.
+    pub fn rehandshake(&self, names: Vec<String>) -> Result<(), CtxError> {
+        self.control
+            .send(DpCommand::Rehandshake(names))
+            .map_err(|_| CtxError::Stopped)
+    }
+
     /// Stop the data plane (and so the engine).
     pub fn stop(&self) -> Result<(), CtxError> {
         self.control

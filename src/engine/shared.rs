@@ -20,6 +20,15 @@ pub struct WatchStatus {
     pub applies: u64,
     pub drift_repairs: u64,
     pub failures: u64,
+    /// A change on probation (confirm by health): what it still waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probation: Vec<String>,
+    /// Changes on probation kept because the deployment was healthy.
+    #[serde(default)]
+    pub health_confirms: u64,
+    /// Changes on probation reverted because it was not healthy in time.
+    #[serde(default)]
+    pub health_reverts: u64,
 }
 
 /// How much work the watcher did (`status --output json`:
@@ -44,6 +53,7 @@ pub struct Shared {
     pub events: AtomicU64,
     pub state_reads: AtomicU64,
     errors: Mutex<(Option<String>, Option<String>)>,
+    probation: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -57,6 +67,16 @@ impl Shared {
             applies: self.counters.applies.load(Ordering::Relaxed),
             drift_repairs: self.counters.drift_repairs.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
+            probation: self.probation.lock().map(|g| g.clone()).unwrap_or_default(),
+            health_confirms: self.counters.health_confirms.load(Ordering::Relaxed),
+            health_reverts: self.counters.health_reverts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What a change on probation still waits for (empty: none is).
+    pub fn set_probation(&self, unmet: Vec<String>) {
+        if let Ok(mut g) = self.probation.lock() {
+            *g = unmet;
         }
     }
 
@@ -86,4 +106,6 @@ pub struct ReconcileCounters {
     pub applies: AtomicU64,
     pub drift_repairs: AtomicU64,
     pub failures: AtomicU64,
+    pub health_confirms: AtomicU64,
+    pub health_reverts: AtomicU64,
 }

@@ -50,6 +50,7 @@
 
 pub(crate) mod error;
 mod firewall;
+mod health;
 mod interface;
 mod locate;
 mod overlap;
@@ -107,11 +108,43 @@ pub struct Manifest {
     pub watch: bool,
     /// Where the engine serves Prometheus metrics, if anywhere.
     pub metrics: Option<Metrics>,
+    /// What a health-gated confirmation checks besides handshakes: the
+    /// top-level probes, then each peer's.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    /// How the watcher applies a changed file (`None`: at once, for good).
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
     pub source: Source,
     /// Legal but suspicious values (overlapping allowed IPs), in document
     /// order; `validate`, `diff` and `apply` print them to stderr.
     #[serde(default)]
     pub warnings: Vec<ManifestError>,
+}
+
+/// A check across the tunnel: `ping` must answer an ICMP echo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub ping: std::net::IpAddr,
+    /// The peer whose `probes:` it is in (`None`: the top level).
+    pub peer: Option<String>,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ping {}", self.ping)?;
+        if let Some(p) = &self.peer {
+            write!(f, " (peer {p})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `rollout:` section: a changed file is applied on probation and
+/// reverted unless the deployment is healthy within `timeout_secs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub timeout_secs: u64,
 }
 
 /// The `metrics:` section.
@@ -304,6 +337,31 @@ pub struct Source {
     pub text: String,
     /// Lowercase hex SHA-256 of `text`.
     pub sha256: String,
+    /// Set when `text` was derived from the network file at `path` (then
+    /// `text` is the derived v1 manifest, not the file's content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<DerivedFrom>,
+}
+
+impl Source {
+    /// The SHA-256 of the file at `path` as it was read: the network
+    /// file's for a derived manifest, else the manifest's own.
+    pub fn file_sha256(&self) -> &str {
+        self.derived_from
+            .as_ref()
+            .map_or(self.sha256.as_str(), |d| d.sha256.as_str())
+    }
+}
+
+/// Which site of which network file a manifest was derived from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerivedFrom {
+    /// The network's name (`network:`).
+    pub network: String,
+    /// The site whose manifest this is (also the deployment's name).
+    pub site: String,
+    /// Lowercase hex SHA-256 of the network file's text.
+    pub sha256: String,
 }
 
 /// The local WireGuard-compatible interface.
@@ -469,6 +527,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestErrors> {
         path: abs_path,
         text: text.to_owned(),
         sha256: sha256_hex(text),
+        derived_from: None,
     };
     validate::validate(raw, source, &base_dir, &file)
 }

@@ -59,6 +59,48 @@ pub struct RawManifest {
     #[serde(default)]
     #[schemars(with = "Option<RawMetrics>")]
     pub metrics: Option<Spanned<RawMetrics>>,
+    /// Checks across the tunnel that `apply --confirm-when healthy` and
+    /// `rollout: {confirm: healthy}` wait for (at most 16 in all, with the
+    /// peers' own).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<RawProbe>>")]
+    pub probes: Option<Spanned<Vec<Spanned<RawProbe>>>>,
+    /// How the watcher applies a changed manifest file.
+    #[serde(default)]
+    #[schemars(with = "Option<RawRollout>")]
+    pub rollout: Option<Spanned<RawRollout>>,
+}
+
+/// One entry of `probes:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// An address across the tunnel (inside a peer's allowed_ips) that
+    /// must answer an ICMP echo.
+    #[schemars(with = "String")]
+    pub ping: Spanned<String>,
+}
+
+/// `rollout:` section.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// `healthy`: a changed file is applied on probation, kept once every
+    /// peer that had a recent handshake handshakes again and every probe
+    /// answers, and reverted otherwise when `timeout` expires.
+    #[schemars(with = "RolloutConfirm")]
+    pub confirm: Spanned<String>,
+    /// Seconds the probation lasts, 5..=3600.
+    #[schemars(with = "u32", range(min = 5, max = 3600))]
+    pub timeout: Spanned<Int>,
+}
+
+/// The schema of `rollout.confirm`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum RolloutConfirm {
+    Healthy,
 }
 
 /// `metrics:` section.
@@ -192,6 +234,10 @@ pub struct RawPeer {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 1, max = 86400))]
     pub endpoint_stale_after: Option<Spanned<Int>>,
+    /// Checks across this peer's tunnel (addresses inside its allowed_ips).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<RawProbe>>")]
+    pub probes: Option<Spanned<Vec<Spanned<RawProbe>>>>,
 }
 
 /// One entry of `routes:`.

@@ -30,6 +30,9 @@
 //!   only with a hostname endpoint.
 //! - `routes[].metric`: 0..=4294967295.
 //! - `forwarding`: a boolean. `firewall`: see `firewall.rs`.
+//! - `probes[].ping`, `peers[].probes[].ping`: an IP address inside the allowed IPs of
+//!   some peer (of that peer); at most 16 in all. `rollout.confirm`: `healthy`;
+//!   `rollout.timeout`: 5..=3600 seconds (`health.rs`).
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -236,6 +239,8 @@ pub(crate) fn validate(
         Some(fw) => super::firewall::firewall(&mut ctx, &fw.value),
         None => Some(Firewall::default()),
     };
+    let probes = super::health::probes(&mut ctx, &raw, &peers);
+    let rollout = super::health::rollout(&mut ctx, &raw.rollout);
 
     if !ctx.errors.is_empty() {
         let mut errors = ctx.errors;
@@ -252,21 +257,32 @@ pub(crate) fn validate(
         routes.into_iter().collect::<Option<Vec<_>>>(),
         firewall,
         metrics,
+        probes,
+        rollout,
     ) {
-        (Some(name), Some(interface), Some(peers), Some(routes), Some(firewall), Some(metrics)) => {
-            Ok(Manifest {
-                name,
-                interface,
-                peers,
-                routes,
-                forwarding,
-                firewall,
-                watch,
-                metrics,
-                source,
-                warnings,
-            })
-        }
+        (
+            Some(name),
+            Some(interface),
+            Some(peers),
+            Some(routes),
+            Some(firewall),
+            Some(metrics),
+            Some(probes),
+            Some(rollout),
+        ) => Ok(Manifest {
+            name,
+            interface,
+            peers,
+            routes,
+            forwarding,
+            firewall,
+            watch,
+            metrics,
+            probes,
+            rollout,
+            source,
+            warnings,
+        }),
         _ => Err(ManifestErrors::single(ManifestError::new(
             file,
             Location::UNKNOWN,

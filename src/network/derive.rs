@@ -338,6 +338,45 @@ pub(super) fn render(raw: &RawNetwork, model: &Model, i: usize) -> Rendered {
             &format!("{p}.listen"),
         );
     }
+    if let Some((probes, p)) = effective!(raw, i, probes) {
+        if probes.value.is_empty() {
+            kv(&mut out, 0, "probes", "[]", probes.referenced, &p);
+        } else {
+            out.line(0, "probes:", probes.referenced, &p);
+        }
+        for (k, pr) in probes.value.iter().enumerate() {
+            let ping = &pr.value.ping;
+            kv(
+                &mut out,
+                2,
+                "- ping",
+                &scalar(&ping.value),
+                ping.referenced,
+                &format!("{p}[{k}].ping"),
+            );
+        }
+    }
+    if let Some((r, p)) = effective!(raw, i, rollout) {
+        out.line(0, "rollout:", r.referenced, &p);
+        let c = &r.value.confirm;
+        kv(
+            &mut out,
+            2,
+            "confirm",
+            &scalar(&c.value),
+            c.referenced,
+            &format!("{p}.confirm"),
+        );
+        let t = &r.value.timeout;
+        kv(
+            &mut out,
+            2,
+            "timeout",
+            &int(t.value),
+            t.referenced,
+            &format!("{p}.timeout"),
+        );
+    }
     Rendered {
         text: out.text,
         origins: out.origins,

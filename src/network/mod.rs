@@ -44,6 +44,9 @@
 mod check;
 mod derive;
 pub mod raw;
+mod select;
+
+pub use select::{KeyTried, LoadError, SelectError, SiteChoice, load_manifest, manifest_of};
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -52,7 +55,7 @@ use ipnet::IpNet;
 use serde_saphyr::Location;
 
 use crate::manifest::error::{self, ManifestError, ManifestErrors};
-use crate::manifest::{self, Endpoint, Manifest, PublicKey, Source};
+use crate::manifest::{self, DerivedFrom, Endpoint, Manifest, PublicKey, Source};
 
 /// One site of a validated network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,8 +169,11 @@ pub(crate) use effective;
 /// Whether `text` is a network file: a YAML mapping with a top-level
 /// `network:` key (anything else is read as a v1 manifest).
 pub fn is_network(text: &str) -> bool {
-    serde_saphyr::from_str_with_options::<raw::Probe>(text, manifest::parser_options())
-        .is_ok_and(|p| p.network.is_some())
+    // The key must appear literally; most manifests are ruled out without
+    // a YAML parse.
+    text.contains("network")
+        && serde_saphyr::from_str_with_options::<raw::Probe>(text, manifest::parser_options())
+            .is_ok_and(|p| p.network.is_some())
 }
 
 /// Read and parse the network file at `path` (bounded, regular file only,
@@ -203,6 +209,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
     // said something (a duplicate name, an overlap) adds nothing.
     let said: HashSet<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
 
+    let file_sha256 = manifest::sha256_hex(text);
     let mut derived = Vec::new();
     for i in 0..raw.sites.value.len() {
         if !model.derivable[i] {
@@ -229,8 +236,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
             }
         };
         match manifest::parse(&rendered.text, path) {
-            Ok(m) => {
+            Ok(mut m) => {
                 warnings.extend(m.warnings.iter().map(map));
+                m.source.derived_from = Some(DerivedFrom {
+                    network: raw.network.value.clone(),
+                    site: site.name.value.clone(),
+                    sha256: file_sha256.clone(),
+                });
                 derived.push(Derived {
                     text: rendered.text,
                     manifest: m,
@@ -258,7 +270,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
             source: Source {
                 path: manifest::absolute_path(path),
                 text: text.to_owned(),
-                sha256: manifest::sha256_hex(text),
+                sha256: file_sha256,
+                derived_from: None,
             },
             warnings: dedup(warnings),
             derived,

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::manifest::raw::{
-    Int, IntOrWord, MssClampSchema, RawFirewall, RawMetrics, RawRoute, RawTableSchema,
+    Int, IntOrWord, MssClampSchema, RawFirewall, RawMetrics, RawProbe, RawRollout, RawRoute,
+    RawTableSchema,
 };
 
 /// A netman network file: every site of a network and how they connect.
@@ -100,6 +101,16 @@ macro_rules! settings_struct {
             #[serde(default)]
             #[schemars(with = "Option<Vec<RawRoute>>")]
             pub routes: Option<Spanned<Vec<Spanned<RawRoute>>>>,
+            /// Addresses across the tunnel that must answer a ping for a
+            /// change to be kept by health, as `probes:` in a v1 manifest.
+            #[serde(default)]
+            #[schemars(with = "Option<Vec<RawProbe>>")]
+            pub probes: Option<Spanned<Vec<Spanned<RawProbe>>>>,
+            /// How the watcher applies a changed file, as in a v1 manifest
+            /// (`{confirm: healthy, timeout: SECS}`).
+            #[serde(default)]
+            #[schemars(with = "Option<RawRollout>")]
+            pub rollout: Option<Spanned<RawRollout>>,
         }
     };
 }

@@ -14,6 +14,7 @@ use crate::link::model::{Desired, Observed, Owned};
 use crate::link::netlink::{Netlink, NetlinkError};
 use crate::link::plan::{Plan, PlanErrors, plan};
 use crate::manifest::Manifest;
+use crate::manifest::error::ManifestErrors;
 use crate::state::{DeploymentState, ManifestRecord, StateDir, StateError};
 
 mod txn;
@@ -102,7 +103,15 @@ impl ManifestRecord {
             path: m.source.path.clone(),
             sha256: m.source.sha256.clone(),
             text: m.source.text.clone(),
+            derived_from: m.source.derived_from.clone(),
         }
+    }
+
+    /// The recorded manifest, parsed again (with its network origin).
+    pub fn manifest(&self) -> Result<Manifest, ManifestErrors> {
+        let mut m = crate::manifest::parse(&self.text, &self.path)?;
+        m.source.derived_from = self.derived_from.clone();
+        Ok(m)
     }
 }
 
@@ -264,6 +273,10 @@ pub struct ApplyOptions {
     pub if_in_force: Option<(std::path::PathBuf, String)>,
     /// The watcher applies (a changed manifest file, or drift).
     pub by_watcher: bool,
+    /// With `confirm_timeout`: confirm by itself once this gate is passed.
+    pub health: Option<crate::state::HealthGate>,
+    /// This apply is an automatic revert (`resolves_pending`): why.
+    pub revert_reason: Option<String>,
 }
 
 impl ApplyOptions {

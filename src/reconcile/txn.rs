@@ -298,6 +298,8 @@ impl<'a> Transaction<'a> {
             confirm_deadline_ms: opts
                 .confirm_timeout
                 .map(|t| now_unix_ms().saturating_add(t.as_millis() as u64)),
+            health: opts.health.clone(),
+            revert_reason: opts.revert_reason.clone(),
             resolves_pending: opts.resolves_pending,
             no_watch: opts.no_watch,
             by_watcher: opts.by_watcher,

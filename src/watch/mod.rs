@@ -37,14 +37,18 @@ use crate::deploy::{self, EngineStep, Resolved};
 use crate::engine::EngineCtx;
 use crate::engine::shared::Shared;
 use crate::error::ErrorKind;
+use crate::health;
 use crate::link::netlink::Netlink;
 use crate::manifest::{self, Manifest};
+use crate::network;
 use crate::reconcile::ApplyOptions;
-use crate::state::{DeploymentState, Stamp, StateDir};
+use crate::state::{DeploymentState, HealthGate, ManifestRecord, Stamp, StateDir};
 
 mod policy;
+mod probation;
 
 pub use policy::{Policy, Step, Trigger};
+use probation::{Look, Probation};
 
 /// The engine's ready hook that starts its watcher.
 pub fn ready_hook() -> crate::engine::ReadyHook {
@@ -92,6 +96,8 @@ pub fn spawn(
                     memo: None,
                     read_error: None,
                     policy: Policy::new(Instant::now()),
+                    probation: None,
+                    next_look: Instant::now(),
                 };
                 if let Err(e) = w.run().await {
                     tracing::error!(error = %e, "watcher stopped");
@@ -120,6 +126,10 @@ struct Watcher {
     read_error: Option<String>,
     /// When to reconcile (debounce, back-off, deadline, resync).
     policy: Policy,
+    /// The change on probation (confirm by health), if one is.
+    probation: Option<Probation>,
+    /// When to look at it next.
+    next_look: Instant,
 }
 
 impl Watcher {
@@ -139,7 +149,11 @@ impl Watcher {
             let pending = self.pending_deadline();
             let wake = self.policy.wake_at(pending);
             let watching = self.shared.watch.load(Ordering::Relaxed);
+            let on_probation = self.pending_gate().is_some() || self.probation.is_some();
             tokio::select! {
+                _ = tokio::time::sleep_until(self.next_look.into()), if on_probation => {
+                    self.look_at_probation();
+                }
                 ev = events.next() => {
                     let Some((msg, _)) = ev else { break Ok(()) };
                     self.shared.events.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +206,87 @@ impl Watcher {
         Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
     }
 
+    /// The health gate of the pending confirmation, if it has one.
+    fn pending_gate(&mut self) -> Option<HealthGate> {
+        self.state
+            .get(&self.shared.state_reads)?
+            .pending_confirm
+            .as_ref()?
+            .health
+            .clone()
+    }
+
+    /// Look at the change on probation: confirm it once healthy, ask for
+    /// handshakes, report what it waits for.
+    fn look_at_probation(&mut self) {
+        self.next_look = Instant::now() + probation::TICK;
+        let Some(gate) = self.pending_gate() else {
+            // Confirmed, reverted or replaced.
+            self.probation = None;
+            self.shared.set_probation(Vec::new());
+            return;
+        };
+        if self.probation.as_ref().map(|p| p.gate.since_ms) != Some(gate.since_ms) {
+            tracing::warn!(
+                deployment = %self.name,
+                peers = ?gate.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                probes = ?gate.probes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "a change is on probation: it is kept once every peer with a recent handshake handshakes again and every probe answers"
+            );
+            self.probation = Some(Probation::new(gate));
+        }
+        let peers = self.engine.status().ok().map(|s| s.peers);
+        let Some(p) = self.probation.as_mut() else {
+            return;
+        };
+        match p.look(peers.as_deref(), Instant::now()) {
+            Look::Healthy => {
+                let since_ms = p.gate.since_ms;
+                match deploy::confirm_healthy(&self.sd, &self.name, since_ms) {
+                    Ok(true) => {
+                        tracing::warn!(
+                            deployment = %self.name,
+                            "healthy: every peer handshook again and every probe answered; the change is kept"
+                        );
+                        self.shared
+                            .counters
+                            .health_confirms
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot confirm the healthy change");
+                        return;
+                    }
+                }
+                self.probation = None;
+                self.shared.set_probation(Vec::new());
+                self.state.invalidate();
+            }
+            Look::Waiting { rehandshake } => {
+                self.shared.set_probation(health::lines(&p.unmet));
+                if !rehandshake.is_empty()
+                    && let Err(e) = self.engine.rehandshake(rehandshake)
+                {
+                    tracing::warn!(error = %e, "cannot ask the engine for handshakes");
+                }
+            }
+        }
+    }
+
+    /// Why a due pending confirmation is reverted.
+    fn revert_reason(&mut self) -> String {
+        let gate = self.pending_gate();
+        match (&self.probation, gate) {
+            (Some(p), Some(g)) if p.gate.since_ms == g.since_ms => format!(
+                "not healthy before the deadline: {}",
+                health::lines(&p.unmet).join("; ")
+            ),
+            (_, Some(_)) => "not healthy before the deadline".to_owned(),
+            _ => "no `netman confirm` before the deadline".to_owned(),
+        }
+    }
+
     /// Whether a kernel event may concern this deployment.
     fn relevant(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
         let NetlinkPayload::InnerMessage(m) = payload else {
@@ -238,13 +333,27 @@ impl Watcher {
     async fn reconcile_inner(&mut self, nl: &Netlink, trigger: Trigger) {
         let engine = self.engine.clone();
         let step = EngineStep::InProcess(&engine);
-        match deploy::resolve_pending(nl, &self.sd, &self.name, step, false).await {
+        let reason = self.revert_reason();
+        let by_health = self.pending_gate().is_some();
+        match deploy::resolve_pending(nl, &self.sd, &self.name, step, false, Some(reason.clone()))
+            .await
+        {
             Ok(Some(Resolved::Reverted(applied))) => {
                 self.policy.succeeded();
                 tracing::warn!(
                     deployment = %self.name,
-                    "no `netman confirm` before the deadline: reverted to the previous configuration"
+                    "{reason}: reverted to the previous configuration"
                 );
+                if by_health {
+                    self.shared
+                        .counters
+                        .health_reverts
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .set_last_error(Some(format!("reverted: {reason}")));
+                }
+                self.probation = None;
+                self.shared.set_probation(Vec::new());
                 log_plan(&applied);
                 self.shared.counters.applies.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -287,13 +396,14 @@ impl Watcher {
         if self.watched.as_deref() != Some(in_force.path.as_path()) {
             self.watch_file(&in_force.path);
         }
-        let current = match self.parsed(&in_force.text, &in_force.path, &in_force.sha256) {
+        let current = match self.parsed(&in_force) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "the manifest in force does not parse any more");
                 return;
             }
         };
+        let in_force_rollout = current.rollout.clone();
         let mut target: Manifest = current;
         let mut from_file = false;
         if self.shared.watch.load(Ordering::Relaxed) {
@@ -303,14 +413,16 @@ impl Watcher {
                     let hash = manifest::sha256_hex(&text);
                     let changed = self.last_file_hash.as_deref() != Some(hash.as_str());
                     self.last_file_hash = Some(hash.clone());
-                    let known = hash == in_force.sha256
+                    let known = hash == in_force.file_sha256()
                         || reverted_sha256.as_deref() == Some(hash.as_str());
                     if known {
                         if changed {
                             self.shared.set_manifest_error(None);
                         }
                     } else if changed {
-                        match manifest::parse(&text, &in_force.path) {
+                        // A network file: this deployment's site of it.
+                        let site = in_force.derived_from.as_ref().map(|d| d.site.as_str());
+                        match network::manifest_of(&text, &in_force.path, site) {
                             Ok(m) if m.name != self.name => {
                                 let e = format!(
                                     "{}: names deployment {:?}, but this engine serves {:?}; not applied",
@@ -327,7 +439,7 @@ impl Watcher {
                                 );
                             }
                             Ok(m) => {
-                                self.memo = Some((hash.clone(), m.clone()));
+                                self.memo = Some((m.source.sha256.clone(), m.clone()));
                                 target = m;
                                 from_file = true;
                             }
@@ -370,11 +482,18 @@ impl Watcher {
             self.refresh_link_index(nl, &target.interface.name).await;
             return;
         }
-        let opts = ApplyOptions {
+        let mut opts = ApplyOptions {
             if_in_force: Some((in_force.path.clone(), in_force.sha256.clone())),
             by_watcher: true,
             ..ApplyOptions::default()
         };
+        // `rollout: {confirm: healthy}` (of the manifest in force, or of
+        // the new file): a changed file is applied on probation.
+        if from_file && let Some(r) = in_force_rollout.or_else(|| target.rollout.clone()) {
+            let before = self.engine.status().ok().map(|s| s.peers);
+            opts.confirm_timeout = Some(Duration::from_secs(r.timeout_secs));
+            opts.health = Some(health::gate(&target, before.as_deref(), now_unix_ms()));
+        }
         match deploy::apply(nl, &self.sd, &target, step, opts).await {
             Ok(applied) => {
                 self.policy.succeeded();
@@ -434,15 +553,16 @@ impl Watcher {
 
     /// The manifest of `text`, parsed once per content (a manifest of
     /// 10,000 routes takes tens of milliseconds to parse).
-    fn parsed(&mut self, text: &str, path: &Path, sha256: &str) -> Result<Manifest, String> {
+    fn parsed(&mut self, rec: &ManifestRecord) -> Result<Manifest, String> {
         if let Some((h, m)) = &self.memo
-            && h == sha256
-            && m.source.path == path
+            && h == &rec.sha256
+            && m.source.path == rec.path
+            && m.source.derived_from == rec.derived_from
         {
             return Ok(m.clone());
         }
-        let m = manifest::parse(text, path).map_err(|e| e.to_string())?;
-        self.memo = Some((sha256.to_string(), m.clone()));
+        let m = rec.manifest().map_err(|e| e.to_string())?;
+        self.memo = Some((rec.sha256.clone(), m.clone()));
         Ok(m)
     }
 
