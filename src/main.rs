@@ -15,7 +15,7 @@ use netman::cli::exit::{self, DIFF_CHANGES, DIFF_ERROR, FAILED, INVALID, OK};
 use netman::cli::log::{self, ERR, NOTICE, WARNING, report};
 use netman::cli::signals::{interrupted, revert_on_signals};
 use netman::cli::validate::{self, Severity};
-use netman::cli::{Cli, Command, ConfirmWhen, Output, SchemaKind, ValidateOutput};
+use netman::cli::{Cli, Command, ConfirmWhen, GraphFormat, Output, SchemaKind, ValidateOutput};
 use netman::clock;
 use netman::deploy::{self, DeployError, EngineStep};
 use netman::engine::config::EngineConfig;
@@ -135,6 +135,12 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(INVALID)
             }
         },
+        Command::Graph {
+            file,
+            format,
+            live,
+            site,
+        } => Ok(graph(&cli.state_dir, &file, format, live, site.as_deref())),
         Command::Diff { file, site, output } => {
             Ok(
                 diff(&cli.state_dir, file, site.as_deref(), output).unwrap_or_else(|e| {
@@ -316,6 +322,58 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(OK)
         }
     }
+}
+
+/// `netman graph`: print the drawing, or say why there is none.
+fn graph(state_dir: &Path, file: &Path, format: GraphFormat, live: bool, site: Option<&str>) -> u8 {
+    match draw_graph(state_dir, file, format, live, site) {
+        Ok(text) => {
+            print!("{text}");
+            OK
+        }
+        Err(e) => {
+            // Like `render`: a file's findings as they are, else prefixed.
+            if e.code() == INVALID {
+                report_err!("{e}");
+            } else {
+                report_err!("netman: {e}");
+            }
+            e.code()
+        }
+    }
+}
+
+/// The drawing of network file `file`; with `live`, its local site's
+/// tunnels as that site's running engine sees them.
+fn draw_graph(
+    state_dir: &Path,
+    file: &Path,
+    format: GraphFormat,
+    live: bool,
+    site: Option<&str>,
+) -> Result<String, netman::cli::graph::GraphError> {
+    use netman::cli::graph as g;
+    let (net, warnings) = g::load(file)?;
+    for w in &warnings {
+        report(WARNING, &w.text());
+    }
+    if !live {
+        return Ok(g::draw(&net, format, None));
+    }
+    let sd = StateDir::at(state_dir);
+    let recorded = if site.is_some() {
+        Vec::new()
+    } else {
+        sd.list()?
+    };
+    let local = g::local_site(&net, site, &recorded, state_dir)?;
+    let name = net.sites.get(local).map_or("", |s| s.name.as_str());
+    let engine = g::engine_view(&sd, name)?;
+    let (view, warning) = g::live(&net, local, &engine, clock::now_unix_secs());
+    if let Some(w) = warning {
+        report(WARNING, &w);
+    }
+    Ok(g::draw(&net, format, Some(&view)))
 }
 
 /// `netman import`: wg-quick file → manifest + key files (written by

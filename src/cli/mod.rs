@@ -2,11 +2,13 @@
 //! command implementations so completions and the man page can be
 //! generated from it; the output formats of the commands live beside it
 //! ([`status`], [`diff`]), with the exit codes ([`exit`]), the log set-up
-//! ([`log`]), the signal flag an apply polls ([`signals`]) and what
-//! `validate` and `render` find and print ([`validate`]).
+//! ([`log`]), the signal flag an apply polls ([`signals`]), what
+//! `validate` and `render` find and print ([`validate`]) and what
+//! `graph` reads and asks before it draws ([`graph`]).
 
 pub mod diff;
 pub mod exit;
+pub mod graph;
 pub mod log;
 pub mod signals;
 pub mod status;
@@ -65,6 +67,15 @@ pub enum ValidateOutput {
     Github,
 }
 
+/// The language `graph` draws in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT (`netman graph net.yaml | dot -Tsvg > net.svg`).
+    Dot,
+    /// A Mermaid flowchart (paste into a ```mermaid block of a README).
+    Mermaid,
+}
+
 /// Which document's JSON Schema `schema` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SchemaKind {
@@ -103,6 +114,23 @@ pub enum Command {
         /// The site whose manifest to print.
         #[arg(long)]
         site: String,
+    },
+    /// Draw a network file: its sites, the subnets behind them and its
+    /// tunnels, as Graphviz DOT or Mermaid (exit 0, 1 `--live` cannot see
+    /// the engine, 2 invalid file or no such site).
+    Graph {
+        /// The network file.
+        file: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Colour this gateway's tunnels by the handshake state its running
+        /// engine reports: up (within 180 s), stale, no handshake, unknown.
+        #[arg(long)]
+        live: bool,
+        /// With --live: the site this gateway is (default: the one site of
+        /// the network recorded as a deployment in the state dir).
+        #[arg(long, requires = "live")]
+        site: Option<String>,
     },
     /// Show what `apply` would change (exit 0 in sync, 1 changes pending, 2 error).
     ///

@@ -51,6 +51,8 @@ pub(super) struct Model {
     /// Whether a manifest can be derived (a key file is set).
     pub derivable: Vec<bool>,
     pub links: Vec<(usize, usize)>,
+    /// `hub_and_spoke`'s hubs, in the order listed (empty otherwise).
+    pub hubs: Vec<usize>,
     keys: Vec<Option<PublicKey>>,
     endpoints: Vec<Option<Endpoint>>,
     addresses: Vec<Vec<IpNet>>,
@@ -66,6 +68,7 @@ impl Model {
             spoke: vec![false; n],
             derivable: vec![derivable; n],
             links: Vec::new(),
+            hubs: Vec::new(),
             keys: vec![None; n],
             endpoints: vec![None; n],
             addresses: vec![Vec::new(); n],
@@ -446,6 +449,7 @@ fn topology(ctx: &mut Ctx<'_>, raw: &RawNetwork, names: &HashMap<&str, usize>, m
                 model.relay[a] = hubs.first().copied();
             }
         }
+        model.hubs = hubs;
     } else if let Some(list) = &t.links {
         for (k, l) in list.value.iter().enumerate() {
             let path = format!("topology.links[{k}]");

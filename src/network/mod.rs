@@ -33,6 +33,7 @@
 //! what a hand-written v1 manifest would be, `netman render` prints the
 //! very text that is applied, and every error the manifest rules find in
 //! it is reported at the network file's line that produced it.
+//! [`graph`] draws a validated network (`netman graph`: DOT or Mermaid).
 //!
 //! Derivation rules: the site's own key becomes `interface.public_key`
 //! (checked against the key file at apply); each site's peers are the sites the topology connects
@@ -43,6 +44,7 @@
 
 mod check;
 mod derive;
+pub mod graph;
 pub mod raw;
 mod select;
 
@@ -107,6 +109,9 @@ pub struct Network {
     pub sites: Vec<Site>,
     /// The tunnels: pairs of indices into `sites`, lower index first, sorted.
     pub links: Vec<(usize, usize)>,
+    /// The hubs of a `hub_and_spoke` topology, indices into `sites` in the
+    /// order `hubs:` lists them; empty for `mesh` and `links`.
+    pub hubs: Vec<usize>,
     /// The network file (path made absolute, text, SHA-256).
     pub source: Source,
     /// Legal but suspicious findings, in document order.
@@ -267,6 +272,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
             name: raw.network.value.clone(),
             sites,
             links: model.links.clone(),
+            hubs: model.hubs.clone(),
             source: Source {
                 path: manifest::absolute_path(path),
                 text: text.to_owned(),
