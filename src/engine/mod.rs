@@ -258,8 +258,9 @@ fn notify_systemd(states: &[NotifyState<'_>]) {
 }
 
 /// Keep only what the running engine needs: CAP_NET_ADMIN (TUN queues,
-/// netlink), and CAP_NET_BIND_SERVICE only for a privileged listen (or
-/// metrics) port;
+/// netlink), CAP_NET_RAW (the ICMP socket of the `ping` the watcher runs
+/// for `probes:`, which inherits it from the bounding set), and
+/// CAP_NET_BIND_SERVICE only for a privileged listen (or metrics) port;
 /// no new privileges on exec; not dumpable (no core dumps or ptrace
 /// snooping of key material).
 pub fn drop_privileges(ports: &[u16]) -> io::Result<()> {
@@ -275,6 +276,7 @@ pub fn drop_privileges(ports: &[u16]) -> io::Result<()> {
     }
     let mut keep = CapsHashSet::new();
     keep.insert(Capability::CAP_NET_ADMIN);
+    keep.insert(Capability::CAP_NET_RAW);
     if ports
         .iter()
         .any(|&p| p != 0 && u32::from(p) < unprivileged_port_start())

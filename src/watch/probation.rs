@@ -18,9 +18,11 @@ use crate::state::HealthGate;
 
 /// How often the watcher looks at a change on probation.
 pub const TICK: Duration = Duration::from_millis(300);
-/// How often handshakes are asked for again while a peer is unheard
-/// (WireGuard's REKEY_TIMEOUT: the rate limit of initiations).
-const REHANDSHAKE_EVERY: Duration = Duration::from_secs(5);
+/// How often handshakes are asked for again while a peer is unheard. The
+/// protocol core lets one initiation out per REKEY_TIMEOUT (5 s) and drops
+/// the others; asking every second sends the next one as soon as it may
+/// (a handshake just before the change holds it back up to 5 s).
+const REHANDSHAKE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Probation {
     /// The gate (identified by `since_ms`) this probation is for.
