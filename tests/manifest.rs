@@ -659,7 +659,7 @@ fn rejection_cases() -> Vec<Case> {
         case(
             "unknown interface key",
             with_head(&["  mtu_bytes: 1400"]),
-            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)",
+            "site-a.yaml:6:3: interface.mtu_bytes: unknown key `mtu_bytes` (expected one of: name, addresses, mtu, txqueuelen, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)",
         ),
         case(
             "unknown peer key",
@@ -676,6 +676,11 @@ fn rejection_cases() -> Vec<Case> {
             "unknown route key",
             with_head(&["routes:", "  - to: 192.168.50.0/24", "    via: 10.10.0.2"]),
             "site-a.yaml:8:5: routes[0].via: unknown key `via` (expected one of: to, metric)",
+        ),
+        case(
+            "txqueuelen 0",
+            with_head(&["  txqueuelen: 0"]),
+            "site-a.yaml:6:15: interface.txqueuelen: txqueuelen 0 is out of range (1..=10000 packets)",
         ),
         case(
             "table: the kernel's default table",
@@ -1012,7 +1017,7 @@ fn key_material_never_appears_in_messages() {
     assert_eq!(
         pasted,
         [
-            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)"
+            "site-a.yaml:6:3: interface: unknown key (a key that looks like key material; not shown) (expected one of: name, addresses, mtu, txqueuelen, listen_port, private_key_file, mss_clamp, table, fwmark, public_key)"
         ]
     );
 
@@ -1034,6 +1039,7 @@ fn minimal_manifest_gets_defaults_and_resolved_key_path() {
             name: "nm0".to_owned(),
             addresses: vec!["10.10.0.1/24".parse().unwrap()],
             mtu: 1420,
+            txqueuelen: 64,
             listen_port: None,
             private_key_file: PathBuf::from("/etc/netman/a.key"),
             mss_clamp: MssClamp::Off,
@@ -1118,6 +1124,7 @@ fn full_manifest_with_every_field() {
                     "fd10::1/64".parse().unwrap()
                 ],
                 mtu: 1380,
+                txqueuelen: manifest::DEFAULT_TXQUEUELEN,
                 listen_port: Some(51820),
                 private_key_file: PathBuf::from("/srv/netman/keys/site-a.key"),
                 mss_clamp: MssClamp::Off,

@@ -310,7 +310,7 @@ fn unknown_keys_and_wrong_types_are_positioned() {
     )]));
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].starts_with("net.yaml:14:5: sites[1].subnet: unknown key `subnet` (expected one of: name, public_key, addresses, subnets, endpoint, interface, mtu, listen_port,"),
+        got[0].starts_with("net.yaml:14:5: sites[1].subnet: unknown key `subnet` (expected one of: name, public_key, addresses, subnets, endpoint, interface, mtu, txqueuelen, listen_port,"),
         "{got:?}"
     );
     let got = errors(&edit(&[("network: corp", "network: [corp]")]));

@@ -282,10 +282,17 @@ impl fmt::Display for RouteSpec {
     }
 }
 
+fn default_txqueuelen() -> u32 {
+    crate::manifest::DEFAULT_TXQUEUELEN
+}
+
 /// What one link should look like.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkSpec {
     pub mtu: u32,
+    /// The transmit queue length (packets).
+    #[serde(default = "default_txqueuelen")]
+    pub txqueuelen: u32,
     pub up: bool,
     pub addresses: BTreeSet<IpNet>,
     pub routes: BTreeSet<RouteSpec>,
@@ -336,6 +343,7 @@ impl Desired {
         }
         let link = LinkSpec {
             mtu: iface.mtu,
+            txqueuelen: iface.txqueuelen,
             up: true,
             addresses,
             routes: by_prefix.into_values().collect(),
@@ -357,6 +365,9 @@ pub struct ObservedLink {
     pub kind: Option<String>,
     pub alias: Option<String>,
     pub mtu: u32,
+    /// `IFLA_TXQLEN`.
+    #[serde(default = "default_txqueuelen")]
+    pub txqueuelen: u32,
     pub up: bool,
     /// Every address on the link, owned or not.
     pub addresses: BTreeSet<IpNet>,

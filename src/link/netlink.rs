@@ -176,6 +176,7 @@ impl Netlink {
                 kind: None,
                 alias: None,
                 mtu: 0,
+                txqueuelen: 0,
                 up: msg.header.flags.contains(LinkFlags::Up),
                 addresses: BTreeSet::new(),
                 routes: BTreeSet::new(),
@@ -184,6 +185,7 @@ impl Netlink {
             for attr in &msg.attributes {
                 match attr {
                     LinkAttribute::Mtu(m) => link.mtu = *m,
+                    LinkAttribute::TxQueueLen(q) => link.txqueuelen = *q,
                     LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
                     LinkAttribute::LinkInfo(infos) => {
                         for i in infos {
@@ -363,17 +365,31 @@ impl Netlink {
 
     async fn run(&self, deployment: &str, action: &Action, index: u32) -> Result<(), NetlinkError> {
         match action {
-            Action::CreateLink { link, mtu } => {
+            Action::CreateLink {
+                link,
+                mtu,
+                txqueuelen,
+            } => {
                 tun::create_persistent(link)?;
                 let index = self.index_of(link).await?;
                 let mut m = link_msg(index);
                 m.attributes.push(LinkAttribute::Mtu(*mtu));
+                m.attributes.push(LinkAttribute::TxQueueLen(*txqueuelen));
                 self.ack(RouteNetlinkMessage::SetLink(m), 0)
                     .await
-                    .map_err(kernel(format!("set mtu {mtu} on new link {link}")))?;
+                    .map_err(kernel(format!(
+                        "set mtu {mtu} and txqueuelen {txqueuelen} on new link {link}"
+                    )))?;
                 self.set_alias(deployment, link, index).await
             }
             Action::SetAlias { link } => self.set_alias(deployment, link, index).await,
+            Action::SetTxQueueLen { link, to, .. } => {
+                let mut m = link_msg(index);
+                m.attributes.push(LinkAttribute::TxQueueLen(*to));
+                self.ack(RouteNetlinkMessage::SetLink(m), 0)
+                    .await
+                    .map_err(kernel(format!("set txqueuelen {to} on link {link}")))
+            }
             Action::SetMtu { link, to, .. } => {
                 let mut m = link_msg(index);
                 m.attributes.push(LinkAttribute::Mtu(*to));

@@ -22,12 +22,19 @@ pub enum Action {
     CreateLink {
         link: String,
         mtu: u32,
+        txqueuelen: u32,
     },
     /// Give an existing (recorded, unnamed) device netman's alias.
     SetAlias {
         link: String,
     },
     SetMtu {
+        link: String,
+        from: u32,
+        to: u32,
+    },
+    /// The transmit queue length (see `interface.txqueuelen`).
+    SetTxQueueLen {
         link: String,
         from: u32,
         to: u32,
@@ -83,6 +90,7 @@ impl Action {
             | Action::DelRule { .. } => '-',
             Action::SetAlias { .. }
             | Action::SetMtu { .. }
+            | Action::SetTxQueueLen { .. }
             | Action::SetUp { .. }
             | Action::SetDown { .. } => '~',
         }
@@ -95,6 +103,7 @@ impl Action {
             Action::CreateLink { link, .. }
             | Action::SetAlias { link }
             | Action::SetMtu { link, .. }
+            | Action::SetTxQueueLen { link, .. }
             | Action::AddAddress { link, .. }
             | Action::SetUp { link }
             | Action::AddRoute { link, .. }
@@ -110,9 +119,12 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.sign();
         match self {
-            Action::CreateLink { link, mtu } => write!(f, "{s} link {link} (tun, mtu {mtu})"),
+            Action::CreateLink { link, mtu, .. } => write!(f, "{s} link {link} (tun, mtu {mtu})"),
             Action::SetAlias { link } => write!(f, "{s} link {link} alias (adopt)"),
             Action::SetMtu { link, from, to } => write!(f, "{s} link {link} mtu {from} -> {to}"),
+            Action::SetTxQueueLen { link, from, to } => {
+                write!(f, "{s} link {link} txqueuelen {from} -> {to}")
+            }
             Action::SetUp { link } => write!(f, "{s} link {link} up"),
             Action::SetDown { link } => write!(f, "{s} link {link} down"),
             Action::DeleteLink { link } => write!(f, "{s} link {link}"),
@@ -225,6 +237,7 @@ pub fn plan(
                 create.push(Action::CreateLink {
                     link: name.clone(),
                     mtu: spec.mtu,
+                    txqueuelen: spec.txqueuelen,
                 });
                 for a in &spec.addresses {
                     add_addr.push(Action::AddAddress {
@@ -342,6 +355,13 @@ fn diff_link(
             to: spec.mtu,
         });
     }
+    if obs.txqueuelen != spec.txqueuelen {
+        mtu.push(Action::SetTxQueueLen {
+            link: link(),
+            from: obs.txqueuelen,
+            to: spec.txqueuelen,
+        });
+    }
     for a in spec.addresses.difference(&obs.addresses) {
         add_addr.push(Action::AddAddress {
             link: link(),
@@ -429,6 +449,7 @@ pub fn desired_from_snapshot(
             name.clone(),
             LinkSpec {
                 mtu: obs.mtu,
+                txqueuelen: obs.txqueuelen,
                 up: obs.up,
                 addresses: addrs.intersection(&obs.addresses).copied().collect(),
                 routes: obs.routes.clone(),
@@ -455,6 +476,7 @@ mod tests {
     fn spec() -> LinkSpec {
         LinkSpec {
             mtu: 1420,
+            txqueuelen: 64,
             up: true,
             addresses: [net("10.10.0.1/24"), net("fd10::1/64")].into(),
             routes: [
@@ -471,6 +493,7 @@ mod tests {
             kind: Some("tun".into()),
             alias: Some(alias.into()),
             mtu: spec.mtu,
+            txqueuelen: spec.txqueuelen,
             up: spec.up,
             addresses: spec.addresses.clone(),
             routes: spec.routes.clone(),

@@ -12,12 +12,13 @@ use serde_saphyr::Spanned;
 
 use super::raw::{Int, IntOrWord, RawInterface};
 use super::validate::{Ctx, interface_address};
-use super::{DEFAULT_MTU, Interface, MssClamp, RouteTable};
+use super::{DEFAULT_MTU, DEFAULT_TXQUEUELEN, Interface, MssClamp, RouteTable};
 
 const MAX_IFNAME_BYTES: usize = 15;
 const MIN_MTU: i128 = 576;
 const MIN_MTU_V6: i128 = 1280;
 const MAX_MTU: i128 = 65535;
+const MAX_TXQUEUELEN: i128 = 10_000;
 
 pub(super) fn interface(
     ctx: &mut Ctx<'_>,
@@ -83,6 +84,24 @@ pub(super) fn interface(
                     ))
                 } else {
                     u32::try_from(v).map_err(|_| format!("MTU {v} is out of range"))
+                }
+            },
+        ),
+    };
+
+    let txqueuelen = match &raw.txqueuelen {
+        None => Some(DEFAULT_TXQUEUELEN),
+        Some(q) => ctx.check(
+            q,
+            || "interface.txqueuelen".to_owned(),
+            |&n: &Int| {
+                let v = n.get()?;
+                if (1..=MAX_TXQUEUELEN).contains(&v) {
+                    u32::try_from(v).map_err(|_| format!("{v} is out of range"))
+                } else {
+                    Err(format!(
+                        "txqueuelen {v} is out of range (1..={MAX_TXQUEUELEN} packets)"
+                    ))
                 }
             },
         ),
@@ -172,6 +191,7 @@ pub(super) fn interface(
         name: name?,
         addresses: addresses?,
         mtu: mtu?,
+        txqueuelen: txqueuelen?,
         listen_port: listen_port?,
         private_key_file: private_key_file?,
         mss_clamp: mss_clamp?,

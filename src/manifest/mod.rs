@@ -73,6 +73,10 @@ pub use error::{ManifestError, ManifestErrors};
 
 /// Default interface MTU (WireGuard's usual 1420: 1500 minus IPv6 + UDP + WireGuard overhead).
 pub const DEFAULT_MTU: u32 = 1420;
+/// `interface.txqueuelen` when absent: the TUN device's transmit queue, in
+/// packets (the kernel's default is 500; see docs/performance.md,
+/// "Queueing").
+pub const DEFAULT_TXQUEUELEN: u32 = 64;
 
 /// Manifests larger than this are rejected before parsing.
 pub const MAX_MANIFEST_BYTES: usize = limits::MAX_BYTES;
@@ -371,6 +375,11 @@ pub struct Interface {
     /// Host addresses with their prefix length, in manifest order.
     pub addresses: Vec<ipnet::IpNet>,
     pub mtu: u32,
+    /// The TUN device's transmit queue length, in packets (each may be a
+    /// 64 KiB super-packet): what a bulk transfer can queue ahead of
+    /// everything else in the tunnel.
+    #[serde(default = "default_txqueuelen")]
+    pub txqueuelen: u32,
     pub listen_port: Option<u16>,
     /// Absolute path of the private key file (resolved against the manifest's directory).
     pub private_key_file: PathBuf,
@@ -389,6 +398,10 @@ pub struct Interface {
     /// declared (checked against the file at apply).
     #[serde(default)]
     pub public_key: Option<PublicKey>,
+}
+
+fn default_txqueuelen() -> u32 {
+    DEFAULT_TXQUEUELEN
 }
 
 /// `interface.mss_clamp`: the MSS of TCP SYNs forwarded into and out of

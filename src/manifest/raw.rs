@@ -126,6 +126,12 @@ pub struct RawInterface {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 576, max = 65535))]
     pub mtu: Option<Spanned<Int>>,
+    /// The TUN device's transmit queue, in packets, 1..=10000 (default 64):
+    /// how much a bulk transfer can queue ahead of everything else in the
+    /// tunnel.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 10000))]
+    pub txqueuelen: Option<Spanned<Int>>,
     /// UDP port; random when absent.
     #[serde(default)]
     #[schemars(with = "Option<u16>", range(min = 1, max = 65535))]

@@ -161,6 +161,7 @@ pub(super) fn render(raw: &RawNetwork, model: &Model, i: usize) -> Rendered {
         };
     }
     int_setting!(mtu);
+    int_setting!(txqueuelen);
     int_setting!(listen_port);
     if let Some((v, p)) = effective!(raw, i, private_key_file) {
         kv(

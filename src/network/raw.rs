@@ -56,6 +56,10 @@ macro_rules! settings_struct {
             #[serde(default)]
             #[schemars(with = "Option<u32>", range(min = 576, max = 65535))]
             pub mtu: Option<Spanned<Int>>,
+            /// The TUN device's transmit queue, in packets, 1..=10000 (default 64).
+            #[serde(default)]
+            #[schemars(with = "Option<u32>", range(min = 1, max = 10000))]
+            pub txqueuelen: Option<Spanned<Int>>,
             /// UDP port; random when absent (then the site cannot have an endpoint).
             #[serde(default)]
             #[schemars(with = "Option<u16>", range(min = 1, max = 65535))]
