@@ -162,10 +162,12 @@ fn hex(v: Option<&String>) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Every thread of `pid` must have exactly `caps` effective, permitted and
-/// in its bounding set, nothing inheritable or ambient, and no new
-/// privileges. Returns one line per violation.
+/// Every thread of `pid` must have exactly `caps` effective, `caps` and
+/// CAP_NET_RAW permitted and in its bounding set (permitted, not
+/// effective: for the `ping` of health probes), nothing inheritable or
+/// ambient, and no new privileges. Returns one line per violation.
 fn privilege_violations(pid: u32, caps: u64) -> Vec<String> {
+    const NET_RAW: u64 = 1 << 13;
     let mut bad = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("list threads of {pid}: {e}"));
@@ -180,8 +182,8 @@ fn privilege_violations(pid: u32, caps: u64) -> Vec<String> {
         );
         for (field, want) in [
             ("CapEff", caps),
-            ("CapPrm", caps),
-            ("CapBnd", caps),
+            ("CapPrm", caps | NET_RAW),
+            ("CapBnd", caps | NET_RAW),
             ("CapInh", 0),
             ("CapAmb", 0),
         ] {
