@@ -74,6 +74,7 @@ fn planning(c: &mut Criterion) {
                 kind: Some("tun".into()),
                 alias: Some(link_alias("bench")),
                 mtu: spec.mtu,
+                txqueuelen: spec.txqueuelen,
                 up: true,
                 addresses: spec.addresses.clone(),
                 routes: spec.routes.clone(),

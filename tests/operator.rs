@@ -162,10 +162,12 @@ fn hex(v: Option<&String>) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Every thread of `pid` must have exactly `caps` effective, permitted and
-/// in its bounding set, nothing inheritable or ambient, and no new
-/// privileges. Returns one line per violation.
+/// Every thread of `pid` must have exactly `caps` effective, `caps` and
+/// CAP_NET_RAW permitted and in its bounding set (permitted, not
+/// effective: for the `ping` of health probes), nothing inheritable or
+/// ambient, and no new privileges. Returns one line per violation.
 fn privilege_violations(pid: u32, caps: u64) -> Vec<String> {
+    const NET_RAW: u64 = 1 << 13;
     let mut bad = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("list threads of {pid}: {e}"));
@@ -180,8 +182,8 @@ fn privilege_violations(pid: u32, caps: u64) -> Vec<String> {
         );
         for (field, want) in [
             ("CapEff", caps),
-            ("CapPrm", caps),
-            ("CapBnd", caps),
+            ("CapPrm", caps | NET_RAW),
+            ("CapBnd", caps | NET_RAW),
             ("CapInh", 0),
             ("CapAmb", 0),
         ] {
@@ -1996,7 +1998,7 @@ fn metrics_listen_can_widen_to_all_addresses_on_the_same_port() {
 // 4. Least privilege
 
 #[test]
-fn engine_keeps_only_cap_net_admin_and_net_raw_no_new_privs_and_is_not_dumpable() {
+fn engine_keeps_only_cap_net_admin_no_new_privs_and_is_not_dumpable() {
     require_tool("setpriv", "the Debian package util-linux");
     let s = Site::new("cap", "site-a");
     let kp = KeyPair::generate(&s.dir.path, "site-p");
@@ -2018,8 +2020,6 @@ fn engine_keeps_only_cap_net_admin_and_net_raw_no_new_privs_and_is_not_dumpable(
     s.apply(&mp);
     const NET_ADMIN: u64 = 1 << 12;
     const NET_BIND_SERVICE: u64 = 1 << 10;
-    // For the `ping` of `probes:` (issue 14).
-    const NET_RAW: u64 = 1 << 13;
     let pa = s.pid_of("site-a");
     let pp = s.pid_of("site-p");
     assert_eq!(
@@ -2027,12 +2027,8 @@ fn engine_keeps_only_cap_net_admin_and_net_raw_no_new_privs_and_is_not_dumpable(
         500
     );
     for (pid, caps, what) in [
-        (pa, NET_ADMIN | NET_RAW, "site-a (port 51820)"),
-        (
-            pp,
-            NET_ADMIN | NET_RAW | NET_BIND_SERVICE,
-            "site-p (port 500)",
-        ),
+        (pa, NET_ADMIN, "site-a (port 51820)"),
+        (pp, NET_ADMIN | NET_BIND_SERVICE, "site-p (port 500)"),
     ] {
         let st = proc_status(Path::new(&format!("/proc/{pid}/status")));
         assert_eq!(st.get("Uid").map(String::as_str), Some("0\t0\t0\t0"));

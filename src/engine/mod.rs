@@ -258,9 +258,13 @@ fn notify_systemd(states: &[NotifyState<'_>]) {
 }
 
 /// Keep only what the running engine needs: CAP_NET_ADMIN (TUN queues,
-/// netlink), CAP_NET_RAW (the ICMP socket of the `ping` the watcher runs
-/// for `probes:`, which inherits it from the bounding set), and
-/// CAP_NET_BIND_SERVICE only for a privileged listen (or metrics) port;
+/// netlink), and CAP_NET_BIND_SERVICE only for a privileged listen (or
+/// metrics) port; CAP_NET_RAW permitted but not effective, only so that
+/// the `ping` of a health probe (`probes:`, run by the watcher while a
+/// change is on probation) can open its ICMP socket: with no new
+/// privileges, a program run later gets no capability its parent does not
+/// have permitted (without it every probe fails and every change on
+/// probation with probes is reverted);
 /// no new privileges on exec; not dumpable (no core dumps or ptrace
 /// snooping of key material).
 pub fn drop_privileges(ports: &[u16]) -> io::Result<()> {
@@ -276,25 +280,27 @@ pub fn drop_privileges(ports: &[u16]) -> io::Result<()> {
     }
     let mut keep = CapsHashSet::new();
     keep.insert(Capability::CAP_NET_ADMIN);
-    keep.insert(Capability::CAP_NET_RAW);
     if ports
         .iter()
         .any(|&p| p != 0 && u32::from(p) < unprivileged_port_start())
     {
         keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
+    let mut permitted = keep.clone();
+    permitted.insert(Capability::CAP_NET_RAW);
     let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
     // The bounding set first, while CAP_SETPCAP is still effective: a
     // program run later (nft) cannot regain anything either.
     for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+        if !permitted.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
             caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(err)?;
     caps::clear(None, CapSet::Inheritable).map_err(err)?;
     caps::set(None, CapSet::Effective, &keep).map_err(err)?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(err)?;
+    caps::set(None, CapSet::Permitted, &permitted).map_err(err)?;
     Ok(())
 }
 
