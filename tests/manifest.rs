@@ -1039,7 +1039,7 @@ fn minimal_manifest_gets_defaults_and_resolved_key_path() {
             name: "nm0".to_owned(),
             addresses: vec!["10.10.0.1/24".parse().unwrap()],
             mtu: 1420,
-            txqueuelen: 64,
+            txqueuelen: 500,
             listen_port: None,
             private_key_file: PathBuf::from("/etc/netman/a.key"),
             mss_clamp: MssClamp::Off,

@@ -424,3 +424,45 @@ fn interrupted_first_apply_converges_on_reapply() {
     assert!(out.contains("~ link nm0 alias (adopt)"), "{out}");
     assert_eq!(nm.out(&["diff", &m]).0, 0);
 }
+
+/// The TUN device's transmit queue length (`interface.txqueuelen`, issue
+/// 15) is owned state: set when the device is made, reported as drift by
+/// `diff`, put back by `apply`, changed in place by a new manifest.
+#[test]
+fn txqueuelen_is_set_reported_as_drift_and_repaired() {
+    let site = Site::new("qlen");
+    let nm = site.netman();
+    let qlen = || {
+        let o = site.ns.ip(&["-o", "link", "show", "nm0"]);
+        let mut w = o.split_whitespace();
+        while let Some(x) = w.next() {
+            if x == "qlen" {
+                return w
+                    .next()
+                    .and_then(|q| q.trim_end_matches('\\').parse::<u32>().ok());
+            }
+        }
+        None
+    };
+    let m = site.write("a.yaml", &manifest("site-a", "nm0", 1420, ""));
+    nm.ok(&["apply", &m]);
+    assert_eq!(qlen(), Some(netman::manifest::DEFAULT_TXQUEUELEN));
+
+    site.ns.ip(&["link", "set", "nm0", "txqueuelen", "1000"]);
+    let (code, out, _) = nm.out(&["diff"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(lines(&out), vec!["~ link nm0 txqueuelen 1000 -> 500"]);
+    nm.ok(&["apply", &m]);
+    assert_eq!(qlen(), Some(500));
+    assert_eq!(nm.out(&["diff", &m]).0, 0);
+
+    let m2 = site.write(
+        "a.yaml",
+        &manifest("site-a", "nm0", 1420, "")
+            .replace("  mtu: 1420\n", "  mtu: 1420\n  txqueuelen: 8\n"),
+    );
+    let out = nm.ok(&["apply", &m2]);
+    assert!(out.contains("~ link nm0 txqueuelen 500 -> 8"), "{out}");
+    assert_eq!(qlen(), Some(8));
+    nm.ok(&["down"]);
+}

@@ -1923,3 +1923,31 @@ fn the_watcher_reads_the_state_file_only_when_it_changed() {
         "the big manifest is not in force any more"
     );
 }
+
+/// The transmit queue length set by hand is put back like the MTU
+/// (`interface.txqueuelen` is owned state, issue 15).
+#[test]
+fn txqueuelen_changed_by_hand_is_put_back() {
+    let s = Site::new("qlen", "site-a");
+    let f = s.write("site-a.yaml", &s.spec());
+    s.apply(&f, &[]);
+    s.settle();
+    let qlen = || {
+        let o = s.ns.ip(&["-o", "link", "show", "nm0"]);
+        let mut w = o.split_whitespace();
+        while let Some(x) = w.next() {
+            if x == "qlen" {
+                return w
+                    .next()
+                    .and_then(|q| q.trim_end_matches('\\').parse::<u32>().ok());
+            }
+        }
+        None
+    };
+    assert_eq!(qlen(), Some(500));
+    s.ns.ip(&["link", "set", "nm0", "txqueuelen", "1000"]);
+    let t = converge("txqueuelen put back", Duration::from_secs(1), || {
+        qlen() == Some(500)
+    });
+    eprintln!("txqueuelen put back after {t:?}");
+}

@@ -126,7 +126,7 @@ pub struct RawInterface {
     #[serde(default)]
     #[schemars(with = "Option<u32>", range(min = 576, max = 65535))]
     pub mtu: Option<Spanned<Int>>,
-    /// The TUN device's transmit queue, in packets, 1..=10000 (default 64):
+    /// The TUN device's transmit queue, in packets, 1..=10000 (default 500):
     /// how much a bulk transfer can queue ahead of everything else in the
     /// tunnel.
     #[serde(default)]

@@ -56,7 +56,7 @@ macro_rules! settings_struct {
             #[serde(default)]
             #[schemars(with = "Option<u32>", range(min = 576, max = 65535))]
             pub mtu: Option<Spanned<Int>>,
-            /// The TUN device's transmit queue, in packets, 1..=10000 (default 64).
+            /// The TUN device's transmit queue, in packets, 1..=10000 (default 500).
             #[serde(default)]
             #[schemars(with = "Option<u32>", range(min = 1, max = 10000))]
             pub txqueuelen: Option<Spanned<Int>>,
