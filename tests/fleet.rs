@@ -359,3 +359,41 @@ fn the_watchers_rollout_reverts_a_broken_file_once_and_keeps_a_good_one() {
     assert_eq!(st["engine"]["watch"]["health_confirms"], 1, "{st:#}");
     assert!(st["reverted"].is_null(), "{st:#}");
 }
+
+/// `netman run NETWORK --site NAME` serves the site in the foreground and
+/// follows the network file like `apply`'s engine does.
+#[test]
+fn run_serves_a_site_of_a_network_file_in_the_foreground() {
+    let f = Fleet::new("fr");
+    let text = f.text(&Opts::default());
+    let (fa, fb) = (Fleet::write(&f.a, &text), Fleet::write(&f.b, &text));
+    f.b.nm().ok(&["apply", s_(&fb)]);
+    let _run = common::Bg::spawn(
+        "netman run",
+        &mut f.a.nm().cmd(&["run", "--site", "a", s_(&fa)]),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            f.a.nm()
+                .out(&["status", "a", "--output", "json"])
+                .1
+                .contains("\"watch\"")
+        }),
+        "netman run does not serve"
+    );
+    assert_eq!(status(&f.a)["site"]["site"], "a");
+    assert!(wait_ping(&f.a.ns, "10.10.0.2", Duration::from_secs(10)));
+    // The network file changes: the foreground engine follows it.
+    let changed = Opts {
+        a_keepalive: Some(9),
+        ..Opts::default()
+    };
+    Fleet::write(&f.a, &f.text(&changed));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status(&f.a)["engine"]["peers"][0]["persistent_keepalive"] == 9
+        }),
+        "{:#}",
+        status(&f.a)
+    );
+}
