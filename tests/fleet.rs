@@ -205,6 +205,16 @@ fn each_gateway_finds_its_site_by_key_and_diff_status_down_take_the_file() {
     );
     assert!(err.contains("name the site with --site"), "{err}");
 
+    // graph --live on the gateway: its tunnel drawn as up, from the real
+    // engine (the site found from the state dir).
+    let out = a.nm().ok(&["graph", "--live", fa_s]);
+    assert!(
+        out.contains(
+            "\"a\" -- \"b\" [penwidth=2, color=\"#2e8b57\", fontcolor=\"#2e8b57\", label=\"up\"];"
+        ),
+        "{out}"
+    );
+
     // down by file removes the deployment.
     let out = a.nm().ok(&["down", fa_s]);
     assert!(out.contains("down: deployment a"), "{out}");
