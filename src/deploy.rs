@@ -219,30 +219,28 @@ pub async fn resolve_pending(
 /// `--confirm-timeout`. Whether one was waiting (`false`: nothing to
 /// confirm, it may already have been reverted).
 pub fn confirm(sd: &StateDir, name: &str) -> Result<bool, StateError> {
-    let _lock = sd.lock()?;
-    match sd.load(name)? {
-        Some(mut st) if st.pending_confirm.is_some() => {
-            st.pending_confirm = None;
-            sd.save(&st)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    confirm_if(sd, name, |_| true)
 }
 
 /// Confirm by health: keep the configuration waiting for confirmation if
 /// it is still the one whose gate was passed (`since_ms`: another apply
 /// may have replaced it meanwhile). Whether it was confirmed.
 pub fn confirm_healthy(sd: &StateDir, name: &str, since_ms: u64) -> Result<bool, StateError> {
+    confirm_if(sd, name, |p| {
+        p.health.as_ref().is_some_and(|h| h.since_ms == since_ms)
+    })
+}
+
+/// Clear the pending confirmation of `name` if there is one and `which`
+/// says it is the one to confirm, under the state dir's lock.
+fn confirm_if(
+    sd: &StateDir,
+    name: &str,
+    which: impl FnOnce(&crate::state::PendingConfirm) -> bool,
+) -> Result<bool, StateError> {
     let _lock = sd.lock()?;
     match sd.load(name)? {
-        Some(mut st)
-            if st
-                .pending_confirm
-                .as_ref()
-                .and_then(|p| p.health.as_ref())
-                .is_some_and(|h| h.since_ms == since_ms) =>
-        {
+        Some(mut st) if st.pending_confirm.as_ref().is_some_and(which) => {
             st.pending_confirm = None;
             sd.save(&st)?;
             Ok(true)

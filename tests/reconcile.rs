@@ -432,18 +432,7 @@ fn interrupted_first_apply_converges_on_reapply() {
 fn txqueuelen_is_set_reported_as_drift_and_repaired() {
     let site = Site::new("qlen");
     let nm = site.netman();
-    let qlen = || {
-        let o = site.ns.ip(&["-o", "link", "show", "nm0"]);
-        let mut w = o.split_whitespace();
-        while let Some(x) = w.next() {
-            if x == "qlen" {
-                return w
-                    .next()
-                    .and_then(|q| q.trim_end_matches('\\').parse::<u32>().ok());
-            }
-        }
-        None
-    };
+    let qlen = || common::link_qlen(&site.ns, "nm0");
     let m = site.write("a.yaml", &manifest("site-a", "nm0", 1420, ""));
     nm.ok(&["apply", &m]);
     assert_eq!(qlen(), Some(netman::manifest::DEFAULT_TXQUEUELEN));

@@ -1932,18 +1932,7 @@ fn txqueuelen_changed_by_hand_is_put_back() {
     let f = s.write("site-a.yaml", &s.spec());
     s.apply(&f, &[]);
     s.settle();
-    let qlen = || {
-        let o = s.ns.ip(&["-o", "link", "show", "nm0"]);
-        let mut w = o.split_whitespace();
-        while let Some(x) = w.next() {
-            if x == "qlen" {
-                return w
-                    .next()
-                    .and_then(|q| q.trim_end_matches('\\').parse::<u32>().ok());
-            }
-        }
-        None
-    };
+    let qlen = || common::link_qlen(&s.ns, "nm0");
     assert_eq!(qlen(), Some(500));
     s.ns.ip(&["link", "set", "nm0", "txqueuelen", "1000"]);
     let t = converge("txqueuelen put back", Duration::from_secs(1), || {

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use super::raw::{RawManifest, RawProbe, RawRollout};
 use super::validate::Ctx;
-use super::{Peer, Probe, Rollout};
+use serde::{Deserialize, Serialize};
+
+use super::Peer;
 
 /// At most this many probes in a manifest (each is a ping every second
 /// while a change is on probation).
@@ -155,4 +157,29 @@ pub(super) fn rollout(
     Some(Some(Rollout {
         timeout_secs: timeout.filter(|_| confirm.is_some())?,
     }))
+}
+
+/// A check across the tunnel: `ping` must answer an ICMP echo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub ping: std::net::IpAddr,
+    /// The peer whose `probes:` it is in (`None`: the top level).
+    pub peer: Option<String>,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ping {}", self.ping)?;
+        if let Some(p) = &self.peer {
+            write!(f, " (peer {p})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `rollout:` section: a changed file is applied on probation and
+/// reverted unless the deployment is healthy within `timeout_secs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub timeout_secs: u64,
 }

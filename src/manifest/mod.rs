@@ -70,6 +70,7 @@ use zeroize::Zeroizing;
 use crate::files;
 
 pub use error::{ManifestError, ManifestErrors};
+pub use health::{Probe, Rollout};
 
 /// Default interface MTU (WireGuard's usual 1420: 1500 minus IPv6 + UDP + WireGuard overhead).
 pub const DEFAULT_MTU: u32 = 1420;
@@ -125,31 +126,6 @@ pub struct Manifest {
     /// order; `validate`, `diff` and `apply` print them to stderr.
     #[serde(default)]
     pub warnings: Vec<ManifestError>,
-}
-
-/// A check across the tunnel: `ping` must answer an ICMP echo.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub ping: std::net::IpAddr,
-    /// The peer whose `probes:` it is in (`None`: the top level).
-    pub peer: Option<String>,
-}
-
-impl std::fmt::Display for Probe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ping {}", self.ping)?;
-        if let Some(p) = &self.peer {
-            write!(f, " (peer {p})")?;
-        }
-        Ok(())
-    }
-}
-
-/// The `rollout:` section: a changed file is applied on probation and
-/// reverted unless the deployment is healthy within `timeout_secs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub timeout_secs: u64,
 }
 
 /// The `metrics:` section.

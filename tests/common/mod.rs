@@ -139,6 +139,20 @@ impl Drop for NetNs {
     }
 }
 
+/// The transmit queue length (`qlen`) of link `ifname` in `ns`, as `ip
+/// -o link show` prints it.
+pub fn link_qlen(ns: &NetNs, ifname: &str) -> Option<u32> {
+    let o = ns.ip(&["-o", "link", "show", ifname]);
+    let mut w = o.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "qlen" {
+            // `-o` ends the line with a backslash.
+            return w.next().and_then(|q| q.trim_end_matches('\\').parse().ok());
+        }
+    }
+    None
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir {
     pub path: PathBuf,
