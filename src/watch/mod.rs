@@ -135,7 +135,7 @@ struct Watcher {
 impl Watcher {
     async fn run(&mut self) -> io::Result<()> {
         let nl = Netlink::connect().map_err(io::Error::other)?;
-        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        let (mut conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
             rtnetlink::MulticastGroup::Link,
             rtnetlink::MulticastGroup::Ipv4Ifaddr,
             rtnetlink::MulticastGroup::Ipv6Ifaddr,
@@ -144,6 +144,16 @@ impl Watcher {
             rtnetlink::MulticastGroup::Ipv4Rule,
             rtnetlink::MulticastGroup::Ipv6Rule,
         ])?;
+        // An apply of thousands of routes sends an event for each, in one
+        // burst: the default receive buffer (rmem_default, about 200 KiB)
+        // overflows while this thread waits for a core, and the kernel
+        // drops the rest (an overrun, handled below).
+        {
+            use std::os::fd::AsRawFd;
+            if let Err(e) = force_rcvbuf(conn.socket_mut().as_raw_fd(), EVENTS_RCVBUF) {
+                tracing::warn!(error = %e, "cannot enlarge the kernel event socket's buffer");
+            }
+        }
         let conn_task = tokio::spawn(conn);
         let result = loop {
             let pending = self.pending_deadline();
@@ -157,7 +167,12 @@ impl Watcher {
                 ev = events.next() => {
                     let Some((msg, _)) = ev else { break Ok(()) };
                     self.shared.events.fetch_add(1, Ordering::Relaxed);
-                    if watching && self.relevant(&msg.payload) {
+                    // Events were lost: any of them may have been drift.
+                    let overrun = matches!(msg.payload, NetlinkPayload::Overrun(_));
+                    if overrun {
+                        tracing::warn!("kernel events were lost (netlink overrun); reconciling");
+                    }
+                    if watching && (overrun || self.relevant(&msg.payload)) {
                         self.policy.kernel_event(Instant::now());
                     }
                 }
@@ -575,6 +590,32 @@ impl Watcher {
                 None
             }
         };
+    }
+}
+
+/// The receive buffer of the watcher's kernel event socket: room for
+/// about ten thousand events of one burst.
+const EVENTS_RCVBUF: libc::c_int = 8 << 20;
+
+/// `SO_RCVBUFFORCE` (past `rmem_max`; the engine has CAP_NET_ADMIN), else
+/// `SO_RCVBUF` (capped at `rmem_max`).
+fn force_rcvbuf(fd: std::os::fd::RawFd, bytes: libc::c_int) -> io::Result<()> {
+    let set = |opt| {
+        // SAFETY: setsockopt on a live socket with a c_int value and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) == 0 || set(libc::SO_RCVBUF) == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
