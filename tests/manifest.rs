@@ -1706,3 +1706,21 @@ fn probes_and_rollout_are_parsed_top_level_first() {
     assert_eq!(shown, ["ping 10.10.0.2", "ping fd10::2 (peer site-b)"]);
     assert_eq!(m.rollout, Some(manifest::Rollout { timeout_secs: 45 }));
 }
+
+/// A rollout timeout under 15 s is legal but risks reverting good changes:
+/// a warning at the value.
+#[test]
+fn a_short_rollout_timeout_is_a_warning() {
+    let short = with_head(&["rollout:", "  confirm: healthy", "  timeout: 8"]);
+    let m = manifest::parse(&short, Path::new("site-a.yaml")).expect("valid");
+    let warnings: Vec<String> = m.warnings.iter().map(|w| w.warning()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "site-a.yaml:8:12: rollout.timeout: warning: 8 s may revert a good change: a peer's handshake can be held back 5 s by the protocol's rate limit, and the far end may change later (at least 15 s; see docs/fleet.md, \"Choosing the timeout\")"
+        ]
+    );
+    let long = with_head(&["rollout:", "  confirm: healthy", "  timeout: 15"]);
+    let m = manifest::parse(&long, Path::new("site-a.yaml")).expect("valid");
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}

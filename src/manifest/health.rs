@@ -16,6 +16,8 @@ use super::Peer;
 pub(crate) const MAX_PROBES: usize = 16;
 const MIN_ROLLOUT_SECS: i128 = 5;
 const MAX_ROLLOUT_SECS: i128 = 3600;
+/// A rollout timeout below this is legal but warned about.
+const SHORT_ROLLOUT_SECS: u64 = 15;
 
 type Spanned<T> = serde_saphyr::Spanned<T>;
 
@@ -154,6 +156,17 @@ pub(super) fn rollout(
             }
         },
     );
+    if let Some(t) = timeout
+        && t < SHORT_ROLLOUT_SECS
+    {
+        ctx.warn(
+            r.value.timeout.referenced,
+            "rollout.timeout",
+            format!(
+                "{t} s may revert a good change: a peer's handshake can be held back 5 s by the protocol's rate limit, and the far end may change later (at least {SHORT_ROLLOUT_SECS} s; see docs/fleet.md, \"Choosing the timeout\")"
+            ),
+        );
+    }
     Some(Some(Rollout {
         timeout_secs: timeout.filter(|_| confirm.is_some())?,
     }))
