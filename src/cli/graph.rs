@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::GraphFormat;
 use crate::cli::exit::{FAILED, INVALID};
-use crate::cli::validate::{self, Document, Finding, Severity};
+use crate::cli::validate::{self, Finding};
 use crate::engine::{
     self,
     control::{ControlError, PeerStatus, Request, Response},
@@ -77,19 +77,9 @@ impl GraphError {
 
 /// The network file at `path` and its warnings.
 pub fn load(path: &Path) -> Result<(Box<Network>, Vec<Finding>), GraphError> {
-    let net = match validate::load(path).map_err(GraphError::Invalid)? {
-        Document::Network(n) => n,
-        Document::Manifest(_) => return Err(GraphError::NotNetwork(path.display().to_string())),
-    };
-    let warnings = net
-        .warnings
-        .iter()
-        .map(|w| Finding {
-            severity: Severity::Warning,
-            error: w.clone(),
-        })
-        .collect();
-    Ok((net, warnings))
+    validate::load_network(path)
+        .map_err(GraphError::Invalid)?
+        .ok_or_else(|| GraphError::NotNetwork(path.display().to_string()))
 }
 
 /// The index of the local site: `site` if given, else the one site of

@@ -264,14 +264,17 @@ pub enum RenderError {
     UnknownSite(#[from] network::UnknownSite),
 }
 
-/// The derived manifest of `site` in network file `path`, and the
-/// network's warnings.
-pub fn render(path: &Path, site: &str) -> Result<(String, Vec<Finding>), RenderError> {
-    let net = match load(path).map_err(RenderError::Invalid)? {
+/// A network file and its warnings as findings.
+pub type NetworkAndWarnings = (Box<Network>, Vec<Finding>);
+
+/// The network file at `path` and its warnings as findings; `None` when
+/// the file is a (valid) site manifest instead (`render` and `graph`
+/// refuse it, each saying why).
+pub fn load_network(path: &Path) -> Result<Option<NetworkAndWarnings>, manifest::ManifestErrors> {
+    let net = match load(path)? {
         Document::Network(n) => n,
-        Document::Manifest(_) => return Err(RenderError::NotNetwork(path.display().to_string())),
+        Document::Manifest(_) => return Ok(None),
     };
-    let text = net.derive(site)?.text.clone();
     let warnings = net
         .warnings
         .iter()
@@ -280,6 +283,16 @@ pub fn render(path: &Path, site: &str) -> Result<(String, Vec<Finding>), RenderE
             error: w.clone(),
         })
         .collect();
+    Ok(Some((net, warnings)))
+}
+
+/// The derived manifest of `site` in network file `path`, and the
+/// network's warnings.
+pub fn render(path: &Path, site: &str) -> Result<(String, Vec<Finding>), RenderError> {
+    let Some((net, warnings)) = load_network(path).map_err(RenderError::Invalid)? else {
+        return Err(RenderError::NotNetwork(path.display().to_string()));
+    };
+    let text = net.derive(site)?.text.clone();
     Ok((text, warnings))
 }
 

@@ -156,10 +156,13 @@ impl Watcher {
         }
         let conn_task = tokio::spawn(conn);
         let result = loop {
-            let pending = self.pending_deadline();
+            let (pending, gated) = match self.pending() {
+                Some((due, gated)) => (Some(due), gated),
+                None => (None, false),
+            };
             let wake = self.policy.wake_at(pending);
             let watching = self.shared.watch.load(Ordering::Relaxed);
-            let on_probation = self.pending_gate().is_some() || self.probation.is_some();
+            let on_probation = gated || self.probation.is_some();
             tokio::select! {
                 _ = tokio::time::sleep_until(self.next_look.into()), if on_probation => {
                     self.look_at_probation();
@@ -209,16 +212,18 @@ impl Watcher {
         result
     }
 
-    /// When the pending confirmation (if any) is due.
-    fn pending_deadline(&mut self) -> Option<Instant> {
-        let deadline_ms = self
+    /// When the pending confirmation (if any) is due, and whether it is
+    /// confirmed by health (one look at the state per loop turn).
+    fn pending(&mut self) -> Option<(Instant, bool)> {
+        let p = self
             .state
             .get(&self.shared.state_reads)?
             .pending_confirm
-            .as_ref()?
-            .deadline_ms;
+            .as_ref()?;
+        let (deadline_ms, gated) = (p.deadline_ms, p.health.is_some());
         let now_ms = now_unix_ms();
-        Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
+        let due = Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+        Some((due, gated))
     }
 
     /// The health gate of the pending confirmation, if it has one.
@@ -289,17 +294,20 @@ impl Watcher {
         }
     }
 
-    /// Why a due pending confirmation is reverted.
-    fn revert_reason(&mut self) -> String {
+    /// Why a due pending confirmation is reverted, and whether it was
+    /// on probation (confirmed by health).
+    fn revert_reason(&mut self) -> (String, bool) {
         let gate = self.pending_gate();
-        match (&self.probation, gate) {
+        let by_health = gate.is_some();
+        let reason = match (&self.probation, gate) {
             (Some(p), Some(g)) if p.gate.since_ms == g.since_ms => format!(
                 "not healthy before the deadline: {}",
                 health::lines(&p.unmet).join("; ")
             ),
             (_, Some(_)) => "not healthy before the deadline".to_owned(),
             _ => "no `netman confirm` before the deadline".to_owned(),
-        }
+        };
+        (reason, by_health)
     }
 
     /// Whether a kernel event may concern this deployment.
@@ -348,8 +356,7 @@ impl Watcher {
     async fn reconcile_inner(&mut self, nl: &Netlink, trigger: Trigger) {
         let engine = self.engine.clone();
         let step = EngineStep::InProcess(&engine);
-        let reason = self.revert_reason();
-        let by_health = self.pending_gate().is_some();
+        let (reason, by_health) = self.revert_reason();
         match deploy::resolve_pending(nl, &self.sd, &self.name, step, false, Some(reason.clone()))
             .await
         {
