@@ -31,21 +31,35 @@ use thiserror::Error;
 use super::config::{EngineChange, EngineConfig, LoadedKeys};
 use super::control::{EngineStatus, PeerStatus};
 use super::drops::{IoDropReason, IoDrops};
+use super::fq::{FlowQueues, Params};
 use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
 use super::pktio::tx::{FlushReport, TxQueue};
 use super::pktio::{RecvBatch, TunIo, UdpIo};
-use super::tunrx::TunRx;
+use super::tunrx::{RxStats, TunRx, lost_on_error};
 use super::udp::{RealUdp, UdpSockets};
 use crate::keys::os_random;
 
 /// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
 const RX_MSGS: usize = 32;
+/// Bytes of bulk-lane datagrams decrypted per turn before the TUN side and
+/// the express lane get their turn again (a GRO message is finished).
+const BULK_BYTES: usize = 64 << 10;
+/// Room for one express-lane datagram (at most `udp::EXPRESS_MAX` bytes;
+/// anything longer is cut and then fails authentication).
+const EXPRESS_SLOT: usize = 2048;
 /// Segments encrypted and sent as one batch, and inner packets handed to
 /// one GRO-coalescing TUN write.
 const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
-/// Segments read from the TUN device per wake-up before the other
-/// descriptors get their turn (a super-packet is always finished).
-const TUN_BUDGET: usize = 4 * TUN_BATCH;
+/// Reads from the TUN device into the flow queue per turn (each may be a
+/// super-packet): enough to keep the driver's ring empty.
+const TUN_READS: usize = 256;
+/// Segments served from the flow queue per turn before the other
+/// descriptors (and the TUN ring) get their turn again (a super-packet is
+/// always finished): a packet that arrives meanwhile waits at most this.
+/// Measured (docs/performance.md, "Queueing"): 32 segments and 64 KiB of
+/// bulk datagrams a turn keep a ping under load at a median of 0.4 ms
+/// where 128 and 256 KiB gave 0.9 ms, at the same TCP throughput.
+const TUN_SERVE: usize = 32;
 /// Behind a packet: room for padding and the AEAD tag.
 const TAILROOM: usize = netman_proto::consts::TUN_TAILROOM;
 /// Room for the largest packet a TUN device can hand us, with the
@@ -221,10 +235,19 @@ pub struct DataPlane<T: TunIo = tun_rs::SyncDevice, U: UdpIo = RealUdp> {
     /// TUN reads split into segments (each at `HEADROOM`, encrypted in
     /// place).
     tun_rx: TunRx,
+    /// Whether the queued TUN reads carry a virtio-net header.
+    vnet: bool,
+    /// TUN reads waiting to be sent, in per-flow queues (see
+    /// [`super::fq`]).
+    fq: FlowQueues,
     /// Packets lost to I/O, by reason.
     drops: IoDrops,
     tx: TxQueue,
+    /// The bulk lane's receive batch, and how far it has been carried.
     rx: RecvBatch,
+    rx_at: RxCursor,
+    /// The express lanes' receive batch.
+    rx_express: RecvBatch,
     /// Decrypted inner packets (at `HEADROOM`) for the next TUN write.
     to_tun: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
@@ -306,6 +329,13 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
             TAILROOM,
             tun.offload(),
         );
+        let vnet = tun.offload();
+        let fq_key = os_random()
+            .map(|r| u64::from_le_bytes(r[..8].try_into().unwrap_or_default()))
+            .map_err(|source| EngineError::Io {
+                what: "read OS randomness",
+                source,
+            })?;
         tracing::info!(
             offload = tun.offload(),
             deployment = %config.deployment,
@@ -326,9 +356,17 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
                 udp,
                 started_at: SystemTime::now(),
                 tun_rx,
+                vnet,
+                fq: FlowQueues::new(
+                    Params::default(),
+                    tun_rs::VIRTIO_NET_HDR_LEN + super::tunrx::MAX_PACKET,
+                    fq_key,
+                ),
                 drops: IoDrops::default(),
                 tx: TxQueue::new(TUN_BATCH, TUN_BATCH * 2048, true),
                 rx: RecvBatch::new(RX_MSGS, 65536),
+                rx_at: RxCursor::default(),
+                rx_express: RecvBatch::new(RX_MSGS, EXPRESS_SLOT),
                 to_tun: (0..TUN_BATCH).map(|_| Vec::with_capacity(SLOT)).collect(),
                 gro: tun_rs::GROTable::new(),
                 scratch: vec![0; SLOT],
@@ -350,12 +388,22 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     }
 }
 
+/// How far the bulk lane's receive batch has been carried: messages
+/// `next..got` are still to be decrypted.
+#[derive(Debug, Clone, Copy, Default)]
+struct RxCursor {
+    next: usize,
+    got: usize,
+}
+
 /// Which descriptors `poll` found readable, for [`DataPlane::turn`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ready {
     pub tun: bool,
     pub udp4: bool,
     pub udp6: bool,
+    pub express4: bool,
+    pub express6: bool,
     pub handshakes: bool,
 }
 
@@ -365,6 +413,8 @@ impl Ready {
         tun: true,
         udp4: true,
         udp6: true,
+        express4: true,
+        express6: true,
         handshakes: true,
     };
 }
@@ -379,6 +429,9 @@ impl DataPlane {
         loop {
             let now = Instant::now();
             let timeout_ms = match self.device.poll_timeout() {
+                // Packets are queued, or received and not yet carried:
+                // look at the descriptors and go on.
+                _ if self.busy() => 0,
                 Some(t) => {
                     let d = t.saturating_duration_since(now);
                     // Round up so we never wake before the deadline.
@@ -392,6 +445,7 @@ impl DataPlane {
                 self.tun.poll_fd()
             };
             let [udp4, udp6] = self.udp.poll_fds();
+            let [express4, express6] = self.udp.express_fds();
             let mut fds = [
                 pollfd(tun_fd),
                 pollfd(udp4),
@@ -399,6 +453,8 @@ impl DataPlane {
                 pollfd(self.wake.as_raw_fd()),
                 pollfd(self.signals.as_ref().map_or(-1, |s| s.as_raw_fd())),
                 pollfd(self.handshakes.wake_fd()),
+                pollfd(express4),
+                pollfd(express6),
             ];
             // SAFETY: valid array of pollfd structures.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -425,6 +481,8 @@ impl DataPlane {
                     tun: ready(0),
                     udp4: ready(1),
                     udp6: ready(2),
+                    express4: ready(6),
+                    express6: ready(7),
                     handshakes: ready(5),
                 },
                 Instant::now(),
@@ -450,14 +508,19 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     /// (transport first, then the handshakes that passed the worker), then
     /// the timers, the core's transmits and its events.
     pub fn turn(&mut self, ready: Ready, now: Instant) {
-        if ready.udp4 {
-            self.udp_to_tun(false, now);
+        // Small datagrams first: they never wait behind the bulk.
+        if ready.express4 {
+            self.express_to_tun(false, now);
         }
-        if ready.udp6 {
-            self.udp_to_tun(true, now);
+        if ready.express6 {
+            self.express_to_tun(true, now);
         }
+        self.bulk_to_tun(ready, now);
         if ready.tun {
-            self.tun_to_udp(now);
+            self.tun_to_queue(now);
+        }
+        if !self.fq.is_empty() {
+            self.queue_to_udp(now, TUN_SERVE);
         }
         // Behind the transport batches.
         if ready.handshakes {
@@ -468,12 +531,47 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
         self.drain_events();
     }
 
-    /// Read from the TUN device (splitting offloaded super-packets into as
-    /// many batches as they take: nothing is dropped for lack of room),
-    /// encrypt in place, and send with GSO-batched `sendmmsg`.
-    fn tun_to_udp(&mut self, now: Instant) {
+    /// Whether work is left for the next turn: TUN reads queued, or
+    /// datagrams received and not yet carried.
+    pub(crate) fn busy(&self) -> bool {
+        !self.fq.is_empty() || self.rx_at.next < self.rx_at.got
+    }
+
+    /// Empty the TUN device's ring into the flow queue (at most
+    /// `TUN_READS` reads a turn): from there the data plane, not the
+    /// driver's first-in first-out ring, decides what goes first.
+    fn tun_to_queue(&mut self, now: Instant) {
+        let vnet = self.tun.offload();
+        if vnet != self.vnet {
+            // A re-attached queue with other offloads: what was read
+            // under the old framing goes out under it first.
+            self.queue_to_udp(now, usize::MAX);
+            self.vnet = vnet;
+            self.tun_rx.set_vnet(vnet);
+        }
+        let l3 = if vnet { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+        for _ in 0..TUN_READS {
+            let mut buf = self.fq.read_buffer();
+            match self.tun.recv(&mut buf) {
+                Ok(n) => self.fq.enqueue(buf, n, l3, now),
+                Err(e) => {
+                    self.fq.recycle(buf);
+                    if lost_on_error(&e) {
+                        tracing::debug!(error = %e, "TUN read failed");
+                        self.drops.add(IoDropReason::TunReadError, 1);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Serve the flow queue until `budget` segments went out: split
+    /// offloaded super-packets into segments (as many batches as they
+    /// take), encrypt in place, and send with GSO-batched `sendmmsg`.
+    fn queue_to_udp(&mut self, now: Instant, budget: usize) {
         let DataPlane {
-            tun,
+            fq,
             tun_rx,
             device,
             tx,
@@ -481,93 +579,155 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
             drops,
             ..
         } = self;
-        // A re-attached queue may differ (offloads or not).
-        tun_rx.set_vnet(tun.offload());
-        let st = tun_rx.drain(
-            TUN_BUDGET,
-            |raw| tun.recv(raw),
-            |slots, sizes| {
-                for (buf, &len) in slots.iter_mut().zip(sizes) {
-                    if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
-                        let data = &buf[..len];
+        let mut st = RxStats::default();
+        let mut sink = |slots: &mut [Vec<u8>], sizes: &[usize]| {
+            for (buf, &len) in slots.iter_mut().zip(sizes) {
+                if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
+                    let data = &buf[..len];
+                    if !tx.push(data, dst) {
+                        note_flush(drops, tx.flush(&mut *udp, now));
                         if !tx.push(data, dst) {
-                            note_flush(drops, tx.flush(&mut *udp, now));
-                            if !tx.push(data, dst) {
-                                // Larger than the whole queue: cannot be sent.
-                                drops.add(IoDropReason::UdpSendError, 1);
-                            }
+                            // Larger than the whole queue: cannot be sent.
+                            drops.add(IoDropReason::UdpSendError, 1);
                         }
                     }
                 }
-                note_flush(drops, tx.flush(&mut *udp, now));
-            },
-        );
-        drops.add(IoDropReason::TunReadError, st.read_errors);
+            }
+            note_flush(drops, tx.flush(&mut *udp, now));
+        };
+        while st.segments < budget {
+            let Some(mut p) = fq.dequeue(now) else { break };
+            tun_rx.carry(&mut p.buf, p.len, &mut sink, &mut st);
+            fq.recycle(p.buf);
+        }
+        tun_rx.finish(&mut sink, &mut st);
         drops.add(IoDropReason::TunBadPacket, st.bad_packets);
     }
 
-    /// Receive datagrams (GRO-coalesced where the kernel can), decrypt in
-    /// place, and write the inner packets to the TUN device, coalesced
-    /// into super-packets where offloads allow.
-    fn udp_to_tun(&mut self, v6: bool, now: Instant) {
-        if v6 && !self.udp.has_v6() {
-            return;
-        }
+    /// Receive from a family's express lane (datagrams of at most
+    /// `udp::EXPRESS_MAX` bytes: pings, acknowledgements, handshakes...),
+    /// decrypt and write to the TUN device: all of it, ahead of the bulk
+    /// lane, a few batches at most per turn.
+    fn express_to_tun(&mut self, v6: bool, now: Instant) {
         for _round in 0..4 {
-            let got = match self.udp.recv(v6, &mut self.rx) {
+            let got = match self.udp.recv_express(v6, &mut self.rx_express) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive failed");
                     return;
                 }
             };
-            let mut k = 0;
-            for i in 0..got {
-                let (len, seg, src) = (self.rx.lens[i], self.rx.segs[i], self.rx.srcs[i]);
-                let mut off = 0;
-                while off < len {
-                    let dlen = seg.min(len - off);
-                    let d = &mut self.rx.slab.slot_mut(i)[off..off + dlen];
-                    if netman_proto::is_handshake(d) {
-                        // To the handshake worker; never in front of transport data.
-                        self.handshakes.stage(src, d);
-                        off += dlen;
-                        continue;
-                    }
-                    match self.device.handle_datagram(src, d, dlen, now) {
-                        NetResult::ToTun { offset, len, .. } => {
-                            let b = &mut self.to_tun[k];
-                            b.clear();
-                            b.resize(HEADROOM, 0);
-                            b.extend_from_slice(&d[offset..offset + len]);
-                            k += 1;
-                            if k == TUN_BATCH {
-                                let t = &mut self.to_tun[..k];
-                                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
-                                k = 0;
-                            }
-                        }
-                        NetResult::Reply { dst, len } => {
-                            if let Some(Err(_)) = self.udp.send_to(&d[..len], dst) {
-                                self.drops.add(IoDropReason::UdpSendError, 1);
-                            }
-                        }
-                        NetResult::Done | NetResult::Drop(_) => {}
-                    }
-                    off += dlen;
-                }
-            }
-            if k > 0 {
-                let t = &mut self.to_tun[..k];
-                write_tun(&mut self.tun, &mut self.gro, t, &mut self.drops);
-            }
-            self.handshakes.submit();
-            // Handshake completions may have released staged packets.
-            self.flush_transmits();
-            if got < RX_MSGS {
+            self.carry_datagrams(true, 0, got, usize::MAX, now);
+            if got < self.rx_express.slab.slots() {
                 return;
             }
         }
+    }
+
+    /// Go on with the bulk lane: the batch already received, then one new
+    /// batch from each `ready` family, until `BULK_BYTES` were carried (the
+    /// rest waits for the next turn, so that the TUN side and the express
+    /// lane are looked at between).
+    fn bulk_to_tun(&mut self, ready: Ready, now: Instant) {
+        let mut budget = BULK_BYTES;
+        let mut to_read = [ready.udp4, ready.udp6 && self.udp.has_v6()];
+        loop {
+            if self.rx_at.next >= self.rx_at.got {
+                let Some(v6) = [false, true].into_iter().find(|f| to_read[usize::from(*f)]) else {
+                    return;
+                };
+                let got = match self.udp.recv(v6, &mut self.rx) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                        0
+                    }
+                };
+                // A full batch: there may be more.
+                to_read[usize::from(v6)] = got == self.rx.slab.slots();
+                self.rx_at = RxCursor { next: 0, got };
+                continue;
+            }
+            let RxCursor { next, got } = self.rx_at;
+            let (next, left) = self.carry_datagrams(false, next, got, budget, now);
+            self.rx_at.next = next;
+            budget = left;
+            if budget == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Carry messages `from..to` of the express (or the bulk) receive
+    /// batch until `budget` bytes were carried: decrypt in place and write
+    /// the inner packets to the TUN device, coalesced into super-packets
+    /// where offloads allow; handshake messages go to their worker.
+    /// Returns the first message not carried and the budget left.
+    fn carry_datagrams(
+        &mut self,
+        express: bool,
+        from: usize,
+        to: usize,
+        mut budget: usize,
+        now: Instant,
+    ) -> (usize, usize) {
+        let DataPlane {
+            rx,
+            rx_express,
+            device,
+            to_tun,
+            tun,
+            gro,
+            drops,
+            udp,
+            handshakes,
+            ..
+        } = self;
+        let rx = if express { rx_express } else { rx };
+        let mut k = 0;
+        let mut i = from;
+        while i < to.min(rx.lens.len()) && budget > 0 {
+            let (len, seg, src) = (rx.lens[i], rx.segs[i], rx.srcs[i]);
+            let mut off = 0;
+            while off < len {
+                let dlen = seg.min(len - off);
+                let d = &mut rx.slab.slot_mut(i)[off..off + dlen];
+                off += dlen;
+                if netman_proto::is_handshake(d) {
+                    // To the handshake worker; never in front of transport data.
+                    handshakes.stage(src, d);
+                    continue;
+                }
+                match device.handle_datagram(src, d, dlen, now) {
+                    NetResult::ToTun { offset, len, .. } => {
+                        let b = &mut to_tun[k];
+                        b.clear();
+                        b.resize(HEADROOM, 0);
+                        b.extend_from_slice(&d[offset..offset + len]);
+                        k += 1;
+                        if k == TUN_BATCH {
+                            write_tun(tun, gro, &mut to_tun[..k], drops);
+                            k = 0;
+                        }
+                    }
+                    NetResult::Reply { dst, len } => {
+                        if let Some(Err(_)) = udp.send_to(&d[..len], dst) {
+                            drops.add(IoDropReason::UdpSendError, 1);
+                        }
+                    }
+                    NetResult::Done | NetResult::Drop(_) => {}
+                }
+            }
+            budget = budget.saturating_sub(len);
+            i += 1;
+        }
+        if k > 0 {
+            write_tun(tun, gro, &mut to_tun[..k], drops);
+        }
+        handshakes.submit();
+        // Handshake completions may have released staged packets.
+        self.flush_transmits();
+        (i, budget)
     }
 
     /// Finish up to `GATED_PER_ROUND` handshake messages that passed the
@@ -736,7 +896,11 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
             .iter()
             .map(|(r, n)| (r.as_str().to_string(), n))
             .collect();
-        drops.extend(self.drops.iter().map(|(r, n)| (r.as_str().to_string(), n)));
+        let mut io = self.drops.clone();
+        let fq = self.fq.drops();
+        io.add(IoDropReason::QueueDelay, fq.delay as usize);
+        io.add(IoDropReason::QueueFull, fq.full as usize);
+        drops.extend(io.iter().map(|(r, n)| (r.as_str().to_string(), n)));
         for (label, n) in self.handshakes.drop_counts() {
             *drops.entry(label.to_string()).or_default() += n;
         }

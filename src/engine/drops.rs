@@ -40,6 +40,13 @@ io_drop_reasons! {
     UdpSendError => "udp_send_error",
     /// Datagrams for an IPv6 endpoint while the engine has no IPv6 socket.
     NoIpv6Socket => "no_ipv6_socket",
+    /// TUN reads dropped by the engine's flow queue (CoDel, see
+    /// `engine::fq`): their flow's packets kept waiting longer than the
+    /// target for a whole interval (a super-packet counts once).
+    QueueDelay => "tun_queue_delay",
+    /// TUN reads dropped because the flow queue held its memory limit:
+    /// from the flow holding the most bytes (a super-packet counts once).
+    QueueFull => "tun_queue_full",
 }
 
 /// Counters of [`IoDropReason`].

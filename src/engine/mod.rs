@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod drops;
+pub mod fq;
 pub mod handshake;
 pub mod metrics;
 pub mod pktio;

@@ -144,8 +144,9 @@ impl TunRx {
         S: FnMut(&mut [Vec<u8>], &[usize]),
     {
         let mut st = RxStats::default();
+        let mut raw = std::mem::take(&mut self.raw);
         while st.segments < budget {
-            let n = match read(&mut self.raw) {
+            let n = match read(&mut raw) {
                 Ok(n) => n,
                 Err(e) => {
                     if lost_on_error(&e) {
@@ -156,13 +157,33 @@ impl TunRx {
                 }
             };
             st.reads += 1;
-            if let Err(BadPacket(why)) = self.take(n, &mut sink, &mut st) {
-                st.bad_packets += 1;
-                tracing::debug!(len = n, why, "TUN packet dropped");
-            }
+            self.carry(&mut raw, n, &mut sink, &mut st);
         }
-        self.flush(&mut sink, &mut st);
+        self.raw = raw;
+        self.finish(&mut sink, &mut st);
         st
+    }
+
+    /// Split one raw read of `n` bytes in `raw` (read elsewhere: the data
+    /// plane queues reads before they are carried) into the slots, handing
+    /// full batches to `sink`; a read that cannot be carried counts in
+    /// `st.bad_packets`. Call [`TunRx::finish`] after the last one.
+    pub fn carry<S>(&mut self, raw: &mut [u8], n: usize, sink: &mut S, st: &mut RxStats)
+    where
+        S: FnMut(&mut [Vec<u8>], &[usize]),
+    {
+        if let Err(BadPacket(why)) = self.take(raw, n, sink, st) {
+            st.bad_packets += 1;
+            tracing::debug!(len = n, why, "TUN packet dropped");
+        }
+    }
+
+    /// Hand the last, partly filled batch to `sink`.
+    pub fn finish<S>(&mut self, sink: &mut S, st: &mut RxStats)
+    where
+        S: FnMut(&mut [Vec<u8>], &[usize]),
+    {
+        self.flush(sink, st);
     }
 
     fn flush<S: FnMut(&mut [Vec<u8>], &[usize])>(&mut self, sink: &mut S, st: &mut RxStats) {
@@ -176,50 +197,51 @@ impl TunRx {
     /// Carry one read of `n` bytes in `raw`.
     fn take<S: FnMut(&mut [Vec<u8>], &[usize])>(
         &mut self,
+        raw: &mut [u8],
         n: usize,
         sink: &mut S,
         st: &mut RxStats,
     ) -> Result<(), BadPacket> {
-        let n = n.min(self.raw.len());
+        let n = n.min(raw.len());
         if !self.vnet {
             if n == 0 {
                 return Err(BadPacket("empty read"));
             }
-            self.push_whole(0, n, sink, st);
+            self.push_whole(&raw[..n], sink, st);
             return Ok(());
         }
         if n <= VIRTIO_NET_HDR_LEN {
             return Err(BadPacket("shorter than the virtio-net header"));
         }
-        let hdr = VirtioNetHdr::decode(&self.raw[..VIRTIO_NET_HDR_LEN])?;
+        let hdr = VirtioNetHdr::decode(&raw[..VIRTIO_NET_HDR_LEN])?;
         let len = n - VIRTIO_NET_HDR_LEN;
-        let packet = &mut self.raw[VIRTIO_NET_HDR_LEN..n];
+        let packet = &mut raw[VIRTIO_NET_HDR_LEN..n];
         if hdr.gso_type == GSO_NONE {
             if hdr.flags & F_NEEDS_CSUM != 0 {
                 complete_checksum(packet, hdr.csum_start, hdr.csum_offset)?;
             }
-            self.push_whole(VIRTIO_NET_HDR_LEN, len, sink, st);
+            self.push_whole(&raw[VIRTIO_NET_HDR_LEN..n], sink, st);
             return Ok(());
         }
         let plan = plan(packet, hdr)?;
-        self.split(len, plan, sink, st)
+        self.split(&mut raw[..n], len, plan, sink, st)
     }
 
     /// One packet as it is (no offload) into the next slot.
     fn push_whole<S: FnMut(&mut [Vec<u8>], &[usize])>(
         &mut self,
-        at: usize,
-        len: usize,
+        packet: &[u8],
         sink: &mut S,
         st: &mut RxStats,
     ) {
+        let len = packet.len();
         self.ensure_room(len);
         if self.filled == self.slots.len() {
             self.flush(sink, st);
         }
         let i = self.filled;
         let h = self.headroom;
-        self.slots[i][h..h + len].copy_from_slice(&self.raw[at..at + len]);
+        self.slots[i][h..h + len].copy_from_slice(packet);
         self.sizes[i] = len;
         self.filled += 1;
         st.segments += 1;
@@ -229,6 +251,7 @@ impl TunRx {
     /// segments, handing on full batches as it goes.
     fn split<S: FnMut(&mut [Vec<u8>], &[usize])>(
         &mut self,
+        raw: &mut [u8],
         len: usize,
         plan: Plan,
         sink: &mut S,
@@ -246,7 +269,7 @@ impl TunRx {
         if segments <= self.slots.len() - self.filled {
             let f = self.filled;
             let got = gso_split(
-                &mut self.raw[V..V + len],
+                &mut raw[V..V + len],
                 plan.hdr,
                 &mut self.slots[f..f + segments],
                 &mut self.sizes[f..f + segments],
@@ -263,7 +286,7 @@ impl TunRx {
         // More segments than free slots: split in chunks, each as if it
         // were a super-packet of its own (see the module comment).
         self.saved.clear();
-        self.saved.extend_from_slice(&self.raw[V..V + hdr_len]);
+        self.saved.extend_from_slice(&raw[V..V + hdr_len]);
         let mut k = 0;
         while k < segments {
             if self.filled == self.slots.len() {
@@ -275,7 +298,7 @@ impl TunRx {
             let end = ((k + n) * gso).min(payload);
             // The chunk's payload starts at V + hdr_len + start; its
             // headers go right in front of it.
-            let chunk = &mut self.raw[V + start..V + hdr_len + end];
+            let chunk = &mut raw[V + start..V + hdr_len + end];
             chunk[..hdr_len].copy_from_slice(&self.saved);
             patch_chunk_headers(&mut chunk[..hdr_len], &plan, k, end == payload);
             let got = gso_split(
@@ -300,7 +323,7 @@ impl TunRx {
 /// Whether a failed read lost a packet: the kernel dequeues the packet
 /// before copying it out, so a copy failure loses it; "would block", an
 /// interrupted wait and a detached queue (`EBADFD`) lose nothing.
-fn lost_on_error(e: &io::Error) -> bool {
+pub(crate) fn lost_on_error(e: &io::Error) -> bool {
     !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted

@@ -22,11 +22,23 @@ pub use super::pktio::tx::TxQueue;
 /// overflows under bursts and TCP through the tunnel collapses.
 const SOCKET_BUFFER: usize = 7 << 20;
 
+/// Datagrams of up to this many payload bytes take the express lane: an
+/// inner packet of up to 208 bytes (a ping, a TCP acknowledgement, a DNS
+/// query, a keystroke, a voice frame) and every handshake message.
+pub const EXPRESS_MAX: u32 = 256;
+
 /// The engine's UDP sockets.
 pub struct UdpSockets {
     pub v4: Socket,
     pub v6: Option<Socket>,
     pub port: u16,
+    /// The express lane of each family: a second socket on the same port
+    /// (one `SO_REUSEPORT` group with the first) to which a classic BPF
+    /// program steers every datagram of at most [`EXPRESS_MAX`] bytes, so
+    /// they are read before the bulk queued in the first socket (none
+    /// where the kernel refuses the program).
+    pub express_v4: Option<Socket>,
+    pub express_v6: Option<Socket>,
 }
 
 impl UdpSockets {
@@ -36,6 +48,9 @@ impl UdpSockets {
     pub fn bind(port: u16) -> io::Result<UdpSockets> {
         let mut last_err = None;
         for _ in 0..16 {
+            // First without SO_REUSEPORT, as any other program would bind:
+            // a port in use is refused here (and a random port is one no
+            // SO_REUSEPORT group holds). Then the lanes take it over.
             let v4 = new_socket(Domain::IPV4)?;
             v4.bind(&SockAddr::from(SocketAddrV4::new(
                 Ipv4Addr::UNSPECIFIED,
@@ -46,15 +61,25 @@ impl UdpSockets {
                 .as_socket()
                 .map(|a| a.port())
                 .ok_or_else(|| io::Error::other("bound socket has no port"))?;
-            match bind_v6(bound) {
-                Ok(v6) => {
-                    return Ok(UdpSockets {
-                        v4,
-                        v6,
-                        port: bound,
-                    });
-                }
+            let v6 = match bind_v6(bound) {
+                Ok(v6) => v6,
                 // A random v4 port may be taken on v6: try another.
+                Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut socks = UdpSockets {
+                v4,
+                v6,
+                port: bound,
+                express_v4: None,
+                express_v6: None,
+            };
+            match socks.with_express_lanes() {
+                Ok(()) => return Ok(socks),
+                // Taken between the two binds (a race): try again.
                 Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => {
                     last_err = Some(e);
                 }
@@ -62,6 +87,26 @@ impl UdpSockets {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("no free UDP port")))
+    }
+
+    /// Re-bind each family's socket as the first of an `SO_REUSEPORT`
+    /// group with an express socket (see [`UdpSockets::express_v4`]). Where
+    /// the kernel refuses the steering program the family keeps one plain
+    /// socket.
+    fn with_express_lanes(&mut self) -> io::Result<()> {
+        let v4 = SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.port));
+        let v6 = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, self.port, 0, 0));
+        if let Some((main, express)) = lanes(Domain::IPV4, &v4, &mut self.v4)? {
+            self.v4 = main;
+            self.express_v4 = Some(express);
+        }
+        if let Some(s) = self.v6.as_mut()
+            && let Some((main, express)) = lanes(Domain::IPV6, &v6, s)?
+        {
+            self.v6 = Some(main);
+            self.express_v6 = Some(express);
+        }
+        Ok(())
     }
 
     /// Put `mark` (SO_MARK; 0: none) on both sockets' datagrams, so
@@ -126,6 +171,117 @@ fn setsockopt_int(
             opt,
             (&v as *const libc::c_int).cast(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Replace `plain` (bound to `addr`) by a main and an express socket on
+/// `addr` in one `SO_REUSEPORT` group, steered by [`steer_small`]. `None`
+/// (and `plain` kept) where the kernel has no such steering; an error only
+/// when the address can no longer be bound.
+fn lanes(
+    domain: Domain,
+    addr: &SockAddr,
+    plain: &mut Socket,
+) -> io::Result<Option<(Socket, Socket)>> {
+    let group = |express: bool| -> io::Result<Socket> {
+        let s = if express {
+            // No UDP GRO: one small datagram per message. A large buffer
+            // still: under a handshake flood this lane takes the flood.
+            let s = Socket::new(
+                domain,
+                Type::DGRAM.nonblocking().cloexec(),
+                Some(Protocol::UDP),
+            )?;
+            set_buffers(&s);
+            s
+        } else {
+            new_socket(domain)?
+        };
+        if domain == Domain::IPV6 {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_port(true)?;
+        Ok(s)
+    };
+    let (main, express) = (group(false)?, group(true)?);
+    // The port is ours: let the group have it.
+    let placeholder = std::mem::replace(plain, group(false)?);
+    drop(placeholder);
+    let fallback = |plain: &mut Socket, e: io::Error| -> io::Result<Option<(Socket, Socket)>> {
+        tracing::debug!(error = %e, "no express lane for small datagrams");
+        let s = new_socket(domain)?;
+        if domain == Domain::IPV6 {
+            s.set_only_v6(true)?;
+        }
+        s.bind(addr)?;
+        *plain = s;
+        Ok(None)
+    };
+    if let Err(e) = main.bind(addr) {
+        return fallback(plain, e);
+    }
+    if let Err(e) = express.bind(addr).and_then(|()| steer_small(&main)) {
+        drop((main, express));
+        return fallback(plain, e);
+    }
+    Ok(Some((main, express)))
+}
+
+/// Attach to the `SO_REUSEPORT` group of `s` the classic BPF program that
+/// picks the group's second socket (index 1, the express lane) for a
+/// datagram of at most [`EXPRESS_MAX`] payload bytes and the first for any
+/// other. The kernel runs it with the packet's data at the UDP payload, so
+/// its length is the payload's.
+fn steer_small(s: &Socket) -> io::Result<()> {
+    const LD_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut prog = [
+        libc::sock_filter {
+            code: LD_LEN,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // Longer: skip to "return 0".
+        libc::sock_filter {
+            code: JGT,
+            jt: 1,
+            jf: 0,
+            k: EXPRESS_MAX,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: 1,
+        },
+        libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: a valid socket and a pointer to a live sock_fprog (whose
+    // filter array outlives the call; the kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -365,6 +521,31 @@ impl UdpIo for RealUdp {
         }
     }
 
+    fn recv_express(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize> {
+        let s = if v6 {
+            self.socks.express_v6.as_ref()
+        } else {
+            self.socks.express_v4.as_ref()
+        };
+        match s {
+            Some(s) => batch.recv(s),
+            None => Ok(0),
+        }
+    }
+
+    fn express_fds(&self) -> [RawFd; 2] {
+        [
+            self.socks
+                .express_v4
+                .as_ref()
+                .map_or(-1, AsRawFd::as_raw_fd),
+            self.socks
+                .express_v6
+                .as_ref()
+                .map_or(-1, AsRawFd::as_raw_fd),
+        ]
+    }
+
     fn send_mmsg(&mut self, v6: bool, arena: &[u8], msgs: &[Outgoing]) -> io::Result<usize> {
         let Some(fd) = self.sock(v6).map(AsRawFd::as_raw_fd) else {
             return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
@@ -494,6 +675,8 @@ mod tests {
             v4: s.v4.try_clone().expect("clone"),
             v6: s.v6.as_ref().map(|v| v.try_clone().expect("clone")),
             port: s.port,
+            express_v4: None,
+            express_v6: None,
         };
         RealUdp::new(socks, 64)
     }
@@ -546,6 +729,62 @@ mod tests {
                     .all(|(_, s)| *s == SocketAddr::from((Ipv4Addr::LOCALHOST, a.port)))
             );
         }
+    }
+
+    /// The kernel steers each datagram by its size: one of at most
+    /// `EXPRESS_MAX` bytes to the express socket, any other to the main
+    /// one, on one port; and the port is still refused to anyone else.
+    #[test]
+    fn small_datagrams_take_the_express_lane() {
+        let s = UdpSockets::bind(0).expect("bind");
+        let families: Vec<(SocketAddr, &Socket, Option<&Socket>)> = [
+            Some((
+                SocketAddr::from((Ipv4Addr::LOCALHOST, s.port)),
+                &s.v4,
+                s.express_v4.as_ref(),
+            )),
+            s.v6.as_ref().map(|v6| {
+                (
+                    SocketAddr::from((Ipv6Addr::LOCALHOST, s.port)),
+                    v6,
+                    s.express_v6.as_ref(),
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for (dst, main, express) in families {
+            let express = express.unwrap_or_else(|| {
+                panic!("no express lane for {dst}: SO_ATTACH_REUSEPORT_CBPF refused")
+            });
+            let client = std::net::UdpSocket::bind(if dst.is_ipv6() {
+                "[::1]:0"
+            } else {
+                "127.0.0.1:0"
+            })
+            .expect("client");
+            let small = vec![1u8; EXPRESS_MAX as usize];
+            let big = vec![2u8; EXPRESS_MAX as usize + 1];
+            for d in [&big, &small, &big, &small] {
+                client.send_to(d, dst).expect("send");
+            }
+            let lens = |got: Vec<(Vec<u8>, SocketAddr)>| -> Vec<usize> {
+                got.iter().map(|(d, _)| d.len()).collect()
+            };
+            assert_eq!(lens(recv_all(express, 2)), vec![small.len(); 2], "{dst}");
+            assert_eq!(lens(recv_all(main, 2)), vec![big.len(); 2], "{dst}");
+        }
+        // Another program (or a second engine) cannot join the group.
+        let again = std::net::UdpSocket::bind(("0.0.0.0", s.port));
+        assert_eq!(
+            again.map(|_| ()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::AddrInUse)
+        );
+        let e = UdpSockets::bind(s.port)
+            .map(|_| ())
+            .expect_err("port in use");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]
@@ -636,6 +875,8 @@ mod tests {
             v4: a.v4.try_clone().expect("clone"),
             v6: None,
             port: a.port,
+            express_v4: None,
+            express_v6: None,
         };
         assert!(q.push(&[2u8; 100], "[::1]:9".parse().expect("v6")));
         assert!(q.push(&[3u8; 100], "[::1]:9".parse().expect("v6")));

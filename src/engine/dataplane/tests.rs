@@ -128,12 +128,15 @@ fn wire(from: &Site, to: &Site, gro: bool) -> usize {
 /// Step both sides and carry their datagrams until the wire is quiet.
 fn exchange(a: &mut Site, b: &mut Site, now: Instant, gro: bool) {
     let mut quiet = 0;
-    for _ in 0..32 {
+    for _ in 0..256 {
         step(a, now);
         let mut moved = wire(a, b, gro);
         step(b, now);
         moved += wire(b, a, gro);
-        quiet = if moved == 0 { quiet + 1 } else { 0 };
+        // Work left over for the next turn (queued TUN reads, received
+        // datagrams not yet carried) counts as traffic.
+        let busy = [&*a, &*b].iter().any(|s| s.dp.busy());
+        quiet = if moved == 0 && !busy { quiet + 1 } else { 0 };
         if quiet == 2 {
             return;
         }
@@ -275,10 +278,11 @@ fn handshake_and_transport_both_ways() {
 fn a_tun_batch_is_sent_as_gso_groups() {
     let now = Instant::now();
     let (mut a, mut b) = connected(false, false, now);
-    // 130 equal packets then a shorter one then 3 more: one TUN batch is
-    // 128 segments; per batch, runs of equal size to one destination are
-    // GSO messages of at most 64 segments and 65535 bytes (the shorter
-    // packet ends a run), and one sendmmsg carries the batch's messages.
+    // 130 equal packets then a shorter one then 3 more. A turn serves
+    // TUN_SERVE (32) segments from the flow queue; per turn, runs of equal
+    // size to one destination are GSO messages of at most 64 segments and
+    // 65535 bytes (the shorter packet ends a run), and one sendmmsg
+    // carries the turn's messages.
     let mut packets: Vec<Vec<u8>> = (0..130)
         .map(|i| udp_packet(A_IP, B_IP, 1000, i as u8))
         .collect();
@@ -287,21 +291,22 @@ fn a_tun_batch_is_sent_as_gso_groups() {
     for p in &packets {
         push_tun(&a, p);
     }
-    step(&mut a, now);
+    while {
+        step(&mut a, now);
+        a.dp.busy()
+    } {}
     let sent: Vec<Sent> = a.udp.borrow().sent.clone();
     let full = wire_len(packets[0].len());
     let per_msg = (65535 / full).min(64);
-    // Batch 1: 128 full-size segments.
+    assert!(per_msg > TUN_SERVE);
     let mut want: Vec<(usize, usize, usize)> = Vec::new(); // (seg, datagrams, call)
-    let mut left = 128;
-    while left > 0 {
-        let n = left.min(per_msg);
-        want.push((full, n, 1));
-        left -= n;
+    // Turns 1 to 4: 32 full-size segments each.
+    for call in 1..=4 {
+        want.push((full, TUN_SERVE, call));
     }
-    // Batch 2: 2 full, the short one closing that run, then 3 full.
-    want.push((full, 3, 2));
-    want.push((full, 3, 2));
+    // Turn 5: 2 full, the short one closing that run, then 3 full.
+    want.push((full, 3, 5));
+    want.push((full, 3, 5));
     let calls0 = sent.first().map_or(0, |m| m.call) - 1;
     let got: Vec<(usize, usize, usize)> = sent
         .iter()
@@ -314,7 +319,10 @@ fn a_tun_batch_is_sent_as_gso_groups() {
     );
     // B receives them (GRO-coalesced, as the kernel would) in order.
     wire(&a, &b, true);
-    step(&mut b, now);
+    while {
+        step(&mut b, now);
+        b.dp.busy()
+    } {}
     assert_eq!(b.tun.borrow().written, packets);
 }
 
@@ -437,10 +445,12 @@ fn udp_send_errors_are_counted_per_datagram_and_full_buffers_waited_for() {
     let now = Instant::now();
     let (mut a, _b) = connected(false, false, now);
     a.udp.borrow_mut().take_sent();
+    // (Packets larger than the express lane's, so that four of them make
+    // one GSO message.)
     // A full send buffer (EAGAIN) is waited for and retried: nothing lost.
     a.udp.borrow_mut().send_faults.push_back(libc::EAGAIN);
     for i in 0..4 {
-        push_tun(&a, &udp_packet(A_IP, B_IP, 100, i));
+        push_tun(&a, &udp_packet(A_IP, B_IP, 400, i));
     }
     step(&mut a, now);
     assert_eq!(a.udp.borrow().waits, 1);
@@ -449,14 +459,14 @@ fn udp_send_errors_are_counted_per_datagram_and_full_buffers_waited_for() {
     // No buffer space: the message's 4 datagrams are lost and counted.
     a.udp.borrow_mut().send_faults.push_back(libc::ENOBUFS);
     for i in 0..4 {
-        push_tun(&a, &udp_packet(A_IP, B_IP, 100, i));
+        push_tun(&a, &udp_packet(A_IP, B_IP, 400, i));
     }
     step(&mut a, now);
     assert_eq!(drops(&a, "udp_send_error"), 4);
     assert!(a.udp.borrow().sent.is_empty());
     // A single datagram refused (too large): counted too.
     a.udp.borrow_mut().send_faults.push_back(libc::EMSGSIZE);
-    push_tun(&a, &udp_packet(A_IP, B_IP, 100, 9));
+    push_tun(&a, &udp_packet(A_IP, B_IP, 400, 9));
     step(&mut a, now);
     assert_eq!(drops(&a, "udp_send_error"), 5);
 }
@@ -590,4 +600,98 @@ fn a_handshake_flood_overflows_the_queue_and_is_counted() {
     }
     assert!(a.udp.borrow().inbound.is_empty());
     assert_eq!(drops(&a, "handshake_queue_full"), 100);
+}
+
+/// An ICMP echo request from A to B with `len` bytes of payload.
+fn ping(seq: u16, len: usize) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8 + len];
+    l4[0] = 8;
+    l4[6..8].copy_from_slice(&seq.to_be_bytes());
+    let c = checksum(&l4);
+    l4[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(A_IP, B_IP, 1, seq, &l4)
+}
+
+/// Step `a` until its flow queue is empty, carrying everything it sends
+/// to `b`'s receive queue datagram by datagram (in the order sent).
+fn drain_to(a: &mut Site, b: &Site, now: Instant) {
+    for _ in 0..200 {
+        step(a, now);
+        wire(a, b, false);
+        if a.dp.fq.is_empty() {
+            return;
+        }
+    }
+    panic!("the flow queue never emptied");
+}
+
+/// The sender's queue: a ping the kernel queued behind a burst of TCP
+/// super-packets (as one bulk transfer keeps the TUN ring full) leaves
+/// before the burst's remainder, instead of after all of it.
+#[test]
+fn a_ping_behind_a_bulk_burst_is_sent_first() {
+    let now = Instant::now();
+    let (mut a, mut b) = connected(true, false, now);
+    for _ in 0..4 {
+        a.tun
+            .borrow_mut()
+            .inbound
+            .push_back(super_packet(false, true, 0, 1380, 60_000));
+    }
+    let p = ping(1, 56);
+    push_tun(&a, &p);
+    drain_to(&mut a, &b, now);
+    exchange(&mut a, &mut b, now, false);
+    let written = std::mem::take(&mut b.tun.borrow_mut().written);
+    assert_eq!(written.len(), 4 * 44 + 1, "everything arrived");
+    let at = written.iter().position(|w| *w == p).expect("the ping");
+    // At most one super-packet (44 segments) in front of it: the one
+    // being served when it was read.
+    assert!(at <= 44, "the ping went out after {at} bulk segments");
+    assert_eq!(
+        drops(&a, "tun_queue_delay") + drops(&a, "tun_queue_full"),
+        0
+    );
+}
+
+/// The receiver's queue: a ping that arrives behind a backlog of bulk
+/// datagrams in the socket is read from the express lane and written to
+/// the TUN device first. Without the lane it comes last.
+#[test]
+fn a_small_datagram_behind_a_bulk_backlog_is_decrypted_first() {
+    for express in [true, false] {
+        let now = Instant::now();
+        let (mut a, mut b) = connected(false, false, now);
+        b.udp.borrow_mut().express = express;
+        let bulk: Vec<Vec<u8>> = (0..200)
+            .map(|i| udp_packet(A_IP, B_IP, 1300, i as u8))
+            .collect();
+        for p in &bulk {
+            push_tun(&a, p);
+        }
+        drain_to(&mut a, &b, now);
+        let p = ping(2, 56);
+        push_tun(&a, &p);
+        drain_to(&mut a, &b, now);
+        assert_eq!(
+            b.udp.borrow().inbound.len(),
+            201,
+            "the ping is last in line"
+        );
+        step(&mut b, now);
+        let written = b.tun.borrow().written.clone();
+        if express {
+            assert_eq!(written.first(), Some(&p), "the ping first");
+            // Only part of the backlog per turn: the TUN side and the
+            // express lane are looked at in between.
+            assert!(written.len() < 100, "{} written in one turn", written.len());
+        } else {
+            assert!(!written.contains(&p), "without the lane it waits its turn");
+        }
+        exchange(&mut a, &mut b, now, false);
+        let written = std::mem::take(&mut b.tun.borrow_mut().written);
+        assert_eq!(written.len(), 201);
+        let rest: Vec<&Vec<u8>> = written.iter().filter(|w| **w != p).collect();
+        assert_eq!(rest, bulk.iter().collect::<Vec<_>>(), "the bulk, in order");
+    }
 }

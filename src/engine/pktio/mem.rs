@@ -24,6 +24,7 @@ use std::rc::Rc;
 use socket2::Socket;
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
+use super::super::udp::EXPRESS_MAX;
 use super::{Outgoing, RecvBatch, TunIo, UdpIo};
 
 /// What a test sees of and does to an in-memory TUN device.
@@ -178,6 +179,10 @@ pub struct UdpState {
     pub refuse_gso: Option<i32>,
     /// Errno values the next receives fail with.
     pub recv_faults: VecDeque<i32>,
+    /// An express lane, as the real sockets have (datagrams of at most
+    /// `EXPRESS_MAX` bytes are received from it, the rest from the main
+    /// lane).
+    pub express: bool,
 }
 
 impl UdpState {
@@ -212,17 +217,56 @@ impl UdpIo for MemUdp {
     }
 
     fn recv(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_lane(v6, false, batch)
+    }
+
+    fn recv_express(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_lane(v6, true, batch)
+    }
+
+    fn send_mmsg(&mut self, _v6: bool, arena: &[u8], msgs: &[Outgoing]) -> io::Result<usize> {
+        self.send_mmsg_mem(arena, msgs)
+    }
+
+    fn send_one(&mut self, data: &[u8], dst: SocketAddr) -> io::Result<()> {
+        self.send_one_mem(data, dst)
+    }
+
+    fn wait_writable(&mut self, _v6: bool) {
+        self.0.borrow_mut().waits += 1;
+    }
+
+    fn poll_fds(&self) -> [RawFd; 2] {
+        [-1, -1]
+    }
+
+    fn reply_sockets(&self) -> io::Result<(Option<Socket>, Option<Socket>)> {
+        Ok((None, None))
+    }
+}
+
+impl MemUdp {
+    /// What `recv` (`express` false) or `recv_express` takes: with
+    /// `UdpState::express` the queue is split as the kernel's steering
+    /// program splits it (datagrams of at most `EXPRESS_MAX` bytes to the
+    /// express lane), else everything is in the main lane.
+    fn recv_lane(&mut self, v6: bool, express: bool, batch: &mut RecvBatch) -> io::Result<usize> {
         let mut st = self.0.borrow_mut();
+        if express && !st.express {
+            return Ok(0);
+        }
         if let Some(errno) = st.recv_faults.pop_front() {
             return Err(io::Error::from_raw_os_error(errno));
         }
+        let split = st.express;
+        let lane = |m: &Received| !split || (m.data.len() <= EXPRESS_MAX as usize) == express;
         batch.lens.clear();
         batch.segs.clear();
         batch.srcs.clear();
         let mut rest = VecDeque::new();
         while let Some(m) = st.inbound.pop_front() {
             let i = batch.lens.len();
-            if i < batch.slab.slots() && m.src.is_ipv6() == v6 {
+            if i < batch.slab.slots() && m.src.is_ipv6() == v6 && lane(&m) {
                 let n = m.data.len().min(batch.slab.stride());
                 batch.slab.slot_mut(i)[..n].copy_from_slice(&m.data[..n]);
                 batch.lens.push(n);
@@ -236,7 +280,7 @@ impl UdpIo for MemUdp {
         Ok(batch.lens.len())
     }
 
-    fn send_mmsg(&mut self, _v6: bool, arena: &[u8], msgs: &[Outgoing]) -> io::Result<usize> {
+    fn send_mmsg_mem(&mut self, arena: &[u8], msgs: &[Outgoing]) -> io::Result<usize> {
         let mut st = self.0.borrow_mut();
         st.mmsg_calls += 1;
         let call = st.mmsg_calls;
@@ -268,7 +312,7 @@ impl UdpIo for MemUdp {
         Ok(msgs.len())
     }
 
-    fn send_one(&mut self, data: &[u8], dst: SocketAddr) -> io::Result<()> {
+    fn send_one_mem(&mut self, data: &[u8], dst: SocketAddr) -> io::Result<()> {
         let mut st = self.0.borrow_mut();
         if let Some(errno) = st.send_faults.pop_front() {
             return Err(io::Error::from_raw_os_error(errno));
@@ -280,17 +324,5 @@ impl UdpIo for MemUdp {
             call: 0,
         });
         Ok(())
-    }
-
-    fn wait_writable(&mut self, _v6: bool) {
-        self.0.borrow_mut().waits += 1;
-    }
-
-    fn poll_fds(&self) -> [RawFd; 2] {
-        [-1, -1]
-    }
-
-    fn reply_sockets(&self) -> io::Result<(Option<Socket>, Option<Socket>)> {
-        Ok((None, None))
     }
 }

@@ -106,6 +106,20 @@ pub trait UdpIo {
     /// none is waiting or there is no such socket.
     fn recv(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize>;
 
+    /// Receive from the family's express lane, where the kernel puts the
+    /// datagrams of at most `udp::EXPRESS_MAX` bytes (see
+    /// `udp::UdpSockets::express_v4`), like [`UdpIo::recv`]; 0 when there
+    /// is no such lane.
+    fn recv_express(&mut self, v6: bool, batch: &mut RecvBatch) -> io::Result<usize> {
+        let _ = (v6, batch);
+        Ok(0)
+    }
+
+    /// The express lanes' descriptors: IPv4, IPv6 (-1: none).
+    fn express_fds(&self) -> [RawFd; 2] {
+        [-1, -1]
+    }
+
     /// One `sendmmsg` of `msgs` (all of one family, bytes in `arena`):
     /// how many messages, from the first, went out; an error only when
     /// none did.

@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::super::udp::EXPRESS_MAX;
 use super::{Outgoing, UdpIo};
 
 /// Largest UDP payload a coalesced (GRO) receive or a segmented (GSO) send
@@ -173,12 +174,15 @@ impl TxQueue {
         if self.used + n > self.arena.len() {
             return false;
         }
+        // Datagrams for the far end's express lane (see `udp::EXPRESS_MAX`)
+        // are sent on their own: in a GSO message the receiving kernel
+        // would see, and steer, the whole message.
         let merge = self.gso
+            && n > EXPRESS_MAX as usize
             && self.msgs.last().is_some_and(|m| {
                 m.dst == dst
                     && m.len == m.seg * m.count
                     && n <= m.seg
-                    && n > 0
                     && m.len + n <= MAX_GSO_BYTES
                     && m.count < MAX_GSO_SEGMENTS
                     && m.start + m.len == self.used
@@ -366,6 +370,31 @@ mod tests {
         let mut q = TxQueue::new(8, 150, true);
         assert!(q.push(&[1; 100], dst));
         assert!(!q.push(&[2; 100], dst));
+    }
+
+    /// Small datagrams (the far end's express lane) are never merged into
+    /// a GSO message, nor appended to one as its shorter last segment:
+    /// the receiving kernel would steer the whole message as bulk.
+    #[test]
+    fn express_sized_datagrams_are_sent_on_their_own() {
+        let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        let mut q = TxQueue::new(64, 1 << 20, true);
+        for _ in 0..4 {
+            assert!(q.push(&[1; EXPRESS_MAX as usize], dst));
+        }
+        assert_eq!(q.msgs.len(), 4, "four small datagrams, four messages");
+        q.clear();
+        for _ in 0..4 {
+            assert!(q.push(&[1; 1000], dst));
+        }
+        assert!(q.push(&[1; 100], dst));
+        assert!(q.push(&[1; EXPRESS_MAX as usize + 1], dst));
+        let shape: Vec<(usize, usize)> = q.msgs.iter().map(|m| (m.count, m.seg)).collect();
+        assert_eq!(
+            shape,
+            vec![(4, 1000), (1, 100), (1, EXPRESS_MAX as usize + 1)],
+            "the short tail is on its own, the next run starts afresh"
+        );
     }
 
     #[test]
