@@ -1533,6 +1533,9 @@ const DATAPLANE_DROPS: &[&str] = &[
     "tun_write_error",
     "udp_send_error",
     "no_ipv6_socket",
+    // The flow queue's memory limit (its CoDel drops, `tun_queue_delay`,
+    // are congestion signals a bulk flow is meant to get).
+    "tun_queue_full",
 ];
 
 /// A host with a small MSS (an old stack, a PPPoE or IPsec path, MSS

@@ -394,6 +394,8 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
 struct RxCursor {
     next: usize,
     got: usize,
+    /// The batch came from the IPv6 socket.
+    v6: bool,
 }
 
 /// Which descriptors `poll` found readable, for [`DataPlane::turn`].
@@ -633,7 +635,10 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
         let mut to_read = [ready.udp4, ready.udp6 && self.udp.has_v6()];
         loop {
             if self.rx_at.next >= self.rx_at.got {
-                let Some(v6) = [false, true].into_iter().find(|f| to_read[usize::from(*f)]) else {
+                // The family not read last goes first: neither starves
+                // the other.
+                let order = [!self.rx_at.v6, self.rx_at.v6];
+                let Some(v6) = order.into_iter().find(|f| to_read[usize::from(*f)]) else {
                     return;
                 };
                 let got = match self.udp.recv(v6, &mut self.rx) {
@@ -645,10 +650,10 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
                 };
                 // A full batch: there may be more.
                 to_read[usize::from(v6)] = got == self.rx.slab.slots();
-                self.rx_at = RxCursor { next: 0, got };
+                self.rx_at = RxCursor { next: 0, got, v6 };
                 continue;
             }
-            let RxCursor { next, got } = self.rx_at;
+            let RxCursor { next, got, .. } = self.rx_at;
             let (next, left) = self.carry_datagrams(false, next, got, budget, now);
             self.rx_at.next = next;
             budget = left;

@@ -21,6 +21,9 @@ pub use super::pktio::tx::TxQueue;
 /// Socket buffer size asked for (wireguard-go uses 7 MiB): a small buffer
 /// overflows under bursts and TCP through the tunnel collapses.
 const SOCKET_BUFFER: usize = 7 << 20;
+/// The main (bulk) lane's receive buffer where there is an express lane
+/// (see [`lanes`]).
+const BULK_LANE_BUFFER: usize = 4 << 20;
 
 /// Datagrams of up to this many payload bytes take the express lane: an
 /// inner packet of up to 208 bytes (a ping, a TCP acknowledgement, a DNS
@@ -145,15 +148,15 @@ fn new_socket(domain: Domain) -> io::Result<Socket> {
 }
 
 fn set_buffers(s: &Socket) {
+    set_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER);
+    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SOCKET_BUFFER);
+}
+
+fn set_buffer(s: &Socket, force: libc::c_int, plain: libc::c_int, bytes: usize) {
     // As root, the *FORCE variants exceed net.core.{r,w}mem_max.
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        let v = SOCKET_BUFFER as libc::c_int;
-        if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, force, v).is_err() {
-            let _ = setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, plain, v);
-        }
+    let v = bytes as libc::c_int;
+    if setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, force, v).is_err() {
+        let _ = setsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, plain, v);
     }
 }
 
@@ -190,19 +193,19 @@ fn lanes(
     plain: &mut Socket,
 ) -> io::Result<Option<(Socket, Socket)>> {
     let group = |express: bool| -> io::Result<Socket> {
-        let s = if express {
-            // No UDP GRO: one small datagram per message. A large buffer
-            // still: under a handshake flood this lane takes the flood.
-            let s = Socket::new(
-                domain,
-                Type::DGRAM.nonblocking().cloexec(),
-                Some(Protocol::UDP),
-            )?;
-            set_buffers(&s);
-            s
-        } else {
-            new_socket(domain)?
-        };
+        // Both with UDP GRO: the kernel's GRO stage looks the socket up
+        // without running the program (by hash), and coalesces only for a
+        // socket that asked for it; what it coalesced is then steered by
+        // its whole length (to the main lane unless it is still small).
+        let s = new_socket(domain)?;
+        if !express {
+            // Bounded so that what can wait behind the express lane stays
+            // well inside the receiver's replay window (8,128 counters):
+            // the kernel doubles this, and a 64 KiB GRO message of 45
+            // datagrams takes about 70 KiB of it, so at most about 5,200
+            // datagrams wait here, and 32 messages more in the data plane.
+            set_buffer(&s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, BULK_LANE_BUFFER);
+        }
         if domain == Domain::IPV6 {
             s.set_only_v6(true)?;
         }
