@@ -23,7 +23,7 @@ use crate::engine::tunrx::{MAX_PACKET, TunRx};
 use crate::{import, manifest};
 
 /// The targets, as named in `fuzz/Cargo.toml` and under `fuzz/corpus/`.
-pub const TARGETS: [&str; 4] = ["manifest", "import", "control", "tun_offload"];
+pub const TARGETS: [&str; 5] = ["manifest", "import", "control", "tun_offload", "flow_queue"];
 
 /// Run target `name` on `data`: whether the input got past the first
 /// refusal into the checks (`None`: no such target). Seeds are meant to.
@@ -33,6 +33,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Option<bool> {
         "import" => import(data),
         "control" => control(data),
         "tun_offload" => tun_offload(data),
+        "flow_queue" => flow_queue(data),
         _ => return None,
     })
 }
@@ -158,6 +159,99 @@ pub fn control(data: &[u8]) -> bool {
         Err(e) => panic!("an encoded request does not decode: {e}"),
     }
     true
+}
+
+/// The engine's flow queue (`engine::fq`) under any sequence of TUN reads
+/// (any bytes, any length up to a 64 KiB read, behind a virtio-net header
+/// or not), dequeues and clock steps, with a small memory limit so that
+/// CoDel and the overflow drops both run: never a panic; every packet
+/// comes out once, byte for byte, or is counted as dropped, and none is
+/// invented; the memory held never exceeds the limit by more than one
+/// read. Operations, one byte each (low 2 bits): 0 a read (2-byte length,
+/// then the bytes), 1 one dequeue, 2 the clock moves by the next byte in
+/// milliseconds, 3 dequeue until empty.
+pub fn flow_queue(data: &[u8]) -> bool {
+    use crate::engine::fq::{FlowQueues, Params};
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    const READ: usize = VIRTIO_NET_HDR_LEN + MAX_PACKET;
+    let params = Params {
+        target: Duration::from_millis(5),
+        interval: Duration::from_millis(100),
+        limit: 256 << 10,
+    };
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut q = FlowQueues::new(params, READ, 0x5eed);
+    let mut queued: HashMap<Vec<u8>, usize> = HashMap::new();
+    let (mut enqueued, mut dequeued) = (0u64, 0u64);
+    let mut rest = data;
+    let take = |q: &mut FlowQueues, now: Instant, queued: &mut HashMap<Vec<u8>, usize>| {
+        let Some(p) = q.dequeue(now) else {
+            return false;
+        };
+        let got = p.buf[..p.len].to_vec();
+        let n = queued
+            .get_mut(&got)
+            .expect("a packet that was never queued");
+        *n -= 1;
+        if *n == 0 {
+            queued.remove(&got);
+        }
+        q.recycle(p.buf);
+        true
+    };
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        match op & 3 {
+            0 => {
+                let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+                    break;
+                };
+                let len = usize::from(u16::from_be_bytes(*len))
+                    .min(tail.len())
+                    .min(READ);
+                let (pkt, tail) = tail.split_at(len);
+                rest = tail;
+                let mut buf = q.read_buffer();
+                assert_eq!(buf.len(), READ);
+                buf[..len].copy_from_slice(pkt);
+                let l3 = if op & 4 != 0 { VIRTIO_NET_HDR_LEN } else { 0 };
+                q.enqueue(buf, len, l3, now);
+                *queued.entry(pkt.to_vec()).or_default() += 1;
+                enqueued += 1;
+                assert!(q.held() <= params.limit + READ, "holds {} B", q.held());
+            }
+            1 => dequeued += u64::from(take(&mut q, now, &mut queued)),
+            2 => {
+                let Some((&ms, tail)) = rest.split_first() else {
+                    break;
+                };
+                rest = tail;
+                now += Duration::from_millis(u64::from(ms));
+            }
+            _ => {
+                while take(&mut q, now, &mut queued) {
+                    dequeued += 1;
+                }
+                assert!(q.is_empty());
+            }
+        }
+        let d = q.drops();
+        assert_eq!(
+            enqueued,
+            dequeued + d.delay + d.full + q.len() as u64,
+            "a packet lost uncounted or invented"
+        );
+    }
+    while take(&mut q, now, &mut queued) {
+        dequeued += 1;
+    }
+    assert_eq!((q.len(), q.held()), (0, 0));
+    let d = q.drops();
+    assert_eq!(enqueued, dequeued + d.delay + d.full);
+    enqueued > 0
 }
 
 /// The TUN offload paths with arbitrary virtio-net headers. First byte:

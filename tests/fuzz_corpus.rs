@@ -1,5 +1,5 @@
 //! Replays every committed corpus of netman's own fuzz targets (`manifest`,
-//! `import`, `control`, `tun_offload`; see `fuzz/README.md`) through the
+//! `import`, `control`, `tun_offload`, `flow_queue`; see `fuzz/README.md`) through the
 //! functions the cargo-fuzz targets call, so the corpora (seeds and what
 //! the fuzzer found worth keeping) run under plain `cargo test` on stable.
 //! The protocol core's corpora replay in `proto/tests/fuzz_corpus.rs`.

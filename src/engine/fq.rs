@@ -164,10 +164,6 @@ impl FlowQueues {
         }
     }
 
-    pub fn set_params(&mut self, params: Params) {
-        self.params = params;
-    }
-
     pub fn is_empty(&self) -> bool {
         self.packets == 0
     }
@@ -379,13 +375,6 @@ impl FlowQueues {
             }
             Some(t) => (Some(p), now >= t),
         }
-    }
-}
-
-impl Packet {
-    /// How long it waited in the queue, at `now`.
-    pub fn waited(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.at)
     }
 }
 
