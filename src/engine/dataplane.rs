@@ -14,7 +14,9 @@
 //! The TUN device and the sockets are reached through the packet-I/O
 //! traits of [`super::pktio`] (static dispatch); one iteration of the loop
 //! is [`DataPlane::turn`], which the unit tests (`dataplane/tests.rs`)
-//! drive over in-memory I/O without `poll`, root or devices.
+//! drive over in-memory I/O without `poll`, root or devices. The sending
+//! side (TUN → flow queue → UDP) is `dataplane/send.rs`, the receiving
+//! side (express and bulk lanes → TUN) `dataplane/receive.rs`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock::unix_secs;
 
-use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, PublicKey, TunResult};
+use netman_proto::{Device, Event, IpPrefix, NetResult, PeerConfig, PeerId, PublicKey};
 use thiserror::Error;
 
 use super::config::{EngineChange, EngineConfig, LoadedKeys};
@@ -33,11 +35,12 @@ use super::control::{EngineStatus, PeerStatus};
 use super::drops::{IoDropReason, IoDrops};
 use super::fq::{FlowQueues, Params};
 use super::handshake::{GATED_PER_ROUND, Handshakes, Identity};
-use super::pktio::tx::{FlushReport, TxQueue};
+use super::pktio::tx::TxQueue;
 use super::pktio::{RecvBatch, TunIo, UdpIo};
-use super::tunrx::{RxStats, TunRx, lost_on_error};
+use super::tunrx::TunRx;
 use super::udp::{RealUdp, UdpSockets};
 use crate::keys::os_random;
+use receive::RxCursor;
 
 /// UDP messages per `recvmmsg` (each up to 64 KiB with UDP GRO).
 const RX_MSGS: usize = 32;
@@ -388,16 +391,6 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     }
 }
 
-/// How far the bulk lane's receive batch has been carried: messages
-/// `next..got` are still to be decrypted.
-#[derive(Debug, Clone, Copy, Default)]
-struct RxCursor {
-    next: usize,
-    got: usize,
-    /// The batch came from the IPv6 socket.
-    v6: bool,
-}
-
 /// Which descriptors `poll` found readable, for [`DataPlane::turn`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ready {
@@ -537,202 +530,6 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     /// datagrams received and not yet carried.
     pub(crate) fn busy(&self) -> bool {
         !self.fq.is_empty() || self.rx_at.next < self.rx_at.got
-    }
-
-    /// Empty the TUN device's ring into the flow queue (at most
-    /// `TUN_READS` reads a turn): from there the data plane, not the
-    /// driver's first-in first-out ring, decides what goes first.
-    fn tun_to_queue(&mut self, now: Instant) {
-        let vnet = self.tun.offload();
-        if vnet != self.vnet {
-            // A re-attached queue with other offloads: what was read
-            // under the old framing goes out under it first.
-            self.queue_to_udp(now, usize::MAX);
-            self.vnet = vnet;
-            self.tun_rx.set_vnet(vnet);
-        }
-        let l3 = if vnet { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
-        for _ in 0..TUN_READS {
-            let mut buf = self.fq.read_buffer();
-            match self.tun.recv(&mut buf) {
-                Ok(n) => self.fq.enqueue(buf, n, l3, now),
-                Err(e) => {
-                    self.fq.recycle(buf);
-                    if lost_on_error(&e) {
-                        tracing::debug!(error = %e, "TUN read failed");
-                        self.drops.add(IoDropReason::TunReadError, 1);
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Serve the flow queue until `budget` segments went out: split
-    /// offloaded super-packets into segments (as many batches as they
-    /// take), encrypt in place, and send with GSO-batched `sendmmsg`.
-    fn queue_to_udp(&mut self, now: Instant, budget: usize) {
-        let DataPlane {
-            fq,
-            tun_rx,
-            device,
-            tx,
-            udp,
-            drops,
-            ..
-        } = self;
-        let mut st = RxStats::default();
-        let mut sink = |slots: &mut [Vec<u8>], sizes: &[usize]| {
-            for (buf, &len) in slots.iter_mut().zip(sizes) {
-                if let TunResult::Send { dst, len } = device.handle_tun_packet(buf, len, now) {
-                    let data = &buf[..len];
-                    if !tx.push(data, dst) {
-                        note_flush(drops, tx.flush(&mut *udp, now));
-                        if !tx.push(data, dst) {
-                            // Larger than the whole queue: cannot be sent.
-                            drops.add(IoDropReason::UdpSendError, 1);
-                        }
-                    }
-                }
-            }
-            note_flush(drops, tx.flush(&mut *udp, now));
-        };
-        while st.segments < budget {
-            let Some(mut p) = fq.dequeue(now) else { break };
-            tun_rx.carry(&mut p.buf, p.len, &mut sink, &mut st);
-            fq.recycle(p.buf);
-        }
-        tun_rx.finish(&mut sink, &mut st);
-        drops.add(IoDropReason::TunBadPacket, st.bad_packets);
-    }
-
-    /// Receive from a family's express lane (datagrams of at most
-    /// `udp::EXPRESS_MAX` bytes: pings, acknowledgements, handshakes...),
-    /// decrypt and write to the TUN device: all of it, ahead of the bulk
-    /// lane, a few batches at most per turn.
-    fn express_to_tun(&mut self, v6: bool, now: Instant) {
-        for _round in 0..4 {
-            let got = match self.udp.recv_express(v6, &mut self.rx_express) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive failed");
-                    return;
-                }
-            };
-            self.carry_datagrams(true, 0, got, usize::MAX, now);
-            if got < self.rx_express.slab.slots() {
-                return;
-            }
-        }
-    }
-
-    /// Go on with the bulk lane: the batch already received, then one new
-    /// batch from each `ready` family, until `BULK_BYTES` were carried (the
-    /// rest waits for the next turn, so that the TUN side and the express
-    /// lane are looked at between).
-    fn bulk_to_tun(&mut self, ready: Ready, now: Instant) {
-        let mut budget = BULK_BYTES;
-        let mut to_read = [ready.udp4, ready.udp6 && self.udp.has_v6()];
-        loop {
-            if self.rx_at.next >= self.rx_at.got {
-                // The family not read last goes first: neither starves
-                // the other.
-                let order = [!self.rx_at.v6, self.rx_at.v6];
-                let Some(v6) = order.into_iter().find(|f| to_read[usize::from(*f)]) else {
-                    return;
-                };
-                let got = match self.udp.recv(v6, &mut self.rx) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive failed");
-                        0
-                    }
-                };
-                // A full batch: there may be more.
-                to_read[usize::from(v6)] = got == self.rx.slab.slots();
-                self.rx_at = RxCursor { next: 0, got, v6 };
-                continue;
-            }
-            let RxCursor { next, got, .. } = self.rx_at;
-            let (next, left) = self.carry_datagrams(false, next, got, budget, now);
-            self.rx_at.next = next;
-            budget = left;
-            if budget == 0 {
-                return;
-            }
-        }
-    }
-
-    /// Carry messages `from..to` of the express (or the bulk) receive
-    /// batch until `budget` bytes were carried: decrypt in place and write
-    /// the inner packets to the TUN device, coalesced into super-packets
-    /// where offloads allow; handshake messages go to their worker.
-    /// Returns the first message not carried and the budget left.
-    fn carry_datagrams(
-        &mut self,
-        express: bool,
-        from: usize,
-        to: usize,
-        mut budget: usize,
-        now: Instant,
-    ) -> (usize, usize) {
-        let DataPlane {
-            rx,
-            rx_express,
-            device,
-            to_tun,
-            tun,
-            gro,
-            drops,
-            udp,
-            handshakes,
-            ..
-        } = self;
-        let rx = if express { rx_express } else { rx };
-        let mut k = 0;
-        let mut i = from;
-        while i < to.min(rx.lens.len()) && budget > 0 {
-            let (len, seg, src) = (rx.lens[i], rx.segs[i], rx.srcs[i]);
-            let mut off = 0;
-            while off < len {
-                let dlen = seg.min(len - off);
-                let d = &mut rx.slab.slot_mut(i)[off..off + dlen];
-                off += dlen;
-                if netman_proto::is_handshake(d) {
-                    // To the handshake worker; never in front of transport data.
-                    handshakes.stage(src, d);
-                    continue;
-                }
-                match device.handle_datagram(src, d, dlen, now) {
-                    NetResult::ToTun { offset, len, .. } => {
-                        let b = &mut to_tun[k];
-                        b.clear();
-                        b.resize(HEADROOM, 0);
-                        b.extend_from_slice(&d[offset..offset + len]);
-                        k += 1;
-                        if k == TUN_BATCH {
-                            write_tun(tun, gro, &mut to_tun[..k], drops);
-                            k = 0;
-                        }
-                    }
-                    NetResult::Reply { dst, len } => {
-                        if let Some(Err(_)) = udp.send_to(&d[..len], dst) {
-                            drops.add(IoDropReason::UdpSendError, 1);
-                        }
-                    }
-                    NetResult::Done | NetResult::Drop(_) => {}
-                }
-            }
-            budget = budget.saturating_sub(len);
-            i += 1;
-        }
-        if k > 0 {
-            write_tun(tun, gro, &mut to_tun[..k], drops);
-        }
-        handshakes.submit();
-        // Handshake completions may have released staged packets.
-        self.flush_transmits();
-        (i, budget)
     }
 
     /// Finish up to `GATED_PER_ROUND` handshake messages that passed the
@@ -926,29 +723,6 @@ impl<T: TunIo, U: UdpIo> DataPlane<T, U> {
     }
 }
 
-/// Write inner packets to the TUN device: with offloads, TCP segments and
-/// UDP datagrams of one flow are coalesced into super-packets (GRO, one
-/// write for many packets), anything else is written as it is.
-fn write_tun<T: TunIo>(
-    tun: &mut T,
-    gro: &mut tun_rs::GROTable,
-    bufs: &mut [Vec<u8>],
-    drops: &mut IoDrops,
-) {
-    if let Err(e) = tun.send_multiple(gro, bufs, HEADROOM) {
-        tracing::debug!(error = %e, "TUN write failed");
-        // tun-rs reports one error for the batch, not which of its writes
-        // failed (typically all: the device is down or gone): count them all.
-        drops.add(IoDropReason::TunWriteError, bufs.len());
-    }
-}
-
-/// Count what a send-queue flush could not send.
-fn note_flush(drops: &mut IoDrops, r: FlushReport) {
-    drops.add(IoDropReason::UdpSendError, r.failed);
-    drops.add(IoDropReason::NoIpv6Socket, r.no_socket);
-}
-
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -982,5 +756,7 @@ pub fn stop_signals() -> io::Result<OwnedFd> {
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod configure;
+mod receive;
+mod send;
 #[cfg(test)]
 mod tests;

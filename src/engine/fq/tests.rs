@@ -35,6 +35,15 @@ fn fq(limit: usize) -> FlowQueues {
     )
 }
 
+/// A 1 ms target and a 20 ms interval, no memory limit to speak of.
+fn codel_1ms_20ms() -> Params {
+    Params {
+        target: Duration::from_millis(1),
+        interval: Duration::from_millis(20),
+        limit: 64 << 20,
+    }
+}
+
 fn push(q: &mut FlowQueues, proto: u8, sport: u16, len: usize, now: Instant) {
     q.enqueue(pkt(proto, sport, 80, len), 10 + len, 10, now);
 }
@@ -109,11 +118,7 @@ fn bulk_flows_share_by_bytes_and_a_new_flow_cannot_starve_them() {
 
 #[test]
 fn codel_drops_from_a_standing_queue_and_never_from_a_short_one() {
-    let p = Params {
-        target: Duration::from_millis(1),
-        interval: Duration::from_millis(20),
-        limit: 64 << 20,
-    };
+    let p = codel_1ms_20ms();
     let mut q = FlowQueues::new(p, READ, 1);
     let t0 = Instant::now();
     // A flow that arrives at 2 packets per ms and is served at 1 per ms:
@@ -151,11 +156,7 @@ fn codel_drops_from_a_standing_queue_and_never_from_a_short_one() {
 
 #[test]
 fn codel_waits_a_whole_interval_above_target_before_the_first_drop() {
-    let p = Params {
-        target: Duration::from_millis(1),
-        interval: Duration::from_millis(20),
-        limit: 64 << 20,
-    };
+    let p = codel_1ms_20ms();
     let mut q = FlowQueues::new(p, READ, 1);
     let t0 = Instant::now();
     for _ in 0..100 {
