@@ -73,15 +73,8 @@ impl UdpSockets {
                 }
                 Err(e) => return Err(e),
             };
-            let mut socks = UdpSockets {
-                v4,
-                v6,
-                port: bound,
-                express_v4: None,
-                express_v6: None,
-            };
-            match socks.with_express_lanes() {
-                Ok(()) => return Ok(socks),
+            match with_express_lanes(v4, v6, bound) {
+                Ok(socks) => return Ok(socks),
                 // Taken between the two binds (a race): try again.
                 Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => {
                     last_err = Some(e);
@@ -90,26 +83,6 @@ impl UdpSockets {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("no free UDP port")))
-    }
-
-    /// Re-bind each family's socket as the first of an `SO_REUSEPORT`
-    /// group with an express socket (see [`UdpSockets::express_v4`]). Where
-    /// the kernel refuses the steering program the family keeps one plain
-    /// socket.
-    fn with_express_lanes(&mut self) -> io::Result<()> {
-        let v4 = SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.port));
-        let v6 = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, self.port, 0, 0));
-        if let Some((main, express)) = lanes(Domain::IPV4, &v4, &mut self.v4)? {
-            self.v4 = main;
-            self.express_v4 = Some(express);
-        }
-        if let Some(s) = self.v6.as_mut()
-            && let Some((main, express)) = lanes(Domain::IPV6, &v6, s)?
-        {
-            self.v6 = Some(main);
-            self.express_v6 = Some(express);
-        }
-        Ok(())
     }
 
     /// Put `mark` (SO_MARK; 0: none) on both sockets' datagrams, so
@@ -166,14 +139,19 @@ fn setsockopt_int(
     opt: libc::c_int,
     v: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: valid fd, pointer to a live c_int and its size.
+    setsockopt(fd, level, opt, &v)
+}
+
+/// `setsockopt(2)` with the option value `v`.
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: valid fd, pointer to a live T and its size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             opt,
-            (&v as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (v as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -183,57 +161,80 @@ fn setsockopt_int(
     }
 }
 
+/// The sockets on `port`: each family's plain socket re-bound as the
+/// first of an `SO_REUSEPORT` group with an express socket (see
+/// [`UdpSockets::express_v4`]). Where the kernel refuses the steering
+/// program the family keeps one plain socket.
+fn with_express_lanes(v4: Socket, v6: Option<Socket>, port: u16) -> io::Result<UdpSockets> {
+    let addr4 = SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    let addr6 = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    let (v4, express_v4) = lanes(Domain::IPV4, &addr4, v4)?;
+    let (v6, express_v6) = match v6 {
+        Some(s) => {
+            let (main, express) = lanes(Domain::IPV6, &addr6, s)?;
+            (Some(main), express)
+        }
+        None => (None, None),
+    };
+    Ok(UdpSockets {
+        v4,
+        v6,
+        port,
+        express_v4,
+        express_v6,
+    })
+}
+
 /// Replace `plain` (bound to `addr`) by a main and an express socket on
-/// `addr` in one `SO_REUSEPORT` group, steered by [`steer_small`]. `None`
-/// (and `plain` kept) where the kernel has no such steering; an error only
-/// when the address can no longer be bound.
-fn lanes(
-    domain: Domain,
-    addr: &SockAddr,
-    plain: &mut Socket,
-) -> io::Result<Option<(Socket, Socket)>> {
-    let group = |express: bool| -> io::Result<Socket> {
-        // Both with UDP GRO: the kernel's GRO stage looks the socket up
-        // without running the program (by hash), and coalesces only for a
-        // socket that asked for it; what it coalesced is then steered by
-        // its whole length (to the main lane unless it is still small).
-        let s = new_socket(domain)?;
-        if !express {
-            // Bounded so that what can wait behind the express lane stays
-            // well inside the receiver's replay window (8,128 counters):
-            // the kernel doubles this, and a 64 KiB GRO message of 45
-            // datagrams takes about 70 KiB of it, so at most about 5,200
-            // datagrams wait here, and 32 messages more in the data plane.
-            set_buffer(&s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, BULK_LANE_BUFFER);
-        }
-        if domain == Domain::IPV6 {
-            s.set_only_v6(true)?;
-        }
-        s.set_reuse_port(true)?;
-        Ok(s)
-    };
-    let (main, express) = (group(false)?, group(true)?);
+/// `addr` in one `SO_REUSEPORT` group, steered by [`steer_small`]; where
+/// the kernel has no such steering, a plain socket on `addr` again and no
+/// express one. An error only when the address can no longer be bound.
+fn lanes(domain: Domain, addr: &SockAddr, plain: Socket) -> io::Result<(Socket, Option<Socket>)> {
+    // Both with UDP GRO: the kernel's GRO stage looks the socket up
+    // without running the program (by hash), and coalesces only for a
+    // socket that asked for it; what it coalesced is then steered by its
+    // whole length (to the main lane unless it is still small).
+    let (main, express) = (family_socket(domain, true)?, family_socket(domain, true)?);
+    // Bounded so that what can wait behind the express lane stays well
+    // inside the receiver's replay window (8,128 counters): the kernel
+    // doubles this, and a 64 KiB GRO message of 45 datagrams takes about
+    // 70 KiB of it, so at most about 5,200 datagrams wait here, and 32
+    // messages more in the data plane.
+    set_buffer(
+        &main,
+        libc::SO_RCVBUFFORCE,
+        libc::SO_RCVBUF,
+        BULK_LANE_BUFFER,
+    );
     // The port is ours: let the group have it.
-    let placeholder = std::mem::replace(plain, group(false)?);
-    drop(placeholder);
-    let fallback = |plain: &mut Socket, e: io::Error| -> io::Result<Option<(Socket, Socket)>> {
-        tracing::debug!(error = %e, "no express lane for small datagrams");
-        let s = new_socket(domain)?;
-        if domain == Domain::IPV6 {
-            s.set_only_v6(true)?;
+    drop(plain);
+    let joined = main
+        .bind(addr)
+        .and_then(|()| express.bind(addr))
+        .and_then(|()| steer_small(&main));
+    match joined {
+        Ok(()) => Ok((main, Some(express))),
+        Err(e) => {
+            tracing::debug!(error = %e, "no express lane for small datagrams");
+            drop((main, express));
+            let s = family_socket(domain, false)?;
+            s.bind(addr)?;
+            Ok((s, None))
         }
-        s.bind(addr)?;
-        *plain = s;
-        Ok(None)
-    };
-    if let Err(e) = main.bind(addr) {
-        return fallback(plain, e);
     }
-    if let Err(e) = express.bind(addr).and_then(|()| steer_small(&main)) {
-        drop((main, express));
-        return fallback(plain, e);
+}
+
+/// A socket of `domain` (IPv6 only for IPv6), with `SO_REUSEPORT` when
+/// `reuse_port`.
+fn family_socket(domain: Domain, reuse_port: bool) -> io::Result<Socket> {
+    let s = new_socket(domain)?;
+    if domain == Domain::IPV6 {
+        s.set_only_v6(true)?;
     }
-    Ok(Some((main, express)))
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    Ok(s)
 }
 
 /// Attach to the `SO_REUSEPORT` group of `s` the classic BPF program that
@@ -276,31 +277,22 @@ fn steer_small(s: &Socket) -> io::Result<()> {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
     };
-    // SAFETY: a valid socket and a pointer to a live sock_fprog (whose
-    // filter array outlives the call; the kernel copies it).
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // `fprog` points at `prog`, which outlives the call (the kernel
+    // copies the program).
+    setsockopt(
+        s.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &fprog,
+    )
 }
 
 fn bind_v6(port: u16) -> io::Result<Option<Socket>> {
-    let s = match new_socket(Domain::IPV6) {
+    let s = match family_socket(Domain::IPV6, false) {
         Ok(s) => s,
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    s.set_only_v6(true)?;
     match s.bind(&SockAddr::from(SocketAddrV6::new(
         Ipv6Addr::UNSPECIFIED,
         port,

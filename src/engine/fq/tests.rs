@@ -20,6 +20,13 @@ fn pkt(proto: u8, sport: u16, dport: u16, len: usize) -> Vec<u8> {
     b
 }
 
+/// An 84-byte ICMP echo request (no ports), behind a virtio-net header.
+fn ping() -> Vec<u8> {
+    let mut p = pkt(1, 0, 0, 84);
+    p[10 + 20] = 8;
+    p
+}
+
 fn sport_of(p: &Packet) -> u16 {
     u16::from_be_bytes([p.buf[30], p.buf[31]])
 }
@@ -60,9 +67,7 @@ fn a_ping_queued_behind_a_bulk_backlog_goes_out_first() {
     let first = q.dequeue(t).expect("bulk");
     assert_eq!(sport_of(&first), 5001);
     q.recycle(first.buf);
-    let mut ping = pkt(1, 0, 0, 84);
-    ping[10 + 20] = 8;
-    q.enqueue(ping, 10 + 84, 10, t);
+    q.enqueue(ping(), 10 + 84, 10, t);
     let next = q.dequeue(t).expect("ping");
     assert_eq!(
         next.len,
@@ -180,9 +185,7 @@ fn over_the_limit_the_fattest_flow_loses_packets_and_the_ping_survives() {
     let t = Instant::now();
     let limit = 2 << 20;
     let mut q = fq(limit);
-    let mut ping = pkt(1, 0, 0, 84);
-    ping[10 + 20] = 8;
-    q.enqueue(ping, 10 + 84, 10, t);
+    q.enqueue(ping(), 10 + 84, 10, t);
     // A flood of super-packets, far more than the limit.
     for _ in 0..200 {
         push(&mut q, 17, 4, 60_000, t);
