@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,8 +60,42 @@ struct DeploymentLabels {
     deployment: String,
 }
 
+/// Metrics clients the endpoint turned away or cut off, by reason: shared
+/// between the endpoint's thread (which counts) and every scrape (which
+/// reports them as `netman_metrics_connections_dropped_total`).
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    /// Closed at once: [`MAX_CONNECTIONS`] were being served.
+    pub too_many: AtomicU64,
+    /// Closed at once: [`MAX_PER_SOURCE`] from the same address were being
+    /// served.
+    pub too_many_from_source: AtomicU64,
+    /// Cut off: the request head took over [`HEAD_TIMEOUT`], or the
+    /// connection over [`DEADLINE`].
+    pub timed_out: AtomicU64,
+    /// `accept` failed (out of descriptors or the like).
+    pub accept_failed: AtomicU64,
+}
+
+impl ClientCounters {
+    /// `(reason, count)` for every reason, in a fixed order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("too_many", n(&self.too_many)),
+            ("too_many_from_source", n(&self.too_many_from_source)),
+            ("timed_out", n(&self.timed_out)),
+            ("accept_failed", n(&self.accept_failed)),
+        ]
+    }
+}
+
 /// The metrics text (OpenMetrics) for one status snapshot.
-pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
+pub fn render(
+    status: &EngineStatus,
+    reconcile: &ReconcileCounters,
+    clients: &ClientCounters,
+) -> String {
     let mut reg = <Registry>::with_prefix("netman");
     let rx = Family::<PeerLabels, Counter>::default();
     let tx = Family::<PeerLabels, Counter>::default();
@@ -75,6 +109,7 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     let failures = Family::<DeploymentLabels, Counter>::default();
     let health_confirms = Family::<DeploymentLabels, Counter>::default();
     let health_reverts = Family::<DeploymentLabels, Counter>::default();
+    let clients_dropped = Family::<DropLabels, Counter>::default();
     reg.register(
         "peer_receive_bytes",
         "Bytes received from the peer",
@@ -126,6 +161,11 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
         "rollout_health_reverts",
         "Changes on probation reverted because the deployment was not healthy in time",
         health_reverts.clone(),
+    );
+    reg.register(
+        "metrics_connections_dropped",
+        "Metrics clients turned away or cut off, by reason",
+        clients_dropped.clone(),
     );
 
     let dep = || DeploymentLabels {
@@ -182,6 +222,14 @@ pub fn render(status: &EngineStatus, reconcile: &ReconcileCounters) -> String {
     health_reverts
         .get_or_create(&dep())
         .inc_by(reconcile.health_reverts.load(Ordering::Relaxed));
+    for (reason, n) in clients.by_reason() {
+        clients_dropped
+            .get_or_create(&DropLabels {
+                deployment: status.deployment.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
@@ -221,8 +269,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Start the endpoint's thread, serving nothing until [`Endpoint::set`].
-    pub fn start(snapshot: Snapshot) -> io::Result<Endpoint> {
+    /// Start the endpoint's thread, serving nothing until [`Endpoint::set`];
+    /// the clients it turns away or cuts off are counted in `clients`.
+    pub fn start(snapshot: Snapshot, clients: Arc<ClientCounters>) -> io::Result<Endpoint> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -233,7 +282,7 @@ impl Endpoint {
         let (bound_tx, bound) = watch::channel(None);
         thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || rt.block_on(manage(want_rx, bound_tx, snapshot)))?;
+            .spawn(move || rt.block_on(manage(want_rx, bound_tx, snapshot, clients)))?;
         Ok(Endpoint { want, bound })
     }
 
@@ -257,6 +306,7 @@ async fn manage(
     mut want: watch::Receiver<Option<SocketAddr>>,
     bound: watch::Sender<Option<SocketAddr>>,
     snapshot: Snapshot,
+    clients: Arc<ClientCounters>,
 ) {
     // (requested address, accept loop)
     let mut current: Option<(SocketAddr, JoinHandle<()>)> = None;
@@ -277,7 +327,8 @@ async fn manage(
                     Ok(listener) => {
                         bound.send_replace(listener.local_addr().ok());
                         tracing::info!(%addr, "metrics endpoint listening");
-                        let task = tokio::spawn(accept_loop(listener, snapshot.clone()));
+                        let task =
+                            tokio::spawn(accept_loop(listener, snapshot.clone(), clients.clone()));
                         current = Some((addr, task));
                     }
                     Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
@@ -346,16 +397,27 @@ fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn admit(slots: &Arc<Mutex<Slots>>, peer: SocketAddr) -> Option<Slot> {
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    TooMany,
+    TooManyFromSource,
+}
+
+fn admit(slots: &Arc<Mutex<Slots>>, peer: SocketAddr) -> Result<Slot, Refused> {
     let source = source_of(peer.ip());
-    let mut s = slots.lock().ok()?;
+    // A poisoned lock (a panic elsewhere): serve no one rather than panic.
+    let mut s = slots.lock().map_err(|_| Refused::TooMany)?;
     let n = s.by_source.get(&source).copied().unwrap_or(0);
-    if s.total >= MAX_CONNECTIONS || n >= MAX_PER_SOURCE {
-        return None;
+    if s.total >= MAX_CONNECTIONS {
+        return Err(Refused::TooMany);
+    }
+    if n >= MAX_PER_SOURCE {
+        return Err(Refused::TooManyFromSource);
     }
     s.total += 1;
     s.by_source.insert(source, n + 1);
-    Some(Slot {
+    Ok(Slot {
         slots: slots.clone(),
         source,
     })
@@ -363,7 +425,7 @@ fn admit(slots: &Arc<Mutex<Slots>>, peer: SocketAddr) -> Option<Slot> {
 
 /// Accept and serve connections until aborted; aborting also ends every
 /// connection (the [`JoinSet`] aborts its tasks when dropped).
-async fn accept_loop(listener: TcpListener, snapshot: Snapshot) {
+async fn accept_loop(listener: TcpListener, snapshot: Snapshot, clients: Arc<ClientCounters>) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     let mut conns = JoinSet::new();
     // Clients decide how often these happen: log them once a minute.
@@ -378,10 +440,15 @@ async fn accept_loop(listener: TcpListener, snapshot: Snapshot) {
         while conns.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, peer)) => match admit(&slots, peer) {
-                Some(slot) => {
-                    conns.spawn(connection(stream, snapshot.clone(), slot));
+                Ok(slot) => {
+                    conns.spawn(connection(stream, snapshot.clone(), slot, clients.clone()));
                 }
-                None => {
+                Err(why) => {
+                    let counter = match why {
+                        Refused::TooMany => &clients.too_many,
+                        Refused::TooManyFromSource => &clients.too_many_from_source,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     warn(
                         &|| tracing::warn!(%peer, "metrics: too many connections, closing new ones"),
                     );
@@ -389,6 +456,7 @@ async fn accept_loop(listener: TcpListener, snapshot: Snapshot) {
                 }
             },
             Err(e) => {
+                clients.accept_failed.fetch_add(1, Ordering::Relaxed);
                 // Out of descriptors or the like: do not spin.
                 warn(&|| tracing::warn!(error = %e, "metrics: accept failed"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -398,7 +466,12 @@ async fn accept_loop(listener: TcpListener, snapshot: Snapshot) {
 }
 
 /// One request on `stream`, within [`HEAD_TIMEOUT`] and [`DEADLINE`].
-async fn connection(stream: TcpStream, snapshot: Snapshot, _slot: Slot) {
+async fn connection(
+    stream: TcpStream,
+    snapshot: Snapshot,
+    _slot: Slot,
+    clients: Arc<ClientCounters>,
+) {
     let service = service_fn(move |req| respond(req, snapshot.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -408,7 +481,14 @@ async fn connection(stream: TcpStream, snapshot: Snapshot, _slot: Slot) {
         .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
     // Past the deadline the connection is dropped, and so closed.
-    let _ = tokio::time::timeout(DEADLINE, conn).await;
+    let timed_out = match tokio::time::timeout(DEADLINE, conn).await {
+        Err(_elapsed) => true,
+        Ok(Err(e)) => e.is_timeout(),
+        Ok(Ok(())) => false,
+    };
+    if timed_out {
+        clients.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `GET /metrics` (any query) answers the snapshot; anything else 404 or
@@ -503,7 +583,7 @@ mod tests {
         c.applies.store(2, Ordering::Relaxed);
         c.drift_repairs.store(1, Ordering::Relaxed);
         c.health_reverts.store(5, Ordering::Relaxed);
-        let text = render(&status(), &c);
+        let text = render(&status(), &c, &ClientCounters::default());
         let keyb = keyb();
         for want in [
             format!(
@@ -539,7 +619,11 @@ mod tests {
         let mut st = status();
         st.drops.clear();
         st.drops.insert("engine_only".into(), 0);
-        let text = render(&st, &ReconcileCounters::default());
+        let text = render(
+            &st,
+            &ReconcileCounters::default(),
+            &ClientCounters::default(),
+        );
         for r in DropReason::ALL {
             let want = format!(
                 "netman_packets_dropped_total{{deployment=\"site-a\",reason=\"{}\"}} 0\n",
@@ -557,29 +641,49 @@ mod tests {
         let mut held: Vec<Slot> = (0..MAX_PER_SOURCE)
             .map(|_| admit(&slots, a).expect("under the per-source cap"))
             .collect();
-        assert!(admit(&slots, a).is_none(), "per-source cap");
+        assert_eq!(
+            admit(&slots, a).err(),
+            Some(Refused::TooManyFromSource),
+            "per-source cap"
+        );
         // The same IPv4 address mapped into IPv6 is the same source, and
         // so is another address of the same IPv6 /64.
         let mapped: SocketAddr = "[::ffff:192.0.2.1]:1".parse().expect("addr");
-        assert!(admit(&slots, mapped).is_none());
+        assert_eq!(
+            admit(&slots, mapped).err(),
+            Some(Refused::TooManyFromSource)
+        );
         let v6a: SocketAddr = "[2001:db8:1:2::1]:1".parse().expect("addr");
         let v6b: SocketAddr = "[2001:db8:1:2:ffff::9]:1".parse().expect("addr");
         held.extend((0..MAX_PER_SOURCE).map(|_| admit(&slots, v6a).expect("v6")));
-        assert!(admit(&slots, v6b).is_none(), "one /64 is one source");
+        assert_eq!(
+            admit(&slots, v6b).err(),
+            Some(Refused::TooManyFromSource),
+            "one /64 is one source"
+        );
         // A slot given back is free again.
         drop(held.remove(0));
         held.push(admit(&slots, a).expect("a slot was given back"));
-        assert!(admit(&slots, a).is_none(), "8 from 192.0.2.1 again");
+        assert_eq!(
+            admit(&slots, a).err(),
+            Some(Refused::TooManyFromSource),
+            "8 from 192.0.2.1 again"
+        );
         // The total cap, over many sources.
         let mut n = held.len();
         for i in 0..=255u8 {
             let s = SocketAddr::from(([198, 51, 100, i], 1));
-            if let Some(slot) = admit(&slots, s) {
+            if let Ok(slot) = admit(&slots, s) {
                 held.push(slot);
                 n += 1;
             }
         }
         assert_eq!(n, MAX_CONNECTIONS);
+        assert_eq!(
+            admit(&slots, "203.0.113.1:1".parse().expect("addr")).err(),
+            Some(Refused::TooMany),
+            "the total cap"
+        );
         drop(held);
         let s = slots.lock().expect("lock");
         assert_eq!((s.total, s.by_source.len()), (0, 0));
@@ -587,8 +691,11 @@ mod tests {
 
     #[test]
     fn http_endpoint_serves_metrics_and_404_and_stops() {
-        let endpoint =
-            Endpoint::start(Arc::new(|| Some("hello 1\n# EOF\n".to_string()))).expect("start");
+        let endpoint = Endpoint::start(
+            Arc::new(|| Some("hello 1\n# EOF\n".to_string())),
+            Arc::default(),
+        )
+        .expect("start");
         endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let addr = loop {
@@ -627,5 +734,59 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(endpoint.local_addr(), None);
+    }
+
+    /// A client over the per-source cap is closed at once and counted, and
+    /// the count is in the metrics text.
+    #[test]
+    fn refused_clients_are_counted_and_reported() {
+        let clients = Arc::new(ClientCounters::default());
+        let endpoint = Endpoint::start(Arc::new(|| Some("# EOF\n".to_string())), clients.clone())
+            .expect("start");
+        endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let addr = loop {
+            if let Some(a) = endpoint.local_addr() {
+                break a;
+            }
+            assert!(std::time::Instant::now() < deadline, "never listened");
+            thread::sleep(Duration::from_millis(10));
+        };
+        // Connections that send nothing hold every slot of 127.0.0.1.
+        let held: Vec<_> = (0..MAX_PER_SOURCE)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let mut extra = std::net::TcpStream::connect(addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        // Closed at once (before HEAD_TIMEOUT), not served.
+        assert_eq!(extra.read(&mut buf).map_err(|e| e.kind()), Ok(0));
+        wait_for("the refused client was not counted", &|| {
+            clients.too_many_from_source.load(Ordering::Relaxed) == 1
+        });
+        assert_eq!(clients.too_many.load(Ordering::Relaxed), 0);
+        let text = render(&status(), &ReconcileCounters::default(), &clients);
+        assert!(
+            text.contains(
+                "netman_metrics_connections_dropped_total{deployment=\"site-a\",reason=\"too_many_from_source\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "netman_metrics_connections_dropped_total{deployment=\"site-a\",reason=\"timed_out\"} 0\n"
+            ),
+            "{text}"
+        );
+        drop(held);
     }
 }

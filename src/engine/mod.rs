@@ -433,13 +433,15 @@ fn update_metrics(
         }
         let control = control.clone();
         let shared = shared.clone();
+        let clients = Arc::new(metrics::ClientCounters::default());
+        let counted = clients.clone();
         let snapshot: metrics::Snapshot = Arc::new(move || {
             let (tx, rx) = mpsc::channel();
             control.send(DpCommand::Status(tx)).ok()?;
             let status = rx.recv_timeout(CONTROL_TIMEOUT).ok()?;
-            Some(metrics::render(&status, &shared.counters))
+            Some(metrics::render(&status, &shared.counters, &counted))
         });
-        match metrics::Endpoint::start(snapshot) {
+        match metrics::Endpoint::start(snapshot, clients) {
             Ok(endpoint) => *cur = Some(endpoint),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the metrics endpoint");
