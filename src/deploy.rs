@@ -104,8 +104,9 @@ pub async fn apply(
     opts: ApplyOptions,
 ) -> Result<Applied, DeployError> {
     let mut cfg = match step {
-        // The watcher's re-apply: a name that is down keeps the address
-        // the engine uses (the resolver reports the error).
+        // The watcher's re-apply: a name the engine follows keeps the
+        // address it uses, without a lookup (its resolver keeps that
+        // current and reports errors).
         EngineStep::InProcess(engine) => {
             let cfg = EngineConfig::from_manifest_with(m, &|k, n| engine.last_endpoint(k, n))?;
             check_declared_key(m, &cfg.load_keys()?)?;

@@ -122,30 +122,28 @@ impl EngineConfig {
         Self::from_manifest_with(m, &|_, _| None)
     }
 
-    /// [`EngineConfig::from_manifest`], where a hostname that does not
-    /// resolve takes `fallback(public key, "host:port")` instead, when that
-    /// knows one (the running engine's last good address: the watcher's
-    /// re-applies do not fail while a name is down).
+    /// [`EngineConfig::from_manifest`], where a hostname for which
+    /// `known(public key, "host:port")` has an address takes it without a
+    /// lookup: the running engine's address for the name, which its own
+    /// resolver keeps current. The watcher's re-applies use this, so a
+    /// resolver that hangs or a name that is down never holds up drift
+    /// repair or a manifest change; a name new to the manifest is looked up
+    /// as at apply.
     pub fn from_manifest_with(
         m: &Manifest,
-        fallback: &dyn Fn(&PublicKey, &str) -> Option<SocketAddr>,
+        known: &dyn Fn(&PublicKey, &str) -> Option<SocketAddr>,
     ) -> Result<EngineConfig, ConfigError> {
         let mut peers = Vec::with_capacity(m.peers.len());
         for p in &m.peers {
             let endpoint = match &p.endpoint {
                 None => None,
                 Some(Endpoint::Addr(a)) => Some(*a),
-                Some(Endpoint::Host { host, port }) => match resolve(&p.name, host, *port) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        let name = format!("{host}:{port}");
-                        let Some(a) = fallback(&p.public_key, &name) else {
-                            return Err(e);
-                        };
-                        tracing::debug!(peer = %p.name, error = %e, kept = %a, "endpoint name does not resolve; keeping the last good address");
-                        Some(a)
+                Some(Endpoint::Host { host, port }) => {
+                    match known(&p.public_key, &format!("{host}:{port}")) {
+                        Some(a) => Some(a),
+                        None => Some(resolve(&p.name, host, *port)?),
                     }
-                },
+                }
             };
             peers.push(PeerSpec {
                 name: p.name.clone(),
@@ -621,6 +619,44 @@ mod tests {
         assert!(
             !l[0].contains(a2.to_base64().as_str()),
             "private key leaked"
+        );
+    }
+
+    /// The watcher's re-apply takes the address the engine follows for a
+    /// name without a lookup; only a name it does not know is looked up.
+    #[test]
+    fn a_known_name_is_not_looked_up_again() {
+        let b = key(2).public_key().to_base64();
+        let text = format!(
+            "name: a
+interface:
+  name: nm0
+  addresses: [10.0.0.1/24]
+  private_key_file: /k
+peers:
+  - name: b
+    public_key: {b}
+    endpoint: localhost:51820
+    allowed_ips: [10.0.0.2/32]
+"
+        );
+        let m = crate::manifest::parse(&text, std::path::Path::new("/a.yaml")).expect("valid");
+        let followed: SocketAddr = "192.0.2.7:51820".parse().expect("addr");
+        let asked = std::cell::RefCell::new(Vec::new());
+        let known = |k: &PublicKey, name: &str| {
+            asked.borrow_mut().push((k.to_base64(), name.to_owned()));
+            Some(followed)
+        };
+        let cfg = EngineConfig::from_manifest_with(&m, &known).expect("config");
+        // `localhost` would have resolved to a loopback address.
+        assert_eq!(cfg.peers[0].endpoint, Some(followed));
+        assert_eq!(*asked.borrow(), [(b, "localhost:51820".to_owned())]);
+        // Not known: looked up.
+        let cfg = EngineConfig::from_manifest_with(&m, &|_, _| None).expect("config");
+        assert!(
+            cfg.peers[0].endpoint.is_some_and(|a| a.ip().is_loopback()),
+            "{:?}",
+            cfg.peers[0].endpoint
         );
     }
 }
