@@ -359,3 +359,57 @@ fn default_route_in_main_table_clashes_and_reverts() {
     assert!(err.contains("add route 0.0.0.0/0 dev nm0"), "{err}");
     assert_eq!(routing_dump(&w.branch.ns), before);
 }
+
+/// A second full tunnel of one address family in the same namespace is
+/// refused before anything changes: the two would share the `lookup main
+/// suppress_prefixlength 0` rule (the first one's `down` would pull it
+/// from under the second), and each one's default route would catch the
+/// other's own datagrams.
+#[test]
+fn a_second_full_tunnel_of_a_family_is_refused_and_changes_nothing() {
+    let w = world("b2");
+    let before = routing_dump(&w.branch.ns);
+    let hub = hub_manifest(&w);
+    w.hub.nm().ok(&["apply", &hub]);
+    let branch = branch_manifest(&w, "0.0.0.0/0, ::/0");
+    let nm = w.branch.nm();
+    nm.ok(&["apply", &branch]);
+    let applied = routing_dump(&w.branch.ns);
+
+    let second = w.branch.dir.write(
+        "second.yaml",
+        &format!(
+            "name: second\n\
+             interface:\n  name: nm1\n  addresses: [10.20.0.2/24]\n  listen_port: 51822\n  private_key_file: {}\n\
+             peers:\n  - name: hub\n    public_key: \"{}\"\n    endpoint: 198.51.100.2:{HUB_PORT}\n    allowed_ips: [0.0.0.0/0]\n",
+            w.branch.key.private_file.display(),
+            w.hub.key.public,
+        ),
+    );
+    let second = second.display().to_string();
+    // `diff` cannot tell (2); `apply` applied nothing (1), as for a
+    // foreign link.
+    for (cmd, exit) in [("diff", 2), ("apply", 1)] {
+        let (code, out, err) = nm.out(&[cmd, &second]);
+        assert_eq!(code, exit, "{cmd}: {out}{err}");
+        assert!(
+            err.contains("policy rule ipv4 32764: lookup main suppress_prefixlength 0: exists with netman's protocol but is not this deployment's")
+                && err.contains("`ip rule del priority 32764`"),
+            "{cmd}: {err}"
+        );
+    }
+    assert_eq!(
+        routing_dump(&w.branch.ns),
+        applied,
+        "the refused apply changed routing"
+    );
+    assert!(
+        !w.branch.ns.ip(&["link", "show"]).contains("nm1"),
+        "the refused apply made a link"
+    );
+    assert_through_tunnel(&w, "203.0.113.2", "from-hub");
+
+    nm.ok(&["down", "branch"]);
+    assert_eq!(routing_dump(&w.branch.ns), before);
+    w.hub.nm().ok(&["down", "hub"]);
+}

@@ -181,6 +181,12 @@ pub enum PlanError {
         "route {route} dev {link}: a route to this prefix with the same metric exists and is not netman's; remove it or give netman's route another metric"
     )]
     ForeignRoute { link: String, route: RouteSpec },
+    #[error(
+        "policy rule {rule}: exists with netman's protocol but is not this deployment's: another deployment routes a full tunnel of this address family (two cannot: each one's default route would catch the other's own datagrams), or one left the rule behind; take that deployment down, or delete the rule (`ip{} rule del priority {}`) if nothing uses it",
+        if rule.v6 { " -6" } else { "" },
+        rule.priority
+    )]
+    SharedRule { rule: RuleSpec },
 }
 
 /// All the errors found while planning (reported at once).
@@ -220,7 +226,14 @@ pub fn plan(
     let mut del_rule = Vec::new();
 
     // Rules: this deployment's are the recorded ones; another deployment's
-    // rules (also with netman's protocol) are left alone.
+    // rules (also with netman's protocol) are left alone, and one this
+    // deployment needs too is refused: sharing it would make the other's
+    // `down` pull it from under this one.
+    for r in desired.rules.intersection(&observed.rules) {
+        if !owned.rules.contains(r) {
+            errors.push(PlanError::SharedRule { rule: r.clone() });
+        }
+    }
     for r in desired.rules.difference(&observed.rules) {
         add_rule.push(Action::AddRule { rule: r.clone() });
     }
