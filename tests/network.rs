@@ -599,3 +599,60 @@ fn apply_refuses_a_key_file_that_is_not_the_declared_key() {
     );
     assert_eq!(e.kind(), netman::error::ErrorKind::Invalid);
 }
+
+/// A network large enough to be derived on several threads (when the
+/// machine has them): every site gets its own manifest, and a finding in
+/// many sites is reported once per site, in file order.
+#[test]
+fn a_large_network_derives_every_site_in_order() {
+    let keys: Vec<String> = (0..48)
+        .map(|_| {
+            netman::keys::generate_private_key()
+                .expect("randomness")
+                .public_key()
+                .to_base64()
+        })
+        .collect();
+    let site = |i: usize, extra: &str| {
+        format!(
+            "  - name: s{i}\n    public_key: {}\n    addresses: [10.0.{i}.1/16]\n    subnets: [172.20.{i}.0/24]\n    endpoint: 192.0.2.{}:51820\n{extra}",
+            keys[i],
+            i + 1
+        )
+    };
+    let network = |extra: &dyn Fn(usize) -> &'static str| {
+        format!(
+            "network: big\ndefaults:\n  listen_port: 51820\n  private_key_file: /k\nsites:\n{}topology:\n  mesh: true\n",
+            (0..keys.len())
+                .map(|i| site(i, extra(i)))
+                .collect::<String>()
+        )
+    };
+    let net = parse(&network(&|_| "")).expect("valid");
+    for (i, key) in keys.iter().enumerate() {
+        let m = &net.derive(&format!("s{i}")).expect("derived").manifest;
+        assert_eq!(
+            m.interface.addresses[0].to_string(),
+            format!("10.0.{i}.1/16"),
+            "site s{i} got another site's manifest"
+        );
+        assert_eq!(m.peers.len(), keys.len() - 1);
+        assert!(
+            m.peers.iter().all(|p| p.public_key.to_base64() != *key),
+            "s{i} peers with itself"
+        );
+    }
+    // A bad MTU in every third site: one finding per such site, in order.
+    let bad = errors(&network(&|i| {
+        if i % 3 == 0 { "    mtu: \"big\"\n" } else { "" }
+    }));
+    let sites: Vec<String> = bad
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap_or_default().to_owned())
+        .collect();
+    let want: Vec<String> = (0..keys.len())
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("sites[{i}].mtu"))
+        .collect();
+    assert_eq!(sites, want, "{bad:#?}");
+}

@@ -215,51 +215,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
     let said: HashSet<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
 
     let file_sha256 = manifest::sha256_hex(text);
-    let mut derived = Vec::new();
-    for i in 0..raw.sites.value.len() {
-        if !model.derivable[i] {
-            continue;
-        }
-        let rendered = derive::render(&raw, &model, i);
-        let site = &raw.sites.value[i].value;
-        let fallback = Origin::at(site.name.referenced, format!("sites[{i}]"));
-        let map = |e: &ManifestError| {
-            let o = rendered
-                .origins
-                .get(e.line.wrapping_sub(1))
-                .filter(|_| e.line > 0)
-                .unwrap_or(&fallback);
-            ManifestError {
-                file: file.clone(),
-                line: o.line,
-                column: o.column,
-                path: o.path.clone(),
-                message: format!(
-                    "{} (manifest of site {}: {})",
-                    e.message, site.name.value, e.path
-                ),
-            }
-        };
-        match manifest::parse(&rendered.text, path) {
-            Ok(mut m) => {
-                warnings.extend(m.warnings.iter().map(map));
-                m.source.derived_from = Some(DerivedFrom {
-                    network: raw.network.value.clone(),
-                    site: site.name.value.clone(),
-                    sha256: file_sha256.clone(),
-                });
-                derived.push(Derived {
-                    text: rendered.text,
-                    manifest: m,
-                    origins: rendered.origins,
-                });
-            }
-            Err(errs) => errors.extend(
-                errs.0
-                    .iter()
-                    .map(map)
-                    .filter(|e| !said.contains(&(e.line, e.column))),
-            ),
+    // Every site's manifest is rendered and parsed on its own: spread
+    // over the cores (a fleet's file derives one manifest per site, each
+    // listing the others), merged back in site order.
+    let sites_to_derive: Vec<usize> = (0..raw.sites.value.len())
+        .filter(|&i| model.derivable[i])
+        .collect();
+    let ctx = DeriveCtx {
+        raw: &raw,
+        model: &model,
+        path,
+        file: &file,
+        sha256: &file_sha256,
+        said: &said,
+    };
+    let mut derived = Vec::with_capacity(sites_to_derive.len());
+    for outcome in in_parallel(&sites_to_derive, |i| ctx.site(i)) {
+        warnings.extend(outcome.warnings);
+        match outcome.derived {
+            Ok(d) => derived.push(d),
+            Err(errs) => errors.extend(errs),
         }
     }
     let errors = dedup(errors);
@@ -289,6 +264,112 @@ pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
             "internal error: network validation failed without a diagnostic",
         ))),
     }
+}
+
+/// What deriving one site's manifest needs, shared by the threads.
+struct DeriveCtx<'a> {
+    raw: &'a raw::RawNetwork,
+    model: &'a check::Model,
+    path: &'a Path,
+    file: &'a str,
+    sha256: &'a str,
+    /// Where the network's own rules already found something.
+    said: &'a HashSet<(usize, usize)>,
+}
+
+/// One site's manifest, or its findings (placed in the network file).
+struct SiteOutcome {
+    derived: Result<Derived, Vec<ManifestError>>,
+    warnings: Vec<ManifestError>,
+}
+
+impl DeriveCtx<'_> {
+    /// Render site `i`'s manifest and parse it as any manifest is parsed;
+    /// a finding in it is reported at the network file position that
+    /// produced its line.
+    fn site(&self, i: usize) -> SiteOutcome {
+        let rendered = derive::render(self.raw, self.model, i);
+        let site = &self.raw.sites.value[i].value;
+        let fallback = Origin::at(site.name.referenced, format!("sites[{i}]"));
+        let map = |e: &ManifestError| {
+            let o = rendered
+                .origins
+                .get(e.line.wrapping_sub(1))
+                .filter(|_| e.line > 0)
+                .unwrap_or(&fallback);
+            ManifestError {
+                file: self.file.to_owned(),
+                line: o.line,
+                column: o.column,
+                path: o.path.clone(),
+                message: format!(
+                    "{} (manifest of site {}: {})",
+                    e.message, site.name.value, e.path
+                ),
+            }
+        };
+        match manifest::parse(&rendered.text, self.path) {
+            Ok(mut m) => {
+                let warnings = m.warnings.iter().map(map).collect();
+                m.source.derived_from = Some(DerivedFrom {
+                    network: self.raw.network.value.clone(),
+                    site: site.name.value.clone(),
+                    sha256: self.sha256.to_owned(),
+                });
+                SiteOutcome {
+                    derived: Ok(Derived {
+                        text: rendered.text,
+                        manifest: m,
+                        origins: rendered.origins,
+                    }),
+                    warnings,
+                }
+            }
+            Err(errs) => SiteOutcome {
+                derived: Err(errs
+                    .0
+                    .iter()
+                    .map(map)
+                    .filter(|e| !self.said.contains(&(e.line, e.column)))
+                    .collect()),
+                warnings: Vec::new(),
+            },
+        }
+    }
+}
+
+/// `f` of every item, in order, computed on up to as many threads as the
+/// machine has cores (one thread for a few items).
+fn in_parallel<T, F>(items: &[usize], f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize) -> T + Sync,
+{
+    /// Fewer items than this per thread are not worth a thread.
+    const MIN_PER_THREAD: usize = 8;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = cores.min(items.len() / MIN_PER_THREAD).max(1);
+    if threads == 1 {
+        return items.iter().map(|&i| f(i)).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let f = &f;
+                scope.spawn(move || part.iter().map(|&i| f(i)).collect::<Vec<T>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                // A panic in a thread is a panic here, as without threads.
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect()
+    })
 }
 
 impl Origin {
