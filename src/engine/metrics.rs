@@ -689,6 +689,19 @@ mod tests {
         assert_eq!((s.total, s.by_source.len()), (0, 0));
     }
 
+    /// Serve `endpoint` on a free loopback port; its address once bound.
+    fn serve_on_loopback(endpoint: &Endpoint) -> SocketAddr {
+        endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(a) = endpoint.local_addr() {
+                return a;
+            }
+            assert!(std::time::Instant::now() < deadline, "never listened");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn http_endpoint_serves_metrics_and_404_and_stops() {
         let endpoint = Endpoint::start(
@@ -696,15 +709,7 @@ mod tests {
             Arc::default(),
         )
         .expect("start");
-        endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let addr = loop {
-            if let Some(a) = endpoint.local_addr() {
-                break a;
-            }
-            assert!(std::time::Instant::now() < deadline, "never listened");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let addr = serve_on_loopback(&endpoint);
         let get = |path: &str| {
             let mut s = std::net::TcpStream::connect(addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -743,15 +748,7 @@ mod tests {
         let clients = Arc::new(ClientCounters::default());
         let endpoint = Endpoint::start(Arc::new(|| Some("# EOF\n".to_string())), clients.clone())
             .expect("start");
-        endpoint.set(Some("127.0.0.1:0".parse().expect("addr")));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let addr = loop {
-            if let Some(a) = endpoint.local_addr() {
-                break a;
-            }
-            assert!(std::time::Instant::now() < deadline, "never listened");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let addr = serve_on_loopback(&endpoint);
         // Connections that send nothing hold every slot of 127.0.0.1.
         let held: Vec<_> = (0..MAX_PER_SOURCE)
             .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
