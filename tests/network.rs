@@ -605,14 +605,17 @@ fn apply_refuses_a_key_file_that_is_not_the_declared_key() {
 /// many sites is reported once per site, in file order.
 #[test]
 fn a_large_network_derives_every_site_in_order() {
-    let keys: Vec<String> = (0..48)
-        .map(|_| {
-            netman::keys::generate_private_key()
-                .expect("randomness")
-                .public_key()
-                .to_base64()
-        })
+    let private: Vec<_> = (0..48)
+        .map(|_| netman::keys::generate_private_key().expect("randomness"))
         .collect();
+    let keys: Vec<String> = private.iter().map(|k| k.public_key().to_base64()).collect();
+    let dir = TempDir::new("netbig");
+    let key_file = dir.join("site.key");
+    common::write_mode(
+        &key_file,
+        &format!("{}\n", private[30].to_base64().as_str()),
+        0o600,
+    );
     let site = |i: usize, extra: &str| {
         format!(
             "  - name: s{i}\n    public_key: {}\n    addresses: [10.0.{i}.1/16]\n    subnets: [172.20.{i}.0/24]\n    endpoint: 192.0.2.{}:51820\n{extra}",
@@ -622,7 +625,8 @@ fn a_large_network_derives_every_site_in_order() {
     };
     let network = |extra: &dyn Fn(usize) -> &'static str| {
         format!(
-            "network: big\ndefaults:\n  listen_port: 51820\n  private_key_file: /k\nsites:\n{}topology:\n  mesh: true\n",
+            "network: big\ndefaults:\n  listen_port: 51820\n  private_key_file: {}\nsites:\n{}topology:\n  mesh: true\n",
+            key_file.display(),
             (0..keys.len())
                 .map(|i| site(i, extra(i)))
                 .collect::<String>()
@@ -655,4 +659,24 @@ fn a_large_network_derives_every_site_in_order() {
         .map(|i| format!("sites[{i}].mtu"))
         .collect();
     assert_eq!(sites, want, "{bad:#?}");
+
+    // What apply, diff and the watcher load (each site's manifest derived
+    // and checked, only the chosen one kept) is the site's derived
+    // manifest, with the network's warnings: by the local key file...
+    let text = network(&|_| "");
+    let path = Path::new(FILE);
+    let net = parse(&text).expect("valid");
+    let derived = |name: &str| {
+        let mut m = net.derive(name).expect("derived").manifest.clone();
+        m.warnings = net.warnings.clone();
+        m
+    };
+    let mine = network::manifest_of(&text, path, None).expect("site s30 by its key");
+    assert_eq!(mine.name, "s30");
+    assert_eq!(mine, derived("s30"));
+    // ... or by name.
+    let named = network::manifest_of(&text, path, Some("s7")).expect("site s7");
+    assert_eq!(named, derived("s7"));
+    let e = network::manifest_of(&text, path, Some("nope")).expect_err("no such site");
+    assert!(e.to_string().contains("has no site named \"nope\""), "{e}");
 }

@@ -15,7 +15,7 @@ use crate::engine::{
 };
 use crate::manifest::{ManifestErrors, PublicKey};
 use crate::network::graph::{self as draw, Live};
-use crate::network::{Network, UnknownSite};
+use crate::network::{Checked, Network, UnknownSite};
 use crate::state::{StateDir, StateError};
 
 /// Why `netman graph` drew nothing.
@@ -76,7 +76,7 @@ impl GraphError {
 }
 
 /// The network file at `path` and its warnings.
-pub fn load(path: &Path) -> Result<(Box<Network>, Vec<Finding>), GraphError> {
+pub fn load(path: &Path) -> Result<(Box<Checked>, Vec<Finding>), GraphError> {
     validate::load_network(path)
         .map_err(GraphError::Invalid)?
         .ok_or_else(|| GraphError::NotNetwork(path.display().to_string()))
@@ -84,8 +84,8 @@ pub fn load(path: &Path) -> Result<(Box<Network>, Vec<Finding>), GraphError> {
 
 /// The index of the local site: `site` if given, else the one site of
 /// `net` whose name is among the deployments `recorded` in `state_dir`.
-pub fn local_site(
-    net: &Network,
+pub fn local_site<D>(
+    net: &Network<D>,
     site: Option<&str>,
     recorded: &[String],
     state_dir: &Path,
@@ -159,7 +159,12 @@ pub fn engine_view(sd: &StateDir, deployment: &str) -> Result<EngineView, GraphE
 /// seconds), matched to the network's sites by public key; and a warning
 /// when the engine runs with another key than the network gives the site
 /// (it is then not that site's engine, or the file is stale).
-pub fn live(net: &Network, local: usize, engine: &EngineView, now: u64) -> (Live, Option<String>) {
+pub fn live<D>(
+    net: &Network<D>,
+    local: usize,
+    engine: &EngineView,
+    now: u64,
+) -> (Live, Option<String>) {
     let handshakes: Vec<(PublicKey, Option<u64>)> = engine
         .peers
         .iter()
@@ -182,7 +187,7 @@ pub fn live(net: &Network, local: usize, engine: &EngineView, now: u64) -> (Live
 }
 
 /// The drawing in `format`.
-pub fn draw(net: &Network, format: GraphFormat, live: Option<&Live>) -> String {
+pub fn draw<D>(net: &Network<D>, format: GraphFormat, live: Option<&Live>) -> String {
     match format {
         GraphFormat::Dot => draw::dot(net, live),
         GraphFormat::Mermaid => draw::mermaid(net, live),

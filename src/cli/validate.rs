@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{self, ManifestError};
-use crate::network::{self, Network};
+use crate::network::{self, Checked, SelectError, SiteChoice};
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,14 +113,16 @@ impl Report {
 #[derive(Clone, Debug)]
 pub enum Document {
     Manifest(Box<manifest::Manifest>),
-    Network(Box<Network>),
+    /// Checked as a whole: every site's manifest was derived and checked,
+    /// none is kept.
+    Network(Box<Checked>),
 }
 
 /// Read `path` and parse it as the kind it is.
 pub fn load(path: &Path) -> Result<Document, manifest::ManifestErrors> {
     let text = manifest::read_text(path).map_err(|e| manifest::read_error(path, &e))?;
     if network::is_network(&text) {
-        network::parse(&text, path).map(|n| Document::Network(Box::new(n)))
+        network::check(&text, path).map(|n| Document::Network(Box::new(n)))
     } else {
         manifest::parse(&text, path).map(|m| Document::Manifest(Box::new(m)))
     }
@@ -261,11 +263,14 @@ pub enum RenderError {
     )]
     NotNetwork(String),
     #[error("{0}")]
-    UnknownSite(#[from] network::UnknownSite),
+    UnknownSite(network::UnknownSite),
+    /// Not for a site named on the command line; kept for completeness.
+    #[error("{0}")]
+    Select(SelectError),
 }
 
 /// A network file and its warnings as findings.
-pub type NetworkAndWarnings = (Box<Network>, Vec<Finding>);
+pub type NetworkAndWarnings = (Box<Checked>, Vec<Finding>);
 
 /// The network file at `path` and its warnings as findings; `None` when
 /// the file is a (valid) site manifest instead (`render` and `graph`
@@ -289,11 +294,32 @@ pub fn load_network(path: &Path) -> Result<Option<NetworkAndWarnings>, manifest:
 /// The derived manifest of `site` in network file `path`, and the
 /// network's warnings.
 pub fn render(path: &Path, site: &str) -> Result<(String, Vec<Finding>), RenderError> {
-    let Some((net, warnings)) = load_network(path).map_err(RenderError::Invalid)? else {
+    let text = manifest::read_text(path)
+        .map_err(|e| RenderError::Invalid(manifest::read_error(path, &e)))?;
+    if !network::is_network(&text) {
+        // A valid site manifest is refused as not a network file.
+        manifest::parse(&text, path).map_err(RenderError::Invalid)?;
         return Err(RenderError::NotNetwork(path.display().to_string()));
+    }
+    let derived = match network::site_manifest(&text, path, SiteChoice::Named(site), |_| {
+        Err("a site named on the command line needs no key".to_owned())
+    })
+    .map_err(RenderError::Invalid)?
+    {
+        Ok(d) => d,
+        Err(SelectError::Unknown(u)) => return Err(RenderError::UnknownSite(u)),
+        Err(e) => return Err(RenderError::Select(e)),
     };
-    let text = net.derive(site)?.text.clone();
-    Ok((text, warnings))
+    let warnings = derived
+        .manifest
+        .warnings
+        .iter()
+        .map(|w| Finding {
+            severity: Severity::Warning,
+            error: w.clone(),
+        })
+        .collect();
+    Ok((derived.text, warnings))
 }
 
 #[cfg(test)]

@@ -78,8 +78,8 @@ impl Live {
     /// engine's peers as (public key, latest handshake in unix seconds),
     /// `now` the time to judge them at. A tunnel whose peer the engine
     /// lacks is [`TunnelState::Unknown`].
-    pub fn from_handshakes(
-        net: &Network,
+    pub fn from_handshakes<D>(
+        net: &Network<D>,
         local: usize,
         handshakes: &[(PublicKey, Option<u64>)],
         now: u64,
@@ -130,7 +130,7 @@ fn site_lines(site: &Site) -> Vec<String> {
     lines
 }
 
-fn title(net: &Network, live: Option<&Live>) -> String {
+fn title<D>(net: &Network<D>, live: Option<&Live>) -> String {
     match live.and_then(|l| net.sites.get(l.local)) {
         Some(site) => format!("network {}, live from {}", net.name, site.name),
         None => format!("network {}", net.name),
@@ -165,7 +165,7 @@ fn dot_subnet_id(site: &Site, subnet: &impl std::fmt::Display) -> String {
 }
 
 /// The network as an undirected Graphviz graph (`dot -Tsvg`).
-pub fn dot(net: &Network, live: Option<&Live>) -> String {
+pub fn dot<D>(net: &Network<D>, live: Option<&Live>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -261,7 +261,7 @@ fn mermaid_label(lines: &[String]) -> String {
 /// The network as a Mermaid flowchart (a ```` ```mermaid ```` block in a
 /// README). Node IDs are `s<i>` for site i and `s<i>n<k>` for its k-th
 /// subnet, so no site name has to be a Mermaid identifier.
-pub fn mermaid(net: &Network, live: Option<&Live>) -> String {
+pub fn mermaid<D>(net: &Network<D>, live: Option<&Live>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

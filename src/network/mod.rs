@@ -51,7 +51,7 @@ mod select;
 pub use select::{KeyTried, LoadError, SelectError, SiteChoice, load_manifest, manifest_of};
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde_saphyr::Location;
@@ -101,9 +101,10 @@ impl Derived {
     }
 }
 
-/// A validated network file.
+/// A validated network file, with every site's derived manifest
+/// ([`parse`]), or only what [`site_manifest`] keeps of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Network {
+pub struct Network<D = Derived> {
     pub name: String,
     /// In file order.
     pub sites: Vec<Site>,
@@ -116,7 +117,8 @@ pub struct Network {
     pub source: Source,
     /// Legal but suspicious findings, in document order.
     pub warnings: Vec<ManifestError>,
-    derived: Vec<Derived>,
+    /// Per site, in site order.
+    derived: Vec<D>,
 }
 
 /// `--site NAME` names no site of the network.
@@ -128,7 +130,7 @@ pub struct UnknownSite {
     pub known: Vec<String>,
 }
 
-impl Network {
+impl<D> Network<D> {
     /// The site named `name`.
     pub fn site(&self, name: &str) -> Option<&Site> {
         self.sites.iter().find(|s| s.name == name)
@@ -139,18 +141,40 @@ impl Network {
         self.sites.iter().find(|s| &s.public_key == key)
     }
 
-    /// The v1 manifest of site `name` (derived and validated at parse).
-    pub fn derive(&self, name: &str) -> Result<&Derived, UnknownSite> {
+    /// The index of the site named `name` (in `sites`, and in what was
+    /// kept of the derived manifests).
+    fn index_of(&self, name: &str) -> Result<usize, UnknownSite> {
         self.sites
             .iter()
             .position(|s| s.name == name)
-            .and_then(|i| self.derived.get(i))
+            .filter(|&i| i < self.derived.len())
             .ok_or_else(|| UnknownSite {
                 network: self.name.clone(),
                 site: name.to_owned(),
                 known: self.sites.iter().map(|s| s.name.clone()).collect(),
             })
     }
+}
+
+impl Network {
+    /// The v1 manifest of site `name` (derived and validated at parse).
+    pub fn derive(&self, name: &str) -> Result<&Derived, UnknownSite> {
+        let i = self.index_of(name)?;
+        Ok(&self.derived[i])
+    }
+}
+
+/// A network file checked as a whole, keeping none of the derived
+/// manifests: what `validate` and `graph` need.
+pub type Checked = Network<()>;
+
+/// Parse and validate network file `text` like [`parse`], deriving and
+/// checking every site's manifest without keeping any.
+pub fn check(text: &str, path: &Path) -> Result<Checked, ManifestErrors> {
+    let checked = CheckedFile::new(text, path)?;
+    let ctx = checked.ctx(path);
+    let (errors, warnings, kept) = checked.derive_all(&ctx, |_| ());
+    checked.finish(text, path, errors, warnings, kept)
 }
 
 /// The effective value of a per-site setting of site `$i`: the site's own,
@@ -192,76 +216,169 @@ pub fn load(path: &Path) -> Result<Network, ManifestErrors> {
 /// manifest; every finding at once, in document order. `path` is used in
 /// messages (as given) and to resolve relative key file paths.
 pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
-    let file = path.display().to_string();
-    if text.len() > manifest::MAX_MANIFEST_BYTES {
-        return Err(ManifestErrors::single(ManifestError::new(
-            &file,
-            Location::UNKNOWN,
-            "",
-            format!(
-                "network file is too large ({} bytes; at most {})",
-                text.len(),
-                manifest::MAX_MANIFEST_BYTES
-            ),
-        )));
-    }
-    let raw = raw_parse(text, &file)?;
-    let checked = check::check(&raw, &file);
-    let mut errors = checked.errors;
-    let mut warnings = checked.warnings;
-    let model = checked.model;
-    // A derived manifest's finding where the network's own rules already
-    // said something (a duplicate name, an overlap) adds nothing.
-    let said: HashSet<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+    let checked = CheckedFile::new(text, path)?;
+    let ctx = checked.ctx(path);
+    let (errors, warnings, derived) = checked.derive_all(&ctx, |d| d);
+    checked.finish(text, path, errors, warnings, derived)
+}
 
-    let file_sha256 = manifest::sha256_hex(text);
-    // Every site's manifest is rendered and parsed on its own: spread
-    // over the cores (a fleet's file derives one manifest per site, each
-    // listing the others), merged back in site order.
-    let sites_to_derive: Vec<usize> = (0..raw.sites.value.len())
-        .filter(|&i| model.derivable[i])
-        .collect();
-    let ctx = DeriveCtx {
-        raw: &raw,
-        model: &model,
-        path,
-        file: &file,
-        sha256: &file_sha256,
-        said: &said,
-    };
-    let mut derived = Vec::with_capacity(sites_to_derive.len());
-    for outcome in in_parallel(&sites_to_derive, |i| ctx.site(i)) {
-        warnings.extend(outcome.warnings);
-        match outcome.derived {
-            Ok(d) => derived.push(d),
-            Err(errs) => errors.extend(errs),
+/// The network file parsed and checked by its own rules, ready to derive
+/// its sites' manifests.
+struct CheckedFile {
+    raw: raw::RawNetwork,
+    model: check::Model,
+    file: String,
+    sha256: String,
+    errors: Vec<ManifestError>,
+    warnings: Vec<ManifestError>,
+    /// Where the network's own rules already found something: a derived
+    /// manifest's finding there (a duplicate name, an overlap) adds nothing.
+    said: HashSet<(usize, usize)>,
+}
+
+impl CheckedFile {
+    fn new(text: &str, path: &Path) -> Result<CheckedFile, ManifestErrors> {
+        let file = path.display().to_string();
+        if text.len() > manifest::MAX_MANIFEST_BYTES {
+            return Err(ManifestErrors::single(ManifestError::new(
+                &file,
+                Location::UNKNOWN,
+                "",
+                format!(
+                    "network file is too large ({} bytes; at most {})",
+                    text.len(),
+                    manifest::MAX_MANIFEST_BYTES
+                ),
+            )));
+        }
+        let raw = raw_parse(text, &file)?;
+        let checked = check::check(&raw, &file);
+        let said = checked.errors.iter().map(|e| (e.line, e.column)).collect();
+        Ok(CheckedFile {
+            raw,
+            model: checked.model,
+            sha256: manifest::sha256_hex(text),
+            file,
+            errors: checked.errors,
+            warnings: checked.warnings,
+            said,
+        })
+    }
+
+    fn ctx<'a>(&'a self, path: &'a Path) -> DeriveCtx<'a> {
+        DeriveCtx {
+            raw: &self.raw,
+            model: &self.model,
+            path,
+            file: &self.file,
+            sha256: &self.sha256,
+            said: &self.said,
         }
     }
-    let errors = dedup(errors);
-    if !errors.is_empty() {
-        return Err(ManifestErrors(errors));
+
+    /// Derive and check every site's manifest, spread over the cores (a
+    /// fleet's file derives one manifest per site, each listing the
+    /// others), and reduce each with `keep` on the thread that derived it
+    /// (so what is not kept is dropped at once). Returns every finding, the
+    /// network's own and the derived manifests', and what was kept, in
+    /// site order.
+    fn derive_all<K: Send>(
+        &self,
+        ctx: &DeriveCtx<'_>,
+        keep: impl Fn(Derived) -> K + Sync,
+    ) -> (Vec<ManifestError>, Vec<ManifestError>, Vec<K>) {
+        let (mut errors, mut warnings) = (self.errors.clone(), self.warnings.clone());
+        let sites: Vec<usize> = (0..self.raw.sites.value.len())
+            .filter(|&i| self.model.derivable[i])
+            .collect();
+        let mut kept = Vec::with_capacity(sites.len());
+        let outcomes = in_parallel(&sites, |i| {
+            let o = ctx.site(i);
+            (o.derived.map(&keep), o.warnings)
+        });
+        for (derived, site_warnings) in outcomes {
+            warnings.extend(site_warnings);
+            match derived {
+                Ok(k) => kept.push(k),
+                Err(errs) => errors.extend(errs),
+            }
+        }
+        (errors, warnings, kept)
     }
-    let sites = model.sites(&raw);
-    match sites {
-        Some(sites) if derived.len() == sites.len() => Ok(Network {
-            name: raw.network.value.clone(),
-            sites,
-            links: model.links.clone(),
-            hubs: model.hubs.clone(),
-            source: Source {
-                path: manifest::absolute_path(path),
-                text: text.to_owned(),
-                sha256: file_sha256,
-                derived_from: None,
-            },
-            warnings: dedup(warnings),
-            derived,
-        }),
+
+    /// The network, when there were no errors; `kept` are what
+    /// [`CheckedFile::derive_all`] kept, one per site.
+    fn finish<D>(
+        &self,
+        text: &str,
+        path: &Path,
+        errors: Vec<ManifestError>,
+        warnings: Vec<ManifestError>,
+        kept: Vec<D>,
+    ) -> Result<Network<D>, ManifestErrors> {
+        let errors = dedup(errors);
+        if !errors.is_empty() {
+            return Err(ManifestErrors(errors));
+        }
+        match self.model.sites(&self.raw) {
+            Some(sites) if kept.len() == sites.len() => Ok(Network {
+                name: self.raw.network.value.clone(),
+                sites,
+                links: self.model.links.clone(),
+                hubs: self.model.hubs.clone(),
+                source: Source {
+                    path: manifest::absolute_path(path),
+                    text: text.to_owned(),
+                    sha256: self.sha256.clone(),
+                    derived_from: None,
+                },
+                warnings: dedup(warnings),
+                derived: kept,
+            }),
+            _ => Err(ManifestErrors::single(ManifestError::new(
+                &self.file,
+                Location::UNKNOWN,
+                "",
+                "internal error: network validation failed without a diagnostic",
+            ))),
+        }
+    }
+}
+
+/// One site of a network file, as a gateway that applies it needs it:
+/// every site's manifest is derived and checked, and only the key file of
+/// each kept (to find this gateway's site) before the chosen site's
+/// manifest is derived again. A fleet's file of 1,000 sites derives about
+/// a million allowed-IP entries in all: keeping every manifest whole took
+/// 320 MB where one needs a few.
+pub(crate) fn site_manifest(
+    text: &str,
+    path: &Path,
+    choice: SiteChoice<'_>,
+    read_key: impl FnMut(&Path) -> Result<PublicKey, String>,
+) -> Result<Result<Derived, SelectError>, ManifestErrors> {
+    let checked = CheckedFile::new(text, path)?;
+    let ctx = checked.ctx(path);
+    let (errors, warnings, key_files) =
+        checked.derive_all(&ctx, |d| d.manifest.interface.private_key_file);
+    let net = checked.finish(text, path, errors, warnings, key_files)?;
+    let i = match net.choose(choice, PathBuf::as_path, read_key) {
+        Ok(i) => i,
+        Err(e) => return Ok(Err(e)),
+    };
+    // Without errors every site was derived: `i` is also its index in the
+    // network file.
+    match ctx.site(i).derived {
+        Ok(mut d) => {
+            d.manifest.warnings = net.warnings;
+            Ok(Ok(d))
+        }
+        // Derived once without a finding, it cannot have one now.
         _ => Err(ManifestErrors::single(ManifestError::new(
-            &file,
+            &checked.file,
             Location::UNKNOWN,
             "",
-            "internal error: network validation failed without a diagnostic",
+            "internal error: a site's manifest changed between two derivations",
         ))),
     }
 }

@@ -72,28 +72,30 @@ impl SelectError {
     }
 }
 
-impl Network {
-    /// The derived manifest of the site `choice` names. By key, each
-    /// distinct `private_key_file` of the derived manifests is read once
-    /// with `read_key`; exactly one site may match.
-    pub fn select(
+impl<D> Network<D> {
+    /// The index of the site `choice` names. By key, each distinct
+    /// private key file (`key_file` of what was kept of each site's
+    /// derived manifest: its `private_key_file`) is read once with
+    /// `read_key`; exactly one site may match.
+    pub(crate) fn choose(
         &self,
         choice: SiteChoice<'_>,
+        key_file: impl Fn(&D) -> &Path,
         mut read_key: impl FnMut(&Path) -> Result<PublicKey, String>,
-    ) -> Result<&Derived, SelectError> {
+    ) -> Result<usize, SelectError> {
         let name = match choice {
-            SiteChoice::Named(name) => return Ok(self.derive(name)?),
+            SiteChoice::Named(name) => return Ok(self.index_of(name)?),
             SiteChoice::LocalKey => {
                 let mut tried: Vec<KeyTried> = Vec::new();
                 let mut matching: Vec<&str> = Vec::new();
                 for (site, d) in self.sites.iter().zip(&self.derived) {
-                    let path = &d.manifest.interface.private_key_file;
-                    let known = tried.iter().position(|t| &t.path == path);
+                    let path = key_file(d);
+                    let known = tried.iter().position(|t| t.path == path);
                     let i = match known {
                         Some(i) => i,
                         None => {
                             tried.push(KeyTried {
-                                path: path.clone(),
+                                path: path.to_path_buf(),
                                 result: read_key(path),
                             });
                             tried.len() - 1
@@ -120,7 +122,24 @@ impl Network {
                 }
             }
         };
-        Ok(self.derive(&name)?)
+        Ok(self.index_of(&name)?)
+    }
+}
+
+impl Network {
+    /// The derived manifest of the site `choice` names (see
+    /// [`Network::choose`]).
+    pub fn select(
+        &self,
+        choice: SiteChoice<'_>,
+        read_key: impl FnMut(&Path) -> Result<PublicKey, String>,
+    ) -> Result<&Derived, SelectError> {
+        let i = self.choose(
+            choice,
+            |d: &Derived| d.manifest.interface.private_key_file.as_path(),
+            read_key,
+        )?;
+        Ok(&self.derived[i])
     }
 }
 
@@ -167,17 +186,14 @@ pub fn manifest_of(text: &str, path: &Path, site: Option<&str>) -> Result<Manife
         }
         return manifest::parse(text, path).map_err(LoadError::Invalid);
     }
-    let net = super::parse(text, path).map_err(LoadError::Invalid)?;
     let choice = site.map_or(SiteChoice::LocalKey, SiteChoice::Named);
-    let derived = net
-        .select(choice, local_public_key)
+    super::site_manifest(text, path, choice, local_public_key)
+        .map_err(LoadError::Invalid)?
+        .map(|d| d.manifest)
         .map_err(|source| LoadError::Select {
             path: path.to_path_buf(),
             source,
-        })?;
-    let mut m = derived.manifest.clone();
-    m.warnings = net.warnings.clone();
-    Ok(m)
+        })
 }
 
 /// The public key of the private key file at `path` (checked like the
