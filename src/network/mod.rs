@@ -348,9 +348,9 @@ impl CheckedFile {
 /// One site of a network file, as a gateway that applies it needs it:
 /// every site's manifest is derived and checked, and only the key file of
 /// each kept (to find this gateway's site) before the chosen site's
-/// manifest is derived again. A fleet's file of 1,000 sites derives about
-/// a million allowed-IP entries in all: keeping every manifest whole took
-/// 320 MB where one needs a few.
+/// manifest is derived again. A fleet's file of 1,000 sites, whose
+/// manifests list each other's subnets, derives about two million lines:
+/// keeping every manifest whole took 315 MB, this keeps about 18.
 pub(crate) fn site_manifest(
     text: &str,
     path: &Path,
