@@ -123,7 +123,10 @@ pub struct Network<D = Derived> {
 
 /// `--site NAME` names no site of the network.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("network {network} has no site named {site:?} (sites: {})", known.join(", "))]
+#[error(
+    "network {network} has no site named {site:?} (sites: {})",
+    some_names(known)
+)]
 pub struct UnknownSite {
     pub network: String,
     pub site: String,
@@ -162,6 +165,23 @@ impl Network {
         let i = self.index_of(name)?;
         Ok(&self.derived[i])
     }
+}
+
+/// At most [`NAMES_SHOWN`] of `names`, and how many more there are: a
+/// message stays one readable line for a network of 1,000 sites.
+fn some_names(names: &[String]) -> String {
+    /// Names listed in a message.
+    const NAMES_SHOWN: usize = 20;
+    let mut out = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > NAMES_SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+    }
+    out
 }
 
 /// A network file checked as a whole, keeping none of the derived
