@@ -86,13 +86,7 @@ impl Report {
         match result {
             Ok((what, warnings)) => Self {
                 valid: Some(format!("{}: valid ({what})", file.display())),
-                findings: warnings
-                    .into_iter()
-                    .map(|error| Finding {
-                        severity: Severity::Warning,
-                        error,
-                    })
-                    .collect(),
+                findings: as_warnings(&warnings),
             },
             Err(errs) => Self {
                 valid: None,
@@ -280,15 +274,19 @@ pub fn load_network(path: &Path) -> Result<Option<NetworkAndWarnings>, manifest:
         Document::Network(n) => n,
         Document::Manifest(_) => return Ok(None),
     };
-    let warnings = net
-        .warnings
+    let warnings = as_warnings(&net.warnings);
+    Ok(Some((net, warnings)))
+}
+
+/// Warnings as findings.
+fn as_warnings(warnings: &[ManifestError]) -> Vec<Finding> {
+    warnings
         .iter()
         .map(|w| Finding {
             severity: Severity::Warning,
             error: w.clone(),
         })
-        .collect();
-    Ok(Some((net, warnings)))
+        .collect()
 }
 
 /// The derived manifest of `site` in network file `path`, and the
@@ -310,15 +308,7 @@ pub fn render(path: &Path, site: &str) -> Result<(String, Vec<Finding>), RenderE
         Err(SelectError::Unknown(u)) => return Err(RenderError::UnknownSite(u)),
         Err(e) => return Err(RenderError::Select(e)),
     };
-    let warnings = derived
-        .manifest
-        .warnings
-        .iter()
-        .map(|w| Finding {
-            severity: Severity::Warning,
-            error: w.clone(),
-        })
-        .collect();
+    let warnings = as_warnings(&derived.manifest.warnings);
     Ok((derived.text, warnings))
 }
 
