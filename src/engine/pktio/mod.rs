@@ -20,6 +20,7 @@
 //! waits in `poll(2)` while tests call the loop's step
 //! (`DataPlane::turn`) directly.
 
+#[cfg(test)]
 pub mod mem;
 pub mod tx;
 
