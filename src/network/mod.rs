@@ -191,10 +191,7 @@ pub type Checked = Network<()>;
 /// Parse and validate network file `text` like [`parse`], deriving and
 /// checking every site's manifest without keeping any.
 pub fn check(text: &str, path: &Path) -> Result<Checked, ManifestErrors> {
-    let checked = CheckedFile::new(text, path)?;
-    let ctx = checked.ctx(path);
-    let (errors, warnings, kept) = checked.derive_all(&ctx, |_| ());
-    checked.finish(text, path, errors, warnings, kept)
+    CheckedFile::new(text, path)?.network(|_| ())
 }
 
 /// The effective value of a per-site setting of site `$i`: the site's own,
@@ -236,15 +233,15 @@ pub fn load(path: &Path) -> Result<Network, ManifestErrors> {
 /// manifest; every finding at once, in document order. `path` is used in
 /// messages (as given) and to resolve relative key file paths.
 pub fn parse(text: &str, path: &Path) -> Result<Network, ManifestErrors> {
-    let checked = CheckedFile::new(text, path)?;
-    let ctx = checked.ctx(path);
-    let (errors, warnings, derived) = checked.derive_all(&ctx, |d| d);
-    checked.finish(text, path, errors, warnings, derived)
+    CheckedFile::new(text, path)?.network(|d| d)
 }
 
 /// The network file parsed and checked by its own rules, ready to derive
-/// its sites' manifests.
-struct CheckedFile {
+/// its sites' manifests (shared by the threads that derive them).
+struct CheckedFile<'a> {
+    text: &'a str,
+    /// Used in messages (as given) and to resolve relative key file paths.
+    path: &'a Path,
     raw: raw::RawNetwork,
     model: check::Model,
     file: String,
@@ -256,8 +253,8 @@ struct CheckedFile {
     said: HashSet<(usize, usize)>,
 }
 
-impl CheckedFile {
-    fn new(text: &str, path: &Path) -> Result<CheckedFile, ManifestErrors> {
+impl<'a> CheckedFile<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Result<CheckedFile<'a>, ManifestErrors> {
         let file = path.display().to_string();
         if text.len() > manifest::MAX_MANIFEST_BYTES {
             return Err(ManifestErrors::single(ManifestError::new(
@@ -275,6 +272,8 @@ impl CheckedFile {
         let checked = check::check(&raw, &file);
         let said = checked.errors.iter().map(|e| (e.line, e.column)).collect();
         Ok(CheckedFile {
+            text,
+            path,
             raw,
             model: checked.model,
             sha256: manifest::sha256_hex(text),
@@ -285,35 +284,23 @@ impl CheckedFile {
         })
     }
 
-    fn ctx<'a>(&'a self, path: &'a Path) -> DeriveCtx<'a> {
-        DeriveCtx {
-            raw: &self.raw,
-            model: &self.model,
-            path,
-            file: &self.file,
-            sha256: &self.sha256,
-            said: &self.said,
-        }
-    }
-
-    /// Derive and check every site's manifest, spread over the cores (a
-    /// fleet's file derives one manifest per site, each listing the
-    /// others), and reduce each with `keep` on the thread that derived it
-    /// (so what is not kept is dropped at once). Returns every finding, the
-    /// network's own and the derived manifests', and what was kept, in
-    /// site order.
-    fn derive_all<K: Send>(
+    /// The network, when neither its own rules nor any site's derived
+    /// manifest found an error. Every site's manifest is derived and
+    /// checked, spread over the cores (a fleet's file derives one manifest
+    /// per site, each listing the others), and reduced with `keep` on the
+    /// thread that derived it (so what is not kept is dropped at once);
+    /// what is kept is the network's, in site order.
+    fn network<K: Send>(
         &self,
-        ctx: &DeriveCtx<'_>,
         keep: impl Fn(Derived) -> K + Sync,
-    ) -> (Vec<ManifestError>, Vec<ManifestError>, Vec<K>) {
+    ) -> Result<Network<K>, ManifestErrors> {
         let (mut errors, mut warnings) = (self.errors.clone(), self.warnings.clone());
         let sites: Vec<usize> = (0..self.raw.sites.value.len())
             .filter(|&i| self.model.derivable[i])
             .collect();
         let mut kept = Vec::with_capacity(sites.len());
         let outcomes = in_parallel(&sites, |i| {
-            let o = ctx.site(i);
+            let o = self.site(i);
             (o.derived.map(&keep), o.warnings)
         });
         for (derived, site_warnings) in outcomes {
@@ -323,19 +310,6 @@ impl CheckedFile {
                 Err(errs) => errors.extend(errs),
             }
         }
-        (errors, warnings, kept)
-    }
-
-    /// The network, when there were no errors; `kept` are what
-    /// [`CheckedFile::derive_all`] kept, one per site.
-    fn finish<D>(
-        &self,
-        text: &str,
-        path: &Path,
-        errors: Vec<ManifestError>,
-        warnings: Vec<ManifestError>,
-        kept: Vec<D>,
-    ) -> Result<Network<D>, ManifestErrors> {
         let errors = dedup(errors);
         if !errors.is_empty() {
             return Err(ManifestErrors(errors));
@@ -347,8 +321,8 @@ impl CheckedFile {
                 links: self.model.links.clone(),
                 hubs: self.model.hubs.clone(),
                 source: Source {
-                    path: manifest::absolute_path(path),
-                    text: text.to_owned(),
+                    path: manifest::absolute_path(self.path),
+                    text: self.text.to_owned(),
                     sha256: self.sha256.clone(),
                     derived_from: None,
                 },
@@ -378,17 +352,14 @@ pub(crate) fn site_manifest(
     read_key: impl FnMut(&Path) -> Result<PublicKey, String>,
 ) -> Result<Result<Derived, SelectError>, ManifestErrors> {
     let checked = CheckedFile::new(text, path)?;
-    let ctx = checked.ctx(path);
-    let (errors, warnings, key_files) =
-        checked.derive_all(&ctx, |d| d.manifest.interface.private_key_file);
-    let net = checked.finish(text, path, errors, warnings, key_files)?;
+    let net = checked.network(|d| d.manifest.interface.private_key_file)?;
     let i = match net.choose(choice, PathBuf::as_path, read_key) {
         Ok(i) => i,
         Err(e) => return Ok(Err(e)),
     };
     // Without errors every site was derived: `i` is also its index in the
     // network file.
-    match ctx.site(i).derived {
+    match checked.site(i).derived {
         Ok(mut d) => {
             d.manifest.warnings = net.warnings;
             Ok(Ok(d))
@@ -403,29 +374,18 @@ pub(crate) fn site_manifest(
     }
 }
 
-/// What deriving one site's manifest needs, shared by the threads.
-struct DeriveCtx<'a> {
-    raw: &'a raw::RawNetwork,
-    model: &'a check::Model,
-    path: &'a Path,
-    file: &'a str,
-    sha256: &'a str,
-    /// Where the network's own rules already found something.
-    said: &'a HashSet<(usize, usize)>,
-}
-
 /// One site's manifest, or its findings (placed in the network file).
 struct SiteOutcome {
     derived: Result<Derived, Vec<ManifestError>>,
     warnings: Vec<ManifestError>,
 }
 
-impl DeriveCtx<'_> {
+impl CheckedFile<'_> {
     /// Render site `i`'s manifest and parse it as any manifest is parsed;
     /// a finding in it is reported at the network file position that
     /// produced its line.
     fn site(&self, i: usize) -> SiteOutcome {
-        let rendered = derive::render(self.raw, self.model, i);
+        let rendered = derive::render(&self.raw, &self.model, i);
         let site = &self.raw.sites.value[i].value;
         let fallback = Origin::at(site.name.referenced, format!("sites[{i}]"));
         let map = |e: &ManifestError| {
@@ -435,7 +395,7 @@ impl DeriveCtx<'_> {
                 .filter(|_| e.line > 0)
                 .unwrap_or(&fallback);
             ManifestError {
-                file: self.file.to_owned(),
+                file: self.file.clone(),
                 line: o.line,
                 column: o.column,
                 path: o.path.clone(),
@@ -451,7 +411,7 @@ impl DeriveCtx<'_> {
                 m.source.derived_from = Some(DerivedFrom {
                     network: self.raw.network.value.clone(),
                     site: site.name.value.clone(),
-                    sha256: self.sha256.to_owned(),
+                    sha256: self.sha256.clone(),
                 });
                 SiteOutcome {
                     derived: Ok(Derived {
